@@ -1,0 +1,225 @@
+"""The ``cvae`` command: parse, call, print. Logic lives in the modules it calls.
+
+Exit codes: 0 done, 1 the run failed (the message says why), 2 bad input (the message names the
+file, key or value and what is allowed). torch and wandb are imported inside the commands
+that need them, so ``cvae --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cvae.errors import UserError
+
+app = typer.Typer(
+    help="Train, track and search the Lab4 pose-conditioned video CVAE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Dataset tools: synthesize the dancer, check a folder.", no_args_is_help=True)
+spec_app = typer.Typer(help="Experiment specs: show a resolved spec, print the JSON schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(spec_app, name="spec")
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a spec key: --set train.epochs=3 (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+
+
+def _console(quiet: bool) -> Console:
+    return Console(quiet=quiet, highlight=False, soft_wrap=True)
+
+
+def handle_errors(fn):
+    """UserError -> one message, exit 2; any other exception -> message, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"error: {e}", markup=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # the run failed: say why, exit 1
+            if os.environ.get("CVAE_DEBUG"):
+                raise
+            err_console.print(f"failed: {e.__class__.__name__}: {e}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handle_errors
+def train(
+    ctx: typer.Context,
+    spec: Annotated[Path | None, typer.Argument(help="Experiment spec YAML (omit with --resume).")] = None,
+    set_: SetOpt = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the run folder.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
+    from cvae.spec import load_spec, split_cli_overrides
+
+    overrides = list(set_ or []) + split_cli_overrides(ctx.args)
+    if resume is not None:
+        if spec is not None or overrides:
+            raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
+        spec_obj = load_spec(resume / "spec.yaml")
+        folder = resume
+    else:
+        if spec is None:
+            raise UserError("missing SPEC: cvae train experiments/quickstart.yaml (or --resume RUN_DIR)")
+        spec_obj = load_spec(spec, overrides)
+        folder = run_dir or Path("runs") / spec_obj.name
+    run_training(spec_obj, folder, resume is not None, overwrite, quiet)
+
+
+def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool) -> dict:
+    from cvae.console import ConsoleTracker
+    from cvae.training import prepare_run_dir, train
+
+    console = _console(quiet)
+    prepare_run_dir(folder, resume, overwrite)
+    summary = train(spec_obj, folder, [ConsoleTracker(console)], resume=resume, console=console)
+    if "best/val_psnr" in summary:
+        console.print(
+            f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch'] + 1}; "
+            f"run folder {folder}"
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
+    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    pose_shift: Annotated[int | None, typer.Option(help="Rotate the poses by K frames (default: a quarter).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
+    from cvae.evaluate import evaluate_run
+
+    console = _console(quiet)
+    report = evaluate_run(run_dir, ckpt, pose_shift, console)
+    console.print(report.table())
+
+
+@app.command()
+@handle_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
+    data: Annotated[Path, typer.Option(help="Dataset root holding test/test_img and test/test_label.")],
+    out: Annotated[Path, typer.Option(help="Output folder for GIFs and submission.csv.")],
+    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
+    from cvae.evaluate import predict_run
+
+    console = _console(quiet)
+    written = predict_run(run_dir, data, out, ckpt, overwrite, console)
+    console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+@handle_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (the Lab4 layout is written there).")],
+    preset: Annotated[str, typer.Option(help="tiny | small | lab4")] = "small",
+    seed: Annotated[int, typer.Option(help="Seed of the dances and the look.")] = 0,
+    appearance: Annotated[str, typer.Option(help="same (one dancer, like the lab) | varied")] = "same",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate the synthetic dancer dataset in the Lab4 layout."""
+    from cvae.console import task
+    from cvae.synth import PRESETS, synthesize
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: unknown; allowed: {', '.join(PRESETS)}")
+    if appearance not in ("same", "varied"):
+        raise UserError(f"--appearance {appearance!r}: allowed: same, varied")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
+    console = _console(quiet)
+    with task(console, f"synthesizing {preset} -> {out}") as update:
+        info = synthesize(out, preset, seed=seed, appearance=appearance, overwrite=overwrite, progress=update)
+    console.print(f"wrote {out}: {info}")
+
+
+@data_app.command("check")
+@handle_errors
+def data_check(root: Annotated[Path, typer.Argument(help="Dataset root in the Lab4 layout.")]) -> None:
+    """Count videos and frames per split and report any problem found (exit 2 if any)."""
+    from cvae.evaluate import check_dataset
+
+    console = _console(False)
+    problems = check_dataset(root, console)
+    if problems:
+        raise UserError(f"{root}: {len(problems)} problem(s) found:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@spec_app.command("show")
+@handle_errors
+def spec_show(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Argument(help="Experiment spec YAML.")],
+    set_: SetOpt = None,
+) -> None:
+    """Print the resolved spec (file, extends, overrides) as YAML."""
+    from cvae.spec import dump_yaml, load_spec
+
+    sys.stdout.write(dump_yaml(load_spec(spec, list(set_ or []))))
+
+
+@spec_app.command("schema")
+@handle_errors
+def spec_schema() -> None:
+    """Print the JSON schema of experiment specs."""
+    import json
+
+    from cvae.spec import ExperimentSpec
+
+    sys.stdout.write(json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

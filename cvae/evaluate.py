@@ -1,0 +1,177 @@
+"""What a finished run is used for: ``cvae evaluate``, ``cvae predict`` and ``cvae data check``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cvae import checkpoint
+from cvae.data import SPLITS, decode_many, load_split, load_test, scan_split
+from cvae.errors import DataError, RunDirError, UserError
+from cvae.model import CVAE, build_model
+from cvae.rollout import rollout
+from cvae.spec import ExperimentSpec, load_spec
+from cvae.training import VAL_SEED_OFFSET, reference_metrics, validate
+
+
+def load_run(run_dir: Path, ckpt: str, device: str | torch.device = "cpu") -> tuple[ExperimentSpec, CVAE, dict]:
+    """The run's spec and its model with the weights of checkpoint ``best`` or ``last``."""
+    if ckpt not in ("best", "last"):
+        raise UserError(f"--ckpt {ckpt!r}: allowed: best, last")
+    if not (run_dir / "spec.yaml").is_file():
+        raise RunDirError(f"{run_dir}: not a run folder (spec.yaml missing)")
+    spec = load_spec(run_dir / "spec.yaml")
+    state = checkpoint.load(run_dir / "checkpoints" / f"{ckpt}.pt", device)
+    model = build_model(spec).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{run_dir / 'checkpoints' / (ckpt + '.pt')}: weights do not fit the run's spec ({e})") from None
+    model.eval()
+    return spec, model, state
+
+
+@dataclass
+class Report:
+    metrics: dict[str, float]
+    pose_shift: int
+    out_dir: Path
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title=f"validation rollout (PSNR over frames 1..T-1, dB) -> {self.out_dir}")
+        t.add_column("predictor")
+        t.add_column("mean PSNR (dB)", justify="right")
+        m = self.metrics
+        t.add_row("model (z from the prior)", f"{m['val/psnr']:.2f}")
+        t.add_row(f"model, poses shifted by {self.pose_shift} frames", f"{m['val/psnr_shifted_pose']:.2f}")
+        t.add_row("repeat the first frame", f"{m['val/psnr_repeat_first']:.2f}")
+        t.add_row("mean of the video's frames", f"{m['val/psnr_mean_frame']:.2f}")
+        return t
+
+
+def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None) -> Report:
+    """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF."""
+    from cvae.console import task
+    from cvae.media import plot_psnr, side_by_side, write_gif
+    from cvae.training import ensure_data
+
+    spec, model, state = load_run(run_dir, ckpt)
+    root = ensure_data(spec, console)
+    with task(console, "loading val frames") as update:
+        val_set = load_split(root, "val", spec.data.frame_size, update).truncated(spec.data.val_len)
+    shift = pose_shift if pose_shift is not None else val_set.lengths[0] // 4
+    with task(console, "rolling out val videos"):
+        val = validate(model, val_set, spec, spec.seed + VAL_SEED_OFFSET, pose_shift=shift)
+    refs = reference_metrics(val_set)
+    metrics = val.metrics | refs | {"epoch": state["epoch"], "pose_shift": shift}
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(out / "psnr_per_frame.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "psnr", "psnr_shifted_pose"])
+        for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist()), start=1):
+            w.writerow([i, f"{a:.4f}", f"{b:.4f}"])
+    plot_psnr(
+        out / "psnr_per_frame.png",
+        {"prediction": val.curve.tolist(), f"poses shifted by {shift}": val.shifted_curve.tolist()},
+        {"repeat first frame": refs["val/psnr_repeat_first"], "mean frame": refs["val/psnr_mean_frame"]},
+        f"{spec.name} ({ckpt} checkpoint, epoch {state['epoch']}): per-frame PSNR",
+    )
+    frames, poses = val_set.video(0)
+    n = len(val.pred)
+    write_gif(out / "rollout.gif", side_by_side(frames[:n], val.pred, poses[:n]))
+    return Report(metrics, shift, out)
+
+
+def predict_run(run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool, console=None) -> list[Path]:
+    """Roll out each test video from its first frame and poses: ``<k>.gif`` (prediction | pose)
+    and ``submission.csv`` (column ``id`` = ``<k>_<frame>``, then 3*H*W integers 0..255 in C, H, W
+    order; one row per frame, frame 0 being the given first frame)."""
+    from cvae.console import task
+    from cvae.media import side_by_side, write_gif
+
+    if (out / "submission.csv").exists() and not overwrite:
+        raise RunDirError(f"{out / 'submission.csv'}: exists; pass --overwrite to replace it")
+    spec, model, _ = load_run(run_dir, ckpt)
+    videos = load_test(data, spec.data.frame_size)
+    out.mkdir(parents=True, exist_ok=True)
+    written, rows = [], []
+    with task(console, "rolling out test videos", total=len(videos)) as update:
+        for i, v in enumerate(videos):
+            pred = rollout(
+                model,
+                v.first_frame[None].float() / 255,
+                v.poses[None],
+                spec.seed + VAL_SEED_OFFSET,
+                spec.train.precision,
+                spec.train.channels_last,
+            )[0]
+            written.append(write_gif(out / f"{v.name}.gif", side_by_side(pred, v.poses)))
+            flat = (pred.clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy()  # (T, 3*H*W)
+            rows.append((v.name, flat))
+            update(i + 1)
+    tmp = out / "submission.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", *range(rows[0][1].shape[1])])
+        for name, flat in rows:
+            for t, values in enumerate(flat):
+                w.writerow([f"{name}_{t}", *values.tolist()])
+    os.replace(tmp, out / "submission.csv")
+    return written
+
+
+def read_submission(path: Path, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """submission.csv -> {video: (T, 3, H, W) float in [0, 1]} (to score predictions)."""
+    videos: dict[str, list[np.ndarray]] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in reader:
+            name = row[0].rsplit("_", 1)[0]
+            videos.setdefault(name, []).append(np.asarray(row[1:], dtype=np.uint8))
+    return {k: torch.from_numpy(np.stack(v)).view(len(v), 3, *size).float() / 255 for k, v in videos.items()}
+
+
+def check_dataset(root: Path, console) -> list[str]:
+    """Print counts per split; return the problems found (layout, pairing, unreadable or odd-size files)."""
+    from rich.table import Table
+
+    from cvae.console import task
+
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    table = Table(title=f"dataset {root}")
+    for col in ("split", "videos", "frames", "image size"):
+        table.add_column(col)
+    problems = []
+    for split in SPLITS:
+        try:
+            videos = scan_split(root, split)
+            paths = [p for v in videos for pair in v.pairs for p in pair]
+            with Image.open(paths[0]) as im:
+                w, h = im.size
+            with task(console, f"decoding {split}", total=len(paths)) as update:
+                decode_many(paths, (h, w), update)
+            table.add_row(split, str(len(videos)), str(len(paths) // 2), f"{h}x{w}")
+        except DataError as e:
+            problems.append(str(e))
+            table.add_row(split, "-", "-", "problem")
+    try:
+        tests = load_test(root, (32, 64))
+        table.add_row("test", str(len(tests)), f"{sum(len(t.poses) for t in tests)} poses", "")
+    except DataError as e:
+        problems.append(str(e))
+        table.add_row("test", "-", "-", "problem")
+    console.print(table)
+    return problems

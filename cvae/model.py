@@ -1,0 +1,172 @@
+"""The Lab4 conditional VAE: two blocks and five modules, all at full frame resolution.
+
+Layer stacks follow the published template (DESIGN.md section 1); the template's class names are
+in each docstring. This file knows nothing about training: the step and the rollout use the
+modules through ``CVAE``'s small methods.
+
+Shapes: frames and pose images are (B, 3, H, W) in [0, 1]; features keep H x W.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    """3x3 conv, LeakyReLU, 3x3 conv, LeakyReLU, plus the input (1x1 conv when widths differ)."""
+
+    def __init__(self, cin: int, cout: int, slope: float = 0.01) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.act = nn.LeakyReLU(slope)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(x)))) + self.skip(x)
+
+
+class DepthConvBlock(nn.Module):
+    """DCVC's depthwise block: (1x1 conv, LeakyReLU(0.01), 3x3 depthwise, 1x1 conv) + skip, then a
+    gated feed-forward: conv to 4C, halves a, b, out = x + conv(a * LeakyReLU(0.1)(b))."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cin, 1)
+        self.act = nn.LeakyReLU(0.01)
+        self.depth = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
+        self.conv2 = nn.Conv2d(cin, cout, 1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.ffn_in = nn.Conv2d(cout, 4 * cout, 1)
+        self.ffn_act = nn.LeakyReLU(0.1)
+        self.ffn_out = nn.Conv2d(2 * cout, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.depth(self.act(self.conv1(x)))) + self.skip(x)
+        a, b = self.ffn_in(x).chunk(2, dim=1)
+        return x + self.ffn_out(a * self.ffn_act(b))
+
+
+class FrameEncoder(nn.Sequential):
+    """RGB_Encoder: RGB frame (B, 3, H, W) -> features (B, F, H, W)."""
+
+    def __init__(self, f: int) -> None:
+        super().__init__(
+            ResidualBlock(3, f // 8),
+            DepthConvBlock(f // 8, f // 8),
+            ResidualBlock(f // 8, f // 4),
+            DepthConvBlock(f // 4, f // 4),
+            ResidualBlock(f // 4, f // 2),
+            DepthConvBlock(f // 2, f // 2),
+            nn.Conv2d(f // 2, f, 3, padding=1),
+        )
+
+
+class PoseEncoder(nn.Sequential):
+    """Label_Encoder: pose image (B, 3, H, W) -> features (B, L, H, W).
+
+    The template writes ``nn.LeakyReLU(True)``, which sets negative_slope=1.0: an identity.
+    Kept as published so template runs reproduce; see docs/model.md.
+    """
+
+    def __init__(self, l_dim: int) -> None:
+        super().__init__(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, l_dim // 2, 7),
+            nn.BatchNorm2d(l_dim // 2),
+            nn.LeakyReLU(1.0),  # template: nn.LeakyReLU(True)
+            ResidualBlock(l_dim // 2, l_dim),
+        )
+
+
+class Posterior(nn.Sequential):
+    """Gaussian_Predictor: cat(frame features, pose features) -> mu, logvar (B, N, H, W) each."""
+
+    def __init__(self, cin: int, n: int) -> None:
+        super().__init__(
+            ResidualBlock(cin, n // 4),
+            DepthConvBlock(n // 4, n // 4),
+            ResidualBlock(n // 4, n // 2),
+            DepthConvBlock(n // 2, n // 2),
+            ResidualBlock(n // 2, n),
+            nn.LeakyReLU(1.0),  # template: nn.LeakyReLU(True), an identity
+            nn.Conv2d(n, 2 * n, 1),
+        )
+
+    def forward(self, f: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E741
+        mu, logvar = super().forward(torch.cat([f, l], dim=1)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Fusion(nn.Sequential):
+    """Decoder_Fusion: cat(F, L, z) -> (B, D, H, W)."""
+
+    def __init__(self, cin: int, d: int) -> None:
+        super().__init__(
+            DepthConvBlock(cin, cin),
+            ResidualBlock(cin, cin // 4),
+            DepthConvBlock(cin // 4, cin // 2),
+            ResidualBlock(cin // 2, cin // 2),
+            DepthConvBlock(cin // 2, d // 2),
+            nn.Conv2d(d // 2, d, 1),
+        )
+
+
+class Generator(nn.Sequential):
+    """Generator: (B, D, H, W) -> RGB frame (B, 3, H, W), squashed to [0, 1] by a sigmoid."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(
+            DepthConvBlock(d, d),
+            ResidualBlock(d, d // 2),
+            DepthConvBlock(d // 2, d // 2),
+            ResidualBlock(d // 2, d // 4),
+            DepthConvBlock(d // 4, d // 4),
+            ResidualBlock(d // 4, d // 8),
+            DepthConvBlock(d // 8, d // 8),
+            nn.Conv2d(d // 8, 3, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(super().forward(x))
+
+
+class CVAE(nn.Module):
+    """The five modules. Widths: F (frame), L (pose), N (latent), D (fusion); template 128/32/12/192."""
+
+    def __init__(self, frame_dim: int = 128, pose_dim: int = 32, z_dim: int = 12, fusion_dim: int = 192) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.frame_encoder = FrameEncoder(frame_dim)
+        self.pose_encoder = PoseEncoder(pose_dim)
+        self.posterior = Posterior(frame_dim + pose_dim, z_dim)
+        self.fusion = Fusion(frame_dim + pose_dim + z_dim, fusion_dim)
+        self.generator = Generator(fusion_dim)
+
+    def decode(self, f_prev: torch.Tensor, l: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # noqa: E741
+        """Next frame (B, 3, H, W) from the previous frame's features, the pose's and z."""
+        return self.generator(self.fusion(torch.cat([f_prev, l, z], dim=1)))
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014)."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) >= 0 per element, then reduced.
+
+    ``sum``: summed over all latent elements, divided by the batch (the template's scale);
+    ``mean``: averaged over all elements (the per-pixel MSE's scale).
+    """
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    if reduction == "sum":
+        return kl.sum() / mu.shape[0]
+    return kl.mean()
+
+
+def build_model(spec) -> CVAE:
+    """The CVAE with the widths of ``spec.model`` (an ExperimentSpec)."""
+    m = spec.model
+    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim)

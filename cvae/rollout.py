@@ -1,0 +1,98 @@
+"""Autoregressive generation and PSNR, shared by validation, ``cvae evaluate`` and ``cvae predict``.
+
+From the first real frame only, the model predicts frame t from its own frame t-1 and pose t,
+with z drawn from the prior N(0, I). PSNR = 10 log10(1 / MSE) per frame (pixel values in
+[0, 1]); identical frames would give infinity, so the MSE is floored at 1e-10: PSNR is capped
+at 100 dB everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cvae.device import autocast, memory_format
+from cvae.model import CVAE
+
+PSNR_CAP_DB = 100.0
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR in dB of (..., 3, H, W) images in [0, 1] -> (...), capped at 100 dB."""
+    mse = (pred.float() - target.float()).pow(2).mean(dim=(-3, -2, -1))
+    return 10 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_CAP_DB / 10)))
+
+
+@torch.no_grad()
+def rollout(
+    model: CVAE,
+    first: torch.Tensor,
+    poses: torch.Tensor,
+    seed: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Roll out B videos at once.
+
+    first: (B, 3, H, W) float in [0, 1]; poses: (B, T, 3, H, W) uint8 or float.
+    Returns (B, T, 3, H, W) float, frame 0 being ``first``. z for step t is drawn from a
+    generator seeded by ``seed``, so two rollouts with the same seed share their z draws.
+    """
+    was_training = model.training
+    model.eval()
+    device, (B, T) = first.device, poses.shape[:2]
+    H, W = first.shape[-2:]
+    fmt = memory_format(channels_last)
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = torch.empty((B, T, 3, H, W), device=device)
+    out[:, 0] = first
+    prev = first.contiguous(memory_format=fmt)
+    with autocast(device, precision):
+        for t in range(1, T):
+            pose = poses[:, t].float()
+            if poses.dtype == torch.uint8:
+                pose = pose / 255
+            z = torch.randn((B, model.z_dim, H, W), generator=g, device=device)
+            f = model.frame_encoder(prev)
+            l = model.pose_encoder(pose.contiguous(memory_format=fmt))  # noqa: E741
+            prev = model.decode(f, l, z.to(f.dtype)).float().contiguous(memory_format=fmt)
+            out[:, t] = prev
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class Scores:
+    """PSNR of one rollout against the real video and of the trivial predictors on it.
+
+    ``curve`` has one value per predicted frame (1..T-1; frame 0 is given, not scored).
+    """
+
+    curve: torch.Tensor  # (T-1,)
+    psnr: float
+    mse: float
+    repeat_first: float
+    mean_frame: float
+
+
+def reference_scores(frames: torch.Tensor) -> tuple[float, float]:
+    """Trivial predictors on one video (T, 3, H, W) in [0, 1]: repeat the first frame, and the
+    mean of all the video's frames (a blur that ignores the pose). Mean PSNR over frames 1..T-1."""
+    frames = frames.float()
+    repeat = psnr(frames[:1].expand_as(frames[1:]), frames[1:]).mean().item()
+    mean = psnr(frames.mean(0, keepdim=True).expand_as(frames[1:]), frames[1:]).mean().item()
+    return repeat, mean
+
+
+def score(pred: torch.Tensor, frames: torch.Tensor) -> Scores:
+    """pred, frames: (T, 3, H, W) in [0, 1]."""
+    curve = psnr(pred[1:], frames[1:].float())
+    mse = (pred[1:].float() - frames[1:].float()).pow(2).mean().item()
+    repeat, mean = reference_scores(frames)
+    return Scores(curve.cpu(), curve.mean().item(), mse, repeat, mean)
+
+
+def shift_poses(poses: torch.Tensor, k: int) -> torch.Tensor:
+    """Rotate the pose sequence (B, T, ...) in time: pose'[t] = pose[(t + k) mod T]."""
+    return torch.roll(poses, shifts=-k, dims=1)

@@ -1,0 +1,332 @@
+"""The experiment spec: every setting, its type, bounds, default and one-line doc.
+
+A spec is a YAML file (``experiments/*.yaml``), optionally extending another one
+(``extends: lab4_template.yaml``), plus dotted overrides (``--set train.epochs=3`` or
+``--train.epochs=3``, the form a W&B sweep agent passes). ``load_spec`` merges them in that
+order, checks every key (unknown keys are errors with a did-you-mean), validates types and
+bounds with pydantic and returns a frozen ``ExperimentSpec``.
+
+Defaults are the published Lab4 template's (FACTS.md, last section) unless a field says
+otherwise; options that go beyond the template default to off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cvae.errors import SpecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Section):
+    root: str = Field("data/small", description="Dataset folder in the Lab4 layout (train/, val/, test/).")
+    preset: Literal["tiny", "small", "lab4"] | None = Field(
+        None, description="Synthetic preset to generate at `root` if the folder does not exist; null: never."
+    )
+    appearance: Literal["same", "varied"] = Field(
+        "same", description="Synthetic data only: one dancer look for all videos (lab) or one per video."
+    )
+    synth_seed: int = Field(0, ge=0, description="Synthetic data only: seed of the generated dataset.")
+    frame_size: tuple[int, int] = Field((32, 64), description="Frames are resized to (H, W) with antialiasing.")
+    clip_len: int = Field(16, ge=2, description="Frames per training clip (the first one is given).")
+    partial: float = Field(1.0, gt=0, le=1, description="Fraction of the training clips used each epoch.")
+    val_len: int | None = Field(
+        None, ge=2, description="Roll out only the first N frames of each val video; null: all (lab: 630)."
+    )
+
+    @field_validator("frame_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 4 or v[1] < 4:
+            raise ValueError(f"frame_size must be at least (4, 4), got {list(v)}")
+        return v
+
+
+class ModelSpec(_Section):
+    frame_dim: int = Field(128, ge=8, description="FrameEncoder output channels F (template RGB_Encoder F_dim).")
+    pose_dim: int = Field(32, ge=2, description="PoseEncoder output channels L (template L_dim).")
+    z_dim: int = Field(12, ge=4, description="Latent channels N per pixel (template N_dim).")
+    fusion_dim: int = Field(192, ge=16, description="Fusion output channels D (template D_out_dim).")
+    posterior: Literal["target", "previous"] = Field(
+        "target", description="Frame the posterior encodes: the target x_t (CVAE) or x_{t-1} (seed report)."
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> ModelSpec:
+        for name, div in (("frame_dim", 8), ("pose_dim", 2), ("z_dim", 4), ("fusion_dim", 8)):
+            if getattr(self, name) % div:
+                raise ValueError(f"model.{name} must be a multiple of {div}, got {getattr(self, name)}")
+        return self
+
+
+class LossSpec(_Section):
+    kl_reduction: Literal["sum", "mean"] = Field(
+        "sum",
+        description="KL over latent elements: `sum` / batch (template, ~1000x the MSE) or `mean` (MSE's scale).",
+    )
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(70, ge=1, description="Training epochs.")
+    batch_size: int = Field(2, ge=1, description="Clips per optimizer step.")
+    device: str = Field("auto", description="`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision of the step.")
+    channels_last: bool = Field(False, description="Run convolutions in channels-last memory format.")
+    compile: bool = Field(False, description="torch.compile the model modules.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
+    fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
+    fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")
+    fast_epochs: int = Field(5, ge=0, description="Epochs of fast training when `fast_train` is on.")
+    val_every: int = Field(1, ge=1, description="Validate (rollout + checkpoint best) every N epochs.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
+
+
+class OptimSpec(_Section):
+    name: Literal["adam", "adamw"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
+    schedule: Literal["multistep", "cosine", "none"] = Field("multistep", description="LR schedule, per epoch.")
+    milestones: tuple[int, ...] = Field((2, 5), description="multistep: epochs at which the LR is multiplied.")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: LR factor at each milestone.")
+
+
+class KLAnnealingSpec(_Section):
+    type: Literal["cyclical", "monotonic", "none"] = Field(
+        "cyclical", description="Beta schedule (Fu et al. 2019); `none`: beta = max_beta always."
+    )
+    cycles: int = Field(10, ge=1, description="Cycles M over the run (cyclical only).")
+    ratio: float = Field(1.0, gt=0, le=1, description="Fraction R of each cycle spent increasing beta.")
+    unit: Literal["epoch", "step"] = Field("epoch", description="Schedule position counted in epochs or steps.")
+    max_beta: float = Field(1.0, gt=0, description="Beta at the top of the schedule (scales the KL term).")
+
+
+class TeacherForcingSpec(_Section):
+    ratio: float = Field(1.0, ge=0, le=1, description="Initial teacher-forcing ratio.")
+    decay_start: int = Field(10, ge=0, description="Units (epochs/steps) trained before the ratio first drops.")
+    decay_step: float = Field(0.1, ge=0, le=1, description="Drop of the ratio per unit after decay_start.")
+    floor: float = Field(0.0, ge=0, le=1, description="The ratio never goes below this.")
+    mode: Literal["sequence", "frame"] = Field(
+        "sequence", description="One coin per clip (lab) or per time step (scheduled sampling)."
+    )
+    unit: Literal["epoch", "step"] = Field("epoch", description="Decay counted in epochs (lab) or steps.")
+
+    @model_validator(mode="after")
+    def _floor_below_ratio(self) -> TeacherForcingSpec:
+        if self.floor > self.ratio:
+            raise ValueError(f"teacher_forcing.floor ({self.floor}) must not exceed ratio ({self.ratio})")
+        return self
+
+
+class WandbSpec(_Section):
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None, description="W&B mode; null: $WANDB_MODE, else offline."
+    )
+    project: str | None = Field(None, description="W&B project; null: $WANDB_PROJECT, else cvae-sweeps.")
+    entity: str | None = Field(None, description="W&B entity; null: $WANDB_ENTITY.")
+    group: str | None = Field(None, description="W&B run group.")
+    job_type: str | None = Field(None, description="W&B job type.")
+    tags: tuple[str, ...] = Field((), description="W&B tags.")
+    name: str | None = Field(None, description="W&B run name; null: the spec name.")
+    notes: str | None = Field(None, description="W&B run notes.")
+
+
+class TrackingSpec(_Section):
+    log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
+    gif_frames: int = Field(120, ge=2, description="Frames of the validation rollout put in the GIF.")
+    wandb: WandbSpec = WandbSpec()
+
+
+class ExperimentSpec(_Section):
+    name: str = Field("experiment", min_length=1, description="Run name (default run folder runs/<name>).")
+    seed: int = Field(0, ge=0, description="Seed of weights, shuffling, noise and teacher-forcing coins.")
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    loss: LossSpec = LossSpec()
+    train: TrainSpec = TrainSpec()
+    optim: OptimSpec = OptimSpec()
+    kl_annealing: KLAnnealingSpec = KLAnnealingSpec()
+    teacher_forcing: TeacherForcingSpec = TeacherForcingSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"name must be letters, digits, '.', '_' or '-', got {v!r}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples) for YAML, checkpoints and trackers."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def all_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of the spec, mapped to its pydantic FieldInfo."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(all_keys(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field
+    return out
+
+
+def _section_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> set[str]:
+    out = set()
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.add(f"{prefix}{name}")
+            out |= _section_keys(ann, f"{prefix}{name}.")
+    return out
+
+
+def _did_you_mean(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:  # a misspelt last part: match on it alone
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)]
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _check_keys(data: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Unknown keys anywhere in a (partial) spec dict are errors with a did-you-mean."""
+    leaves, sections = all_keys(), _section_keys()
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if dotted in sections:
+            if not isinstance(value, dict):
+                raise SpecError(f"{source}: `{dotted}` is a section and needs a mapping, got {value!r}")
+            _check_keys(value, source, f"{dotted}.")
+        elif dotted not in leaves:
+            hint = _did_you_mean(dotted, sorted(leaves | sections))
+            raise SpecError(f"{source}: unknown key `{dotted}`{hint}")
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())  # safe: a !!python tag is refused
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_spec_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a spec file and the files it `extends` (relative to it), merged, keys checked."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise SpecError(f"{path}: `extends` loops back to itself")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    _check_keys(data, str(path))
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SpecError(f"{path}: `extends` must be a file name, got {parent!r}")
+    return _deep_merge(load_spec_dict(path.parent / parent, (*_seen, path.resolve())), data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value parsed as a YAML scalar or flow list)."""
+    if "=" not in item:
+        raise SpecError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text, the field's type decides
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; unknown keys are errors with a did-you-mean."""
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    leaves = all_keys()
+    out = _deep_merge({}, data)
+    for key, value in items:
+        if key not in leaves:
+            hint = _did_you_mean(key, sorted(leaves))
+            raise SpecError(f"override `{key}`: unknown key{hint}")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _format_validation(e: ValidationError, source: str, data: dict[str, Any]) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(spec)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if isinstance(got, dict):
+            got = None
+        lines.append(f"{source}: `{loc}`: {msg}" + (f" (got {got!r})" if got is not None else ""))
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+    _check_keys(data, source)
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_validation(e, source, data)) from None
+
+
+def load_spec(path: str | Path | None, overrides: list[str] | dict[str, Any] = ()) -> ExperimentSpec:
+    """File (with `extends`), then overrides, validated and frozen."""
+    data = load_spec_dict(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    return validate(data, str(path) if path is not None else "spec")
+
+
+def split_cli_overrides(args: list[str]) -> list[str]:
+    """Turn `--a.b=value` arguments (W&B agent `${args}` form) into `a.b=value` overrides."""
+    out = []
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SpecError(f"unexpected argument {arg!r}: overrides are --set key=value or --key=value")
+        out.append(arg[2:])
+    return out
+
+
+def dump_yaml(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

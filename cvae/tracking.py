@@ -1,0 +1,117 @@
+"""Trackers: where a run's metrics, media and summary go.
+
+The trainer talks to one ``Tracker`` (the interface below, after accelerate's GeneralTracker).
+``LocalTracker`` always runs: it writes ``history.jsonl`` and ``summary.json`` in the run
+folder. Other trackers (W&B) are added beside it through ``MultiTracker``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Interface every tracker implements. All methods are no-ops by default."""
+
+    def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        """Open the run. ``config`` is the resolved spec as a nested dict."""
+
+    def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
+        """An epoch of ``steps`` optimizer steps, numbered from ``first_step + 1``, begins."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalar metrics at optimizer step ``step`` (never smaller than a previous step)."""
+
+    def log_media(self, key: str, path: Path, step: int) -> None:
+        """Log a media file (``.gif`` video or ``.png`` image) written under the run folder."""
+
+    def log_curve(self, key: str, xs: list[float], ys: list[float], x_name: str, y_name: str, step: int) -> None:
+        """Log a curve (e.g. per-frame PSNR) as one plot."""
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set summary values (best PSNR, its epoch, ...)."""
+
+    def finish(self, status: str = "finished", reason: str | None = None) -> None:
+        """Close the run. ``status`` is ``finished`` or ``failed`` (``reason`` says why)."""
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so history.jsonl stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class LocalTracker(Tracker):
+    """Writes ``history.jsonl`` (one object per logged point) and ``summary.json``."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self._summary: dict[str, Any] = {}
+
+    def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        self.run_dir = Path(run_dir)
+        path = self.run_dir / "summary.json"
+        if resume and path.exists():
+            self._summary = json.loads(path.read_text())
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        assert self.run_dir is not None
+        row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
+        with open(self.run_dir / "history.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._summary.update({k: _json_safe(v) for k, v in values.items()})
+        self._write_summary()
+
+    def finish(self, status: str = "finished", reason: str | None = None) -> None:
+        self._summary["status"] = status
+        if reason is not None:
+            self._summary["failure_reason"] = reason
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        assert self.run_dir is not None
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+
+
+class MultiTracker(Tracker):
+    """Fans every call out to several trackers, in order."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+
+    def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        for t in self.trackers:
+            t.start(run_dir, config, resume)
+
+    def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
+        for t in self.trackers:
+            t.on_epoch_start(epoch, steps, first_step)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for t in self.trackers:
+            t.log(metrics, step)
+
+    def log_media(self, key: str, path: Path, step: int) -> None:
+        for t in self.trackers:
+            t.log_media(key, path, step)
+
+    def log_curve(self, key: str, xs: list[float], ys: list[float], x_name: str, y_name: str, step: int) -> None:
+        for t in self.trackers:
+            t.log_curve(key, xs, ys, x_name, y_name, step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.summary(values)
+
+    def finish(self, status: str = "finished", reason: str | None = None) -> None:
+        for t in self.trackers:
+            t.finish(status, reason)

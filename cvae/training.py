@@ -1,0 +1,419 @@
+"""``train(spec, ...)``: the training loop of DESIGN.md section 1, validation and checkpoints.
+
+One callable serves every caller (the CLI, the Optuna objective, a W&B agent). It reads the
+spec, never globals; it reports only through the Tracker interface and callbacks.
+
+Step on a clip x of T frames (B, T, 3, H, W), as in the lab:
+    out = x[0]; for t in 1..T-1: prev = x[t-1] if teacher forcing else out,
+    z ~ q(z | x_t or x_{t-1}, pose_t), out = G(Fusion(E(prev), P(pose_t), z)),
+    loss += MSE(out, x[t]) + beta * KL(q || N(0, I)).
+Frames that do not depend on the model's own outputs (the real frames, every pose) are encoded
+in one batched call per clip instead of one call per time step; the arithmetic is the same.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from cvae import checkpoint
+from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split
+from cvae.device import autocast, memory_format, resolve_device
+from cvae.errors import DataError, RunDirError, TrainingDiverged
+from cvae.model import CVAE, build_model, kl_divergence, reparameterize
+from cvae.rollout import reference_scores, rollout, score, shift_poses
+from cvae.schedules import beta as beta_at
+from cvae.schedules import teacher_forcing_ratio
+from cvae.spec import ExperimentSpec, dump_yaml
+from cvae.tracking import LocalTracker, MultiTracker, Tracker
+
+VAL_SEED_OFFSET = 7919  # validation z draws: seeded apart from the training noise
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after each epoch's checkpoint; may raise to stop (e.g. optuna.TrialPruned)."""
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite a run unless asked; resume needs a run with a checkpoint."""
+    has_run = (run_dir / "spec.yaml").exists() or (run_dir / "checkpoints").exists()
+    if resume:
+        if not (run_dir / "spec.yaml").exists():
+            raise RunDirError(f"{run_dir}: no run to resume here (spec.yaml missing)")
+        return
+    if has_run and not overwrite:
+        raise RunDirError(
+            f"{run_dir}: already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or --run-dir for a new folder"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: exists and is not a folder")
+    if has_run and overwrite:
+        shutil.rmtree(run_dir)
+
+
+def ensure_data(spec: ExperimentSpec, console=None) -> Path:
+    """The dataset folder; a missing one is generated when the spec names a synthetic preset."""
+    from cvae.console import task
+
+    root = Path(spec.data.root)
+    if root.exists():
+        return root
+    if spec.data.preset is None:
+        raise DataError(
+            f"data.root {str(root)!r}: folder not found, and data.preset is null "
+            "(set data.preset to tiny|small|lab4 to generate synthetic data there)"
+        )
+    from cvae.synth import synthesize
+
+    with task(console, f"synthesizing {spec.data.preset} data -> {root}") as update:
+        synthesize(root, spec.data.preset, seed=spec.data.synth_seed, appearance=spec.data.appearance, progress=update)
+    return root
+
+
+def load_data(spec: ExperimentSpec, device: torch.device, console=None) -> tuple[VideoSet, VideoSet]:
+    from cvae.console import task
+
+    root = ensure_data(spec, console)
+    sets = []
+    for split in ("train", "val"):
+        with task(console, f"loading {split} frames") as update:
+            sets.append(load_split(root, split, spec.data.frame_size, update).to(device))
+    return sets[0], sets[1].truncated(spec.data.val_len)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    model: CVAE, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float
+) -> dict[str, torch.Tensor]:
+    """Forward and backward on one batch of clips x, pose: (B, T, 3, H, W) in [0, 1].
+
+    Returns the summed loss (optimized) and the per-predicted-frame mse and kl (logged), as
+    detached tensors (no host sync here).
+    """
+    B, T = x.shape[:2]
+    fmt = memory_format(spec.train.channels_last)
+    frames = x.flatten(0, 1).contiguous(memory_format=fmt)  # (B*T, 3, H, W)
+    with autocast(x.device, spec.train.precision):
+        f_real = model.frame_encoder(frames).unflatten(0, (B, T))  # (B, T, F, H, W)
+        l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, T - 1))
+        # Teacher forcing: one coin per clip (lab) or per clip and time step (scheduled sampling).
+        coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
+        forced = (torch.rand(coin_shape, device=x.device) < tfr).expand(B, T - 1)
+        mse = kl = torch.zeros((), device=x.device)
+        out = x[:, 0]
+        for t in range(1, T):
+            f_prev = f_real[:, t - 1]
+            use_real = forced[:, t - 1]
+            if not bool(use_real.all()):  # some clips continue from the model's own output
+                f_out = model.frame_encoder(out.contiguous(memory_format=fmt))
+                f_prev = torch.where(use_real[:, None, None, None], f_prev, f_out)
+            f_post = f_real[:, t] if spec.model.posterior == "target" else f_prev
+            mu, logvar = model.posterior(f_post, l_all[:, t - 1])
+            z = reparameterize(mu.float(), logvar.float())
+            out = model.decode(f_prev, l_all[:, t - 1], z.to(f_prev.dtype)).float()
+            mse = mse + F.mse_loss(out, x[:, t])
+            kl = kl + kl_divergence(mu.float(), logvar.float(), spec.loss.kl_reduction)
+    loss = mse + beta * kl
+    loss.backward()
+    n = T - 1
+    return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class Validation:
+    metrics: dict[str, float]
+    curve: torch.Tensor  # (T-1,) per-frame PSNR of the first val video
+    shifted_curve: torch.Tensor
+    pred: torch.Tensor  # (T, 3, H, W) rollout of the first val video
+    pred_shifted: torch.Tensor
+
+
+def reference_metrics(val_set: VideoSet) -> dict[str, float]:
+    """Trivial predictors' mean PSNR over the val videos (computed once per dataset)."""
+    scores = [reference_scores(val_set.video(v)[0].float() / 255) for v in range(len(val_set.lengths))]
+    return {
+        "val/psnr_repeat_first": sum(s[0] for s in scores) / len(scores),
+        "val/psnr_mean_frame": sum(s[1] for s in scores) / len(scores),
+    }
+
+
+def validate(
+    model: CVAE, val_set: VideoSet, spec: ExperimentSpec, seed: int, pose_shift: int | None = None
+) -> Validation:
+    """Roll every val video out from its first frame, z from the prior; videos of equal length are
+    batched. The same rollout with the poses rotated in time (by ``pose_shift`` frames, default a
+    quarter of the video; same z draws) shows whether the model uses the pose."""
+    by_len: dict[int, list[int]] = {}
+    for v, n in enumerate(val_set.lengths):
+        by_len.setdefault(n, []).append(v)
+    kw = {"precision": spec.train.precision, "channels_last": spec.train.channels_last}
+    results: dict[int, tuple] = {}
+    for n, vids in by_len.items():
+        frames = torch.stack([val_set.video(v)[0][:n] for v in vids]).float() / 255  # (B, T, 3, H, W)
+        poses = torch.stack([val_set.video(v)[1][:n] for v in vids])
+        pred = rollout(model, frames[:, 0], poses, seed, **kw)
+        shift = n // 4 if pose_shift is None else pose_shift
+        pred_shift = rollout(model, frames[:, 0], shift_poses(poses, shift), seed, **kw)
+        for i, v in enumerate(vids):
+            results[v] = (score(pred[i], frames[i]), score(pred_shift[i], frames[i]), pred[i], pred_shift[i])
+    vids = sorted(results)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    metrics = {
+        "val/psnr": mean([results[v][0].psnr for v in vids]),
+        "val/mse": mean([results[v][0].mse for v in vids]),
+        "val/psnr_shifted_pose": mean([results[v][1].psnr for v in vids]),
+    }
+    first = results[vids[0]]
+    return Validation(metrics, first[0].curve, first[1].curve, first[2].cpu(), first[3].cpu())
+
+
+def write_media(run_dir: Path, val: Validation, val_set: VideoSet, refs: dict[str, float], spec, epoch: int):
+    """The rollout GIF (ground truth | prediction | pose) and the per-frame PSNR plot."""
+    from cvae.media import plot_psnr, side_by_side, write_gif
+
+    n = min(spec.tracking.gif_frames, len(val.pred))
+    frames, poses = val_set.video(0)
+    gif = write_gif(
+        run_dir / "media" / f"val_epoch{epoch + 1:03d}.gif",
+        side_by_side(frames[:n].cpu(), val.pred[:n], poses[:n].cpu()),
+    )
+    plot = plot_psnr(
+        run_dir / "plots" / "val_psnr.png",
+        {"prediction": val.curve.tolist(), "shifted poses": val.shifted_curve.tolist()},
+        {"repeat first frame": refs["val/psnr_repeat_first"], "mean frame": refs["val/psnr_mean_frame"]},
+        f"{spec.name}: validation rollout, epoch {epoch + 1}",
+    )
+    return gif, plot
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    best_psnr: float = -math.inf
+    best_epoch: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_optimizer(spec: ExperimentSpec, model: CVAE):
+    o = spec.optim
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    opt = cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
+    elif o.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.train.epochs)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def steps_per_epoch(spec: ExperimentSpec, n_clips: int) -> list[int]:
+    """Optimizer steps of every epoch (fast train uses a smaller fraction of the clips)."""
+    t = spec.train
+    partial = [t.fast_partial if t.fast_train and e < t.fast_epochs else spec.data.partial for e in range(t.epochs)]
+    return [max(1, int(n_clips * p)) // spec.train.batch_size for p in partial]
+
+
+def train(
+    spec: ExperimentSpec,
+    run_dir: str | Path,
+    trackers: Sequence[Tracker] = (),
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+    console=None,
+) -> dict[str, Any]:
+    """Train ``spec`` into ``run_dir`` (prepared by ``prepare_run_dir``); returns the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(dump_yaml(spec))
+    device = resolve_device(spec.train.device)
+    torch.manual_seed(spec.seed)
+    train_set, val_set = load_data(spec, device, console)
+    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
+    opt, sched = build_optimizer(spec, model)
+    state = State()
+    if resume:
+        state = restore(run_dir, model, opt, sched, device, console)
+    step_model = torch.compile(model) if spec.train.compile else model
+    starts = clip_starts(train_set, spec.data.clip_len).to(device)
+    per_epoch = steps_per_epoch(spec, len(starts))
+    if per_epoch[0] == 0:
+        raise DataError(f"{spec.data.root}: {len(starts)} training clips, fewer than train.batch_size")
+    total_steps = sum(per_epoch)
+    tracker = MultiTracker([LocalTracker(), *trackers])
+    tracker.start(run_dir, spec.to_dict(), resume)
+    refs = reference_metrics(val_set)
+    try:
+        for epoch in range(state.epoch, spec.train.epochs):
+            t0, step0 = time.perf_counter(), state.step
+            batches = epoch_batches(len(starts), spec.train.batch_size, _partial(spec, epoch), spec.seed, epoch)
+            tracker.on_epoch_start(epoch, len(batches), state.step)
+            sums = {}
+            for idx in batches.to(device):
+                pos = state.step if spec.kl_annealing.unit == "step" else epoch
+                b = beta_at(spec.kl_annealing, pos, total_steps if spec.kl_annealing.unit == "step" else spec.train.epochs)
+                tfr = teacher_forcing_ratio(spec.teacher_forcing, state.step if spec.teacher_forcing.unit == "step" else epoch)
+                x = gather(train_set.frames, starts[idx], spec.data.clip_len)
+                p = gather(train_set.poses, starts[idx], spec.data.clip_len)
+                opt.zero_grad(set_to_none=True)
+                out = train_step(step_model, x, p, spec, b, tfr)
+                clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
+                out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
+                state.step += 1
+                row = {k: v for k, v in out.items()}
+                if not torch.isfinite(out["loss"]):
+                    raise TrainingDiverged(_diverged_message(state.step, out, b, opt))
+                opt.step()
+                for k, v in row.items():
+                    sums[k] = sums.get(k, 0) + v
+                if state.step % spec.tracking.log_every == 0:
+                    lr = opt.param_groups[0]["lr"]
+                    logged = {f"train/{k}": float(v) for k, v in row.items()}
+                    tracker.log({**logged, "train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}, state.step)
+            sched.step()
+            train_s = time.perf_counter() - t0
+            n_steps = state.step - step0
+            epoch_row = {f"epoch/{k}": float(v) / n_steps for k, v in sums.items()}
+            epoch_row |= {"epoch/beta": b, "epoch/tfr": tfr, "epoch/lr": opt.param_groups[0]["lr"]}
+            epoch_row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
+            epoch_row["perf/epoch_s"] = train_s
+            state.epoch = epoch + 1
+            if state.epoch % spec.train.val_every == 0 or state.epoch == spec.train.epochs:
+                v0 = time.perf_counter()
+                val = validate(model, val_set, spec, spec.seed + VAL_SEED_OFFSET)
+                epoch_row |= val.metrics | refs
+                if val.metrics["val/psnr"] > state.best_psnr:
+                    state.best_psnr, state.best_epoch = val.metrics["val/psnr"], epoch
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", spec, model, opt, sched, state)
+                gif, plot = write_media(run_dir, val, val_set, refs, spec, epoch)
+                tracker.log_media("val/rollout", gif, state.step)
+                tracker.log_curve("val/psnr_per_frame", list(range(1, len(val.curve) + 1)), val.curve.tolist(),
+                                  "frame", "psnr", state.step)
+                epoch_row["perf/val_s"] = time.perf_counter() - v0
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", spec, model, opt, sched, state, keep_previous=True)
+            tracker.log({"epoch": epoch, **epoch_row}, state.step)
+            tracker.summary(_summary(state, epoch_row))
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, epoch_row)
+    except BaseException as e:
+        tracker.finish("failed", f"{e.__class__.__name__}: {e}")
+        raise
+    finish_plots(run_dir)
+    tracker.finish("finished")
+    return _summary(state, epoch_row)
+
+
+def _partial(spec: ExperimentSpec, epoch: int) -> float:
+    t = spec.train
+    return t.fast_partial if t.fast_train and epoch < t.fast_epochs else spec.data.partial
+
+
+def _diverged_message(step: int, out: dict[str, torch.Tensor], beta: float, opt) -> str:
+    vals = ", ".join(f"{k} {float(v):.4g}" for k, v in out.items())
+    return f"non-finite loss at step {step}: {vals}, beta {beta:.4g}, lr {opt.param_groups[0]['lr']:.4g}"
+
+
+def _summary(state: State, last: dict[str, float]) -> dict[str, Any]:
+    out = {"epochs_done": state.epoch, "steps": state.step}
+    if state.best_epoch >= 0:
+        out |= {"best/val_psnr": state.best_psnr, "best/epoch": state.best_epoch}
+    out |= {f"final/{k.split('/', 1)[1]}" if k.startswith("val/") else k: v for k, v in last.items() if k.startswith("val/")}
+    return out
+
+
+def finish_plots(run_dir: Path) -> None:
+    """Training curves per epoch from history.jsonl -> plots/curves.png."""
+    import json
+
+    from cvae.media import plot_history
+
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "epoch/loss" in r]
+    keys = ["epoch/loss", "epoch/mse", "epoch/kl", "epoch/beta", "epoch/tfr", "val/psnr"]
+    plot_history(run_dir / "plots" / "curves.png", rows, keys)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, spec, model, opt, sched, state: State, keep_previous: bool = False) -> None:
+    checkpoint.save(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_psnr": state.best_psnr,
+            "best_epoch": state.best_epoch,
+            "spec": spec.to_dict(),
+        },
+        keep_previous=keep_previous,
+    )
+
+
+def restore(run_dir: Path, model, opt, sched, device, console=None) -> State:
+    """Load last.pt (or prev.pt when last.pt is damaged) and drop history after its step."""
+    from cvae.errors import CheckpointError
+
+    ckpt_dir = run_dir / "checkpoints"
+    try:
+        ck = checkpoint.load(ckpt_dir / "last.pt", device)
+    except CheckpointError as e:
+        if not (ckpt_dir / "prev.pt").exists():
+            raise
+        if console is not None:
+            console.print(f"[yellow]warning[/]: {e}; resuming from {ckpt_dir / 'prev.pt'}")
+        ck = checkpoint.load(ckpt_dir / "prev.pt", device)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    checkpoint.set_rng_state(ck["rng"])
+    truncate_history(run_dir / "history.jsonl", ck["step"], ck["epoch"])
+    return State(ck["epoch"], ck["step"], ck["best_psnr"], ck["best_epoch"])
+
+
+def truncate_history(path: Path, step: int, epochs_done: int) -> None:
+    """Drop rows logged after the checkpoint (an epoch that did not finish), so a resumed run's
+    history holds every step and epoch exactly once."""
+    import json
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if row["step"] <= step and row.get("epoch", 0) < epochs_done:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
