@@ -23,8 +23,9 @@ def beta(kl: KLAnnealingSpec, position: int, total: int) -> float:
     if kl.type == "none":
         return kl.max_beta
     cycles = 1 if kl.type == "monotonic" else kl.cycles
-    length = total / cycles
-    tau = (position % length) / length
+    # tau = (position mod L) / L with L = total / M, computed as frac(position * M / total) in
+    # integers: a float modulo puts some cycle starts at tau ~1 (20 epochs, M = 6: 10 % (20/6)).
+    tau = (position * cycles % total) / total
     return kl.max_beta * min(1.0, tau / kl.ratio)
 
 

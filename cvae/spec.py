@@ -12,6 +12,7 @@ otherwise; options that go beyond the template default to off.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -219,7 +220,7 @@ def _check_keys(data: dict[str, Any], source: str, prefix: str = "") -> None:
                 raise SpecError(f"{source}: `{dotted}` is a section and needs a mapping, got {value!r}")
             _check_keys(value, source, f"{dotted}.")
         elif dotted not in leaves:
-            hint = _did_you_mean(dotted, sorted(leaves | sections))
+            hint = _did_you_mean(dotted, sorted(set(leaves) | sections))
             raise SpecError(f"{source}: unknown key `{dotted}`{hint}")
 
 
@@ -278,7 +279,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     """Set dotted keys in a nested dict; unknown keys are errors with a did-you-mean."""
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     leaves = all_keys()
-    out = _deep_merge({}, data)
+    out = copy.deepcopy(data)  # never change the caller's nested dicts
     for key, value in items:
         if key not in leaves:
             hint = _did_you_mean(key, sorted(leaves))

@@ -73,6 +73,8 @@ class LocalTracker(Tracker):
         self._summary["status"] = status
         if reason is not None:
             self._summary["failure_reason"] = reason
+        else:  # a resumed run that finished: the earlier attempt's reason no longer applies
+            self._summary.pop("failure_reason", None)
         self._write_summary()
 
     def _write_summary(self) -> None:

@@ -246,8 +246,6 @@ def train(
 ) -> dict[str, Any]:
     """Train ``spec`` into ``run_dir`` (prepared by ``prepare_run_dir``); returns the summary."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(dump_yaml(spec))
     device = resolve_device(spec.train.device)
     torch.manual_seed(spec.seed)
     train_set, val_set = load_data(spec, device, console)
@@ -262,9 +260,13 @@ def train(
     if per_epoch[0] == 0:
         raise DataError(f"{spec.data.root}: {len(starts)} training clips, fewer than train.batch_size")
     total_steps = sum(per_epoch)
+    # Only now, with the data and clips checked: bad input leaves no run folder behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(dump_yaml(spec))
     tracker = MultiTracker([LocalTracker(), *trackers])
     tracker.start(run_dir, spec.to_dict(), resume)
     refs = reference_metrics(val_set)
+    epoch_row: dict[str, float] = {}  # stays empty when resuming a run that already finished
     try:
         for epoch in range(state.epoch, spec.train.epochs):
             t0, step0 = time.perf_counter(), state.step

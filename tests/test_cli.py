@@ -1,0 +1,360 @@
+"""The `cvae` command, run for real in a subprocess (`python -m cvae.cli`).
+
+Bad input must give exit code 2, one `error:` message naming the key or file, and write nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_lab4, solid, subprocess_env, tiny_overrides, write_png, write_spec
+
+from cvae.spec import load_spec
+
+TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
+
+
+def cvae(*args, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root and its bytes (folders as empty entries)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
+
+
+def assert_bad_input(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr  # one message
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+
+
+def assert_ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+# --------------------------------------------------------------------------- help without torch
+
+
+def test_help_does_not_import_torch_or_wandb():
+    code = (
+        "import sys\n"
+        "from cvae.cli import app\n"
+        "for args in (['--help'], ['train', '--help'], ['evaluate', '--help'], ['spec', 'show', '--help'],"
+        " ['data', 'synth', '--help']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout
+    assert "train" in r.stdout and "evaluate" in r.stdout  # the help was printed
+
+
+def test_help_import_trace_has_no_torch():
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cvae.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert r.returncode == 0
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "typer" in imported  # the trace is really there
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "wandb")]
+    assert "Usage" in r.stdout
+
+
+# --------------------------------------------------------------------------- spec show / schema
+
+
+def test_spec_show_applies_overrides():
+    r = cvae("spec", "show", TEMPLATE, "--set", "train.epochs=3", "--set", "optim.milestones=[1,2]")
+    assert_ok(r)
+    shown = yaml.safe_load(r.stdout)
+    assert shown == load_spec(TEMPLATE, ["train.epochs=3", "optim.milestones=[1,2]"]).to_dict()
+    assert shown["train"]["epochs"] == 3 and shown["optim"]["milestones"] == [1, 2]
+    assert shown["name"] == "lab4_template"
+
+
+def test_spec_show_bad_override():
+    assert_bad_input(cvae("spec", "show", TEMPLATE, "--set", "train.epoch=3"), "train.epoch", "train.epochs")
+
+
+def test_spec_schema_is_json():
+    r = cvae("spec", "schema")
+    assert_ok(r)
+    schema = json.loads(r.stdout)
+    assert {"data", "model", "train", "optim", "kl_annealing", "teacher_forcing", "tracking"} <= set(
+        schema["properties"]
+    )
+
+
+# --------------------------------------------------------------------------- bad input: exit 2, nothing written
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A valid hand-made dataset and spec (8x12 frames) in tmp_path/ws; runs go to ws/run."""
+    ws = tmp_path / "ws"
+    make_lab4(ws / "data")
+    write_spec(ws / "spec.yaml", tiny_overrides(ws / "data", **{"data.frame_size": [8, 12]}))
+    return ws
+
+
+def run_bad(ws: Path, *args, needles: tuple[str, ...]) -> None:
+    before = snapshot(ws)
+    r = cvae("train", *args, "--run-dir", ws / "run", cwd=ws)
+    assert_bad_input(r, *needles)
+    assert not (ws / "run").exists()
+    assert snapshot(ws) == before  # nothing written anywhere
+
+
+def test_unknown_key_in_file(workspace):
+    spec = workspace / "spec.yaml"
+    d = yaml.safe_load(spec.read_text())
+    d["train"]["epoch"] = 3
+    spec.write_text(yaml.safe_dump(d))
+    run_bad(workspace, spec, needles=(str(spec), "train.epoch", "did you mean `train.epochs`"))
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--set", "train.epoch=3"], ("train.epoch", "did you mean `train.epochs`")),
+        (["--kl_anealing.cycles=3"], ("kl_anealing.cycles", "did you mean `kl_annealing.cycles`")),
+        (["--set", "optim.lr=-0.001"], ("optim.lr", "greater than 0")),
+        (["--set", "teacher_forcing.ratio=1.5"], ("teacher_forcing.ratio", "1.5")),
+        (["--teacher_forcing.ratio=1.5"], ("teacher_forcing.ratio",)),
+        (["--set", "data.clip_len=1"], ("data.clip_len",)),
+        (["--set", "teacher_forcing.floor=0.9"], ("teacher_forcing.floor",)),
+    ],
+    ids=["mistyped-set", "mistyped-agent-form", "negative-lr", "ratio-above-1", "ratio-agent-form", "clip-len-1",
+         "floor-above-ratio"],
+)  # fmt: skip
+def test_bad_override(workspace, args, needles):
+    run_bad(workspace, workspace / "spec.yaml", *args, needles=needles)
+
+
+def test_yaml_syntax_error(workspace):
+    spec = workspace / "spec.yaml"
+    spec.write_text(spec.read_text() + "train: [1, 2\n")
+    run_bad(workspace, spec, needles=(str(spec), "not valid YAML"))
+
+
+def test_missing_spec_file(workspace):
+    run_bad(workspace, workspace / "nope.yaml", needles=(str(workspace / "nope.yaml"), "not found"))
+
+
+def test_missing_data_folder_without_preset(workspace):
+    shutil.rmtree(workspace / "data")
+    run_bad(workspace, workspace / "spec.yaml", needles=("data.root", "data.preset is null"))
+
+
+def test_image_pose_count_mismatch(workspace):
+    (workspace / "data/train/train_label/a/frame4.png").unlink()
+    run_bad(workspace, workspace / "spec.yaml", needles=(str(workspace / "data/train/train_img/a/frame4.png"),))
+
+
+def test_extra_pose_image(workspace):
+    write_png(workspace / "data/train/train_label/b/frame99.png", solid(0))
+    run_bad(workspace, workspace / "spec.yaml", needles=(str(workspace / "data/train/train_label/b/frame99.png"),))
+
+
+def test_unreadable_png(workspace):
+    bad = workspace / "data/train/train_img/b/frame7.png"
+    bad.write_bytes(b"definitely not a png")
+    run_bad(workspace, workspace / "spec.yaml", needles=(str(bad), "not a readable PNG"))
+
+
+def test_mixed_sizes(workspace):
+    odd = workspace / "data/train/train_img/a/frame2.png"
+    write_png(odd, solid(20, (16, 24)))
+    run_bad(workspace, workspace / "spec.yaml", needles=(str(odd), "24x16"))
+
+
+def test_run_dir_that_holds_a_run_is_refused(workspace):
+    run = workspace / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "spec.yaml").write_text("name: earlier\n")
+    (run / "history.jsonl").write_text('{"step": 1}\n')
+    (run / "checkpoints/last.pt").write_bytes(os.urandom(256))
+    before = snapshot(workspace)
+    r = cvae("train", workspace / "spec.yaml", "--run-dir", run, cwd=workspace)
+    assert_bad_input(r, str(run), "already holds a run", "--resume", "--overwrite")
+    assert snapshot(workspace) == before  # the earlier run is byte-identical
+
+
+def test_resume_and_spec_together_is_refused(workspace):
+    before = snapshot(workspace)
+    r = cvae("train", workspace / "spec.yaml", "--resume", workspace / "run", cwd=workspace)
+    assert_bad_input(r, "--resume")
+    assert snapshot(workspace) == before
+
+
+# --------------------------------------------------------------------------- bad checkpoints
+
+
+@pytest.fixture
+def run_copy(tmp_path, trained_run) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
+def evaluate_bad(run: Path, *needles: str) -> None:
+    before = snapshot(run)
+    r = cvae("evaluate", run, cwd=run.parent)
+    assert_bad_input(r, str(run / "checkpoints" / "best.pt"), *needles)
+    assert not (run / "eval").exists()
+    assert snapshot(run) == before
+
+
+def test_evaluate_truncated_checkpoint(run_copy):
+    best = run_copy / "checkpoints/best.pt"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    evaluate_bad(run_copy, "not a readable cvae checkpoint")
+
+
+def test_evaluate_foreign_checkpoint(run_copy):
+    torch.save({"a": 1}, run_copy / "checkpoints/best.pt")
+    evaluate_bad(run_copy, "not a cvae checkpoint")
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_evaluate_crafted_pickle_does_not_run(run_copy, tmp_path, writer):
+    marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
+    best = run_copy / "checkpoints/best.pt"
+    with open(best, "wb") as f:
+        if writer == "pickle":
+            pickle.dump(_RunsCode(marker), f)
+        else:
+            torch.save({"format": "cvae-checkpoint/1", "model": _RunsCode(marker)}, f)
+    assert not marker.exists()
+    evaluate_bad(run_copy, "not a readable cvae checkpoint")
+    assert not marker.exists()
+
+
+def test_evaluate_not_a_run_folder(tmp_path):
+    assert_bad_input(cvae("evaluate", tmp_path), str(tmp_path), "spec.yaml")
+
+
+# --------------------------------------------------------------------------- data synth / check
+
+
+def test_data_synth_then_check(tmp_path):
+    out = tmp_path / "synth"
+    assert_ok(cvae("data", "synth", out, "--preset", "tiny", "--quiet"))
+    assert (out / "synth.json").is_file()
+    r = cvae("data", "check", out)
+    assert_ok(r)
+    cells = [[c.strip() for c in line.split("\u2502")[1:-1]] for line in r.stdout.splitlines() if "\u2502" in line]
+    rows = {c[0]: c[1:] for c in cells}  # split -> videos, frames, image size
+    assert rows["train"] == ["4", "96", "32x64"]
+    assert rows["val"] == ["1", "40", "32x64"]
+    assert rows["test"][:2] == ["2", "80 poses"]
+    # synth refuses a non-empty folder without --overwrite, and writes nothing
+    before = snapshot(out)
+    assert_bad_input(cvae("data", "synth", out, "--preset", "tiny"), str(out), "--overwrite")
+    assert snapshot(out) == before
+
+
+def test_data_check_reports_a_bad_file(tmp_path):
+    root = make_lab4(tmp_path / "data")
+    bad = root / "val/val_img/frame3.png"
+    bad.write_bytes(b"garbage")
+    r = cvae("data", "check", root)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "1 problem(s) found" in r.stderr and str(bad) in r.stderr
+    assert "problem" in r.stdout  # the table marks the split
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_resume(tmp_path, tiny_data):
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_overrides(tiny_data))
+    run = tmp_path / "runs" / "e2e"
+    r = cvae("train", spec, "--run-dir", run, "--set", "train.epochs=1", "--tracking.gif_frames=8", "-q", cwd=tmp_path)
+    assert_ok(r)
+    saved = load_spec(run / "spec.yaml")
+    assert saved.train.epochs == 1 and saved.tracking.gif_frames == 8  # both override forms applied
+    assert iio.imread(run / "media/val_epoch001.gif").shape[:3] == (8, 32, 3 * 64 + 4)
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    trained_psnr = [row["val/psnr"] for row in history if "val/psnr" in row]
+
+    # evaluate: the best checkpoint's validation rollout, same seed -> the PSNR training logged
+    assert_ok(cvae("evaluate", run, cwd=tmp_path))
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    for key in ("val/psnr", "val/psnr_shifted_pose", "val/psnr_repeat_first", "val/psnr_mean_frame"):
+        assert key in metrics
+    assert metrics["val/psnr"] == pytest.approx(trained_psnr[-1], abs=1e-4)
+    with open(run / "eval/psnr_per_frame.csv") as f:
+        rows = list(csv.reader(f))
+    T = saved.data.val_len
+    assert rows[0] == ["frame", "psnr", "psnr_shifted_pose"]
+    assert [int(row[0]) for row in rows[1:]] == list(range(1, T))  # T-1 predicted frames
+    assert np.mean([float(row[1]) for row in rows[1:]]) == pytest.approx(metrics["val/psnr"], abs=1e-3)
+    assert iio.imread(run / "eval/psnr_per_frame.png").ndim == 3
+    assert iio.imread(run / "eval/rollout.gif").shape[:3] == (T, 32, 3 * 64 + 4)
+
+    # predict: a GIF per test video and submission.csv (40 frames per video, 3*32*64 values a row)
+    out = tmp_path / "pred"
+    assert_ok(cvae("predict", run, "--data", tiny_data, "--out", out, "-q", cwd=tmp_path))
+    assert sorted(p.name for p in out.iterdir()) == ["0.gif", "1.gif", "submission.csv"]
+    for k in ("0", "1"):
+        assert iio.imread(out / f"{k}.gif").shape[:3] == (40, 32, 2 * 64 + 2)  # prediction | pose
+    with open(out / "submission.csv") as f:
+        sub = list(csv.reader(f))
+    assert sub[0] == ["id", *map(str, range(3 * 32 * 64))]
+    assert [row[0] for row in sub[1:]] == [f"{k}_{t}" for k in ("0", "1") for t in range(40)]
+    values = np.array([row[1:] for row in sub[1:]], dtype=np.int64)
+    assert values.shape == (80, 6144) and values.min() >= 0 and values.max() <= 255
+    first = np.asarray(iio.imread(tiny_data / "test/test_img/1/frame0.png"))[..., :3]
+    assert np.array_equal(values[40], first.transpose(2, 0, 1).reshape(-1))  # frame 0: the given first frame
+    before = (out / "submission.csv").read_bytes()
+    assert_bad_input(cvae("predict", run, "--data", tiny_data, "--out", out, cwd=tmp_path), "--overwrite")
+    assert (out / "submission.csv").read_bytes() == before
+
+    # resuming a finished run is a no-op
+    keep = {p: (run / p).read_bytes() for p in ("history.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")}
+    assert_ok(cvae("train", "--resume", run, "-q", cwd=tmp_path))
+    assert {p: (run / p).read_bytes() for p in keep} == keep
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
