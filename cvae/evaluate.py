@@ -33,7 +33,8 @@ def load_run(run_dir: Path, ckpt: str, device: str | torch.device = "cpu") -> tu
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        raise UserError(f"{run_dir / 'checkpoints' / (ckpt + '.pt')}: weights do not fit the run's spec ({e})") from None
+        path = run_dir / "checkpoints" / f"{ckpt}.pt"
+        raise UserError(f"{path}: weights do not fit the run's spec ({e})") from None
     model.eval()
     return spec, model, state
 
@@ -79,7 +80,7 @@ def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None)
     with open(out / "psnr_per_frame.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "psnr", "psnr_shifted_pose"])
-        for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist()), start=1):
+        for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist(), strict=True), start=1):
             w.writerow([i, f"{a:.4f}", f"{b:.4f}"])
     plot_psnr(
         out / "psnr_per_frame.png",
@@ -175,3 +176,55 @@ def check_dataset(root: Path, console) -> list[str]:
         table.add_row("test", "-", "-", "problem")
     console.print(table)
     return problems
+
+
+# --------------------------------------------------------------------------- val video as a test set
+
+
+def val_as_test(root: Path, out: Path, pose_shift: int | None = None) -> list[str]:
+    """Write the val videos in the test layout, to check ``cvae predict`` against real frames.
+
+    For val video i: ``test_img/i/`` holds its first frame and ``test_label/i/`` its poses;
+    ``i_shifted`` has the same first frame and the poses rotated by ``pose_shift`` frames
+    (default a quarter of the video). Files are copied byte for byte.
+    """
+    import shutil
+
+    if out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out}: folder exists and is not empty")
+    names = []
+    for i, video in enumerate(scan_split(root, "val")):
+        n = len(video.pairs)
+        shift = n // 4 if pose_shift is None else pose_shift
+        for name, k in ((str(i), 0), (f"{i}_shifted", shift)):
+            img_dir, label_dir = out / "test" / "test_img" / name, out / "test" / "test_label" / name
+            img_dir.mkdir(parents=True)
+            label_dir.mkdir(parents=True)
+            shutil.copyfile(video.pairs[0][0], img_dir / "frame0.png")
+            for t in range(n):
+                shutil.copyfile(video.pairs[(t + k) % n][1], label_dir / f"frame{t}.png")
+            names.append(name)
+    return names
+
+
+def score_submission(submission: Path, root: Path, size: tuple[int, int]) -> dict[str, dict[str, float]]:
+    """Score a submission.csv made from ``val_as_test`` output against the real val frames.
+
+    Returns {video name: {"psnr", "repeat_first", "mean_frame"}} (mean over frames 1..T-1).
+    """
+    from cvae.rollout import psnr, reference_scores
+
+    if not submission.is_file():
+        raise DataError(f"{submission}: submission file not found")
+    val_set = load_split(root, "val", size)
+    scores = {}
+    for name, pred in read_submission(submission, size).items():
+        index = name.removesuffix("_shifted")
+        if not index.isdigit() or int(index) >= len(val_set.lengths):
+            raise DataError(f"{submission}: video id {name!r} is not a val video of {root} (see cvae data val-as-test)")
+        frames = val_set.video(int(index))[0].float() / 255
+        if len(pred) != len(frames):
+            raise DataError(f"{submission}: video {name!r} has {len(pred)} frames, the val video {len(frames)}")
+        repeat, mean = reference_scores(frames)
+        scores[name] = {"psnr": psnr(pred[1:], frames[1:]).mean().item(), "repeat_first": repeat, "mean_frame": mean}
+    return scores

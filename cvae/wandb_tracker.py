@@ -513,3 +513,49 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
         "state": state,
         "segments": paths,
     }
+
+
+# --- wiring from a spec -----------------------------------------------------------------------
+
+
+def from_spec(spec: Any, console: Any = None) -> WandbTracker:
+    """The W&B tracker that ``spec.tracking.wandb`` asks for (W&B env vars fill unset values)."""
+    from cvae.errors import SpecError
+
+    w = spec.tracking.wandb
+    try:
+        return WandbTracker(
+            mode=w.mode,
+            project=w.project,
+            entity=w.entity,
+            group=w.group,
+            job_type=w.job_type,
+            tags=list(w.tags),
+            name=w.name or spec.name,
+            notes=w.notes,
+            console=console,
+        )
+    except ValueError as e:
+        raise SpecError(f"tracking.wandb.mode: {e}") from None
+
+
+def sweep_agent_overrides() -> dict[str, Any]:
+    """Under ``wandb agent`` (WANDB_SWEEP_ID set), the run's parameters from the agent's file
+    (``{key: {value: v}}`` YAML at WANDB_SWEEP_PARAM_PATH) as dotted spec overrides; else {}."""
+    import yaml
+
+    from cvae.errors import SpecError
+
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not os.environ.get("WANDB_SWEEP_ID") or not path:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{path} (WANDB_SWEEP_PARAM_PATH): unreadable sweep parameters: {e}") from None
+    out = {}
+    for key, entry in data.items():
+        if key.startswith("_") or key == "wandb_version":
+            continue
+        out[key] = entry["value"] if isinstance(entry, dict) and "value" in entry else entry
+    return out
