@@ -81,9 +81,13 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
-    from cvae.spec import load_spec, split_cli_overrides
+    from cvae.spec import load_spec, parse_override, split_cli_overrides
+    from cvae.wandb_tracker import sweep_agent_overrides
 
-    overrides = list(set_ or []) + split_cli_overrides(ctx.args)
+    # Later wins: the file, --set, then a W&B sweep agent's parameters (its file and its --key=value args).
+    agent = sweep_agent_overrides()
+    overrides = dict(parse_override(o) for o in list(set_ or [])) | agent
+    overrides |= dict(parse_override(o) for o in split_cli_overrides(ctx.args))
     if resume is not None:
         if spec is not None or overrides:
             raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
@@ -100,10 +104,12 @@ def train(
 def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool) -> dict:
     from cvae.console import ConsoleTracker
     from cvae.training import prepare_run_dir, train
+    from cvae.wandb_tracker import from_spec
 
     console = _console(quiet)
+    wandb_tracker = from_spec(spec_obj, console)
     prepare_run_dir(folder, resume, overwrite)
-    summary = train(spec_obj, folder, [ConsoleTracker(console)], resume=resume, console=console)
+    summary = train(spec_obj, folder, [ConsoleTracker(console), wandb_tracker], resume=resume, console=console)
     if "best/val_psnr" in summary:
         console.print(
             f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch'] + 1}; "
@@ -147,6 +153,48 @@ def predict(
     console = _console(quiet)
     written = predict_run(run_dir, data, out, ckpt, overwrite, console)
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
+
+
+# --------------------------------------------------------------------------- compare / report
+
+RunsArg = Annotated[
+    list[str], typer.Argument(help="Run folders, globs (runs/report_*) or sweep folders (their trials/*).")
+]
+
+
+@app.command()
+@handle_errors
+def compare(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option(help="Folder for compare.csv and the PNG figures.")] = Path("compare"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Table of the settings that differ and the val PSNR of each run; curves and per-frame PSNR as PNG."""
+    from cvae.compare import compare_runs
+
+    console = _console(quiet)
+    result = compare_runs(runs, out, console)
+    console.print(result.table())
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print("wrote " + ", ".join(str(p) for p in [out / "compare.csv", *result.figures]))
+
+
+@app.command()
+@handle_errors
+def report(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option(help="Folder for the PNG figures.")] = Path("report"),
+    quiet: QuietOpt = False,
+) -> None:
+    """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
+    from cvae.report import make_report
+
+    console = _console(quiet)
+    result = make_report(runs, out, console)
+    console.print(result.table())
+    for line in result.skipped:
+        console.print(f"skipped: {line}")
 
 
 # --------------------------------------------------------------------------- data

@@ -1,0 +1,216 @@
+"""``cvae report``: the figures of the published Lab4 analysis, from a set of finished runs.
+
+The published report shows (1) the teacher-forcing ratio with the loss curves for each
+teacher-forcing setting, (2) the loss curves under monotonic, cyclical and no KL annealing and
+(3) the per-frame PSNR of its best run. The runs are told apart by their specs, not their names:
+
+- teacher forcing: the largest set of runs whose specs differ only in ``teacher_forcing.*``;
+- KL annealing: the largest set of runs whose specs differ only in ``kl_annealing.*``;
+- per-frame PSNR: among the runs with KL annealing ``none`` and teacher-forcing ratio 0 (the
+  report's best recipe, ``experiments/report_psnr.yaml``) the one with the best val PSNR; with
+  no such run, the best run of all.
+
+``tracking.*``, ``name`` are ignored when comparing specs. The experiments behind each figure:
+``experiments/report_*.yaml`` (docs/tracking.md lists the commands).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cvae.compare import Run, _colors, best_frame_curve, load_runs
+from cvae.errors import UserError
+
+TF = "teacher_forcing."
+KL = "kl_annealing."
+_IGNORED = ("tracking.",)
+KL_ORDER = {"monotonic": 0, "cyclical": 1, "none": 2}
+
+
+def _context(run: Run, varying: str) -> tuple:
+    """Every setting but the varying section (and those that do not change training)."""
+    return tuple(
+        sorted((k, repr(v)) for k, v in run.settings.items() if not k.startswith((varying, *_IGNORED)) and k != "name")
+    )
+
+
+def _section(run: Run, prefix: str) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k.startswith(prefix)))
+
+
+def ablation(runs: Sequence[Run], varying: str) -> list[Run]:
+    """The largest group of runs that share every setting outside ``varying`` and differ in it
+    (one run per distinct setting, the first given); [] when no two runs qualify."""
+    groups: dict[tuple, dict[tuple, Run]] = {}
+    for r in runs:
+        groups.setdefault(_context(r, varying), {}).setdefault(_section(r, varying), r)
+    best = max(groups.values(), key=len, default={})
+    return list(best.values()) if len(best) >= 2 else []
+
+
+def tf_label(run: Run) -> str:
+    s = run.settings
+    label = f"TF {s.get(TF + 'ratio', '?')}"
+    if s.get(TF + "decay_step", 0):
+        unit = s.get(TF + "unit", "epoch")
+        label += f", -{s[TF + 'decay_step']}/{unit} from {unit} {s.get(TF + 'decay_start', 0)}"
+    if s.get(TF + "floor", 0):
+        label += f", floor {s[TF + 'floor']}"
+    if s.get(TF + "mode", "sequence") != "sequence":
+        label += f" ({s[TF + 'mode']})"
+    return label
+
+
+def kl_label(run: Run) -> str:
+    s = run.settings
+    kind = s.get(KL + "type", "?")
+    if kind == "cyclical":
+        return f"cyclical ({s.get(KL + 'cycles')} cycles, ratio {s.get(KL + 'ratio')})"
+    if kind == "monotonic":
+        return f"monotonic (ratio {s.get(KL + 'ratio')})"
+    return f"none (beta {s.get(KL + 'max_beta', 1.0)})"
+
+
+def psnr_run(runs: Sequence[Run]) -> Run | None:
+    """The run behind the per-frame PSNR figure (see the module doc)."""
+
+    def score(r: Run) -> float:
+        return r.best_psnr if r.best_psnr is not None and math.isfinite(r.best_psnr) else -math.inf
+
+    validated = [r for r in runs if r.best_psnr is not None]
+    recipe = [
+        r for r in validated if r.settings.get(KL + "type") == "none" and float(r.settings.get(TF + "ratio", 1)) == 0
+    ]
+    pool = recipe or validated
+    return max(pool, key=score) if pool else None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_ablation(path: Path, runs: Sequence[Run], labels: Sequence[str], panels, title: str) -> Path:
+    """Stacked panels sharing the epoch axis, one color per setting: the loss curves on top, the
+    schedule (teacher-forcing ratio or beta) at the bottom."""
+    from cvae.media import _pyplot, _save
+
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 2.2 * len(panels) + 0.6), dpi=110, sharex=True)
+    colors = _colors(len(runs))
+    for ax, (key, ylabel, log) in zip(axes, panels, strict=True):
+        values = []
+        for run, label, color in zip(runs, labels, colors, strict=True):
+            xs, ys = run.series(key)
+            if xs:
+                ax.plot(xs, ys, color=color, lw=1.4, marker="." if len(xs) < 40 else None, label=label)
+                values += ys
+        if log and values and all(math.isfinite(v) and v > 0 for v in values):
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_title(title)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path)
+
+
+TF_PANELS = (
+    ("epoch/loss", "train loss", True),
+    ("epoch/mse", "train MSE", True),
+    ("epoch/tfr", "teacher-forcing ratio", False),
+)
+KL_PANELS = (
+    ("epoch/loss", "train loss", True),
+    ("epoch/kl", "train KL", True),
+    ("epoch/beta", "beta", False),
+)
+
+
+@dataclass
+class Figure:
+    path: Path
+    what: str
+    runs: list[tuple[str, Run]]  # (label in the figure, run)
+
+
+@dataclass
+class Report:
+    figures: list[Figure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self):
+        from rich.table import Table
+
+        folder = self.figures[0].path.parent if self.figures else ""
+        t = Table(title=f"report figures -> {folder}")
+        for col in ("figure", "setting", "run", "best val PSNR"):
+            t.add_column(col, justify="right" if col == "best val PSNR" else "left", overflow="fold")
+        for fig in self.figures:
+            for i, (label, run) in enumerate(fig.runs):
+                psnr = run.best_psnr
+                t.add_row(
+                    fig.path.name if i == 0 else "",
+                    label,
+                    run.label,
+                    "-" if psnr is None else f"{psnr:.2f}",
+                )
+        return t
+
+
+def make_report(args: Sequence[str | Path], out: Path, console=None) -> Report:
+    runs = load_runs(args)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report()
+
+    tf_runs = sorted(ablation(runs, TF), key=lambda r: -float(r.settings.get(TF + "ratio", 0)))
+    if tf_runs:
+        labels = [tf_label(r) for r in tf_runs]
+        path = plot_ablation(
+            out / "teacher_forcing.png", tf_runs, labels, TF_PANELS, "teacher forcing: ratio and loss per setting"
+        )
+        report.figures.append(Figure(path, "teacher forcing", list(zip(labels, tf_runs, strict=True))))
+    else:
+        report.skipped.append("teacher forcing: needs two or more runs whose specs differ only in teacher_forcing.*")
+
+    kl_runs = sorted(ablation(runs, KL), key=lambda r: KL_ORDER.get(r.settings.get(KL + "type"), 9))
+    if kl_runs:
+        labels = [kl_label(r) for r in kl_runs]
+        path = plot_ablation(
+            out / "kl_annealing.png", kl_runs, labels, KL_PANELS, "KL annealing: loss, KL and beta per schedule"
+        )
+        report.figures.append(Figure(path, "KL annealing", list(zip(labels, kl_runs, strict=True))))
+    else:
+        report.skipped.append("KL annealing: needs two or more runs whose specs differ only in kl_annealing.*")
+
+    best = psnr_run(runs)
+    curve = best_frame_curve(best, console) if best is not None else None
+    if curve is not None:
+        from cvae.media import plot_psnr
+
+        m = curve.metrics
+        shift = m.get("pose_shift", "?")
+        refs = {
+            name: m[key]
+            for name, key in (("repeat first frame", "val/psnr_repeat_first"), ("mean frame", "val/psnr_mean_frame"))
+            if key in m
+        }
+        path = plot_psnr(
+            out / "psnr_per_frame.png",
+            {"prediction": curve.psnr, f"poses shifted by {shift} frames": curve.shifted},
+            refs,
+            f"{best.label}: per-frame PSNR, best checkpoint (epoch {m.get('epoch', '?')})",
+        )
+        label = f"{kl_label(best)}; {tf_label(best)}"
+        report.figures.append(Figure(path, "per-frame PSNR", [(label, best)]))
+    else:
+        why = "; ".join(best.notes) if best is not None and best.notes else "no run has validated"
+        report.skipped.append(f"per-frame PSNR: {why}")
+
+    if not report.figures:
+        raise UserError("no report figure could be made:\n  " + "\n  ".join(report.skipped))
+    return report

@@ -1,0 +1,287 @@
+"""End to end: ``cvae train`` with W&B offline, read back from the run's ``.wandb`` file.
+
+Every run here is the real CLI in a subprocess (or the in-process ``train()`` the CLI calls),
+with W&B's own folders pointed into tmp; nothing needs a W&B server or key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import yaml
+from conftest import REPO, subprocess_env, tiny_overrides, write_spec
+
+from cvae.wandb_tracker import RUN_ID_FILE, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+STEP_KEYS = ("train/loss", "train/mse", "train/kl", "train/beta", "train/tfr", "train/lr", "train/grad_norm")
+STEPS_PER_EPOCH = 12  # tiny preset: 4 videos x 24 frames -> 24 clips of 4 frames, batch 2
+WARNING = "W&B tracking is off"
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Environment of the CLI children (and of this process): W&B's folders in tmp, no sweep."""
+    env = subprocess_env()
+    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY"):
+        env.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
+    for var in ("WANDB_RESUME", "WANDB_NAME", "WANDB_DISABLED"):
+        env.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "wandb-home"
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        env[var] = str(home / var.lower())
+        monkeypatch.setenv(var, env[var])
+    return env
+
+
+def cvae(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def local_history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def epoch_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "epoch/loss" in r]
+
+
+def wandb_records(segment: Path) -> list[dict]:
+    """Every record of one ``.wandb`` file (config updates included), via W&B's own reader."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- one offline run
+
+
+def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"kl_annealing.cycles": 7}))
+    run_dir = tmp_path / "run"
+    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert WARNING not in done.stdout + done.stderr
+
+    run = read_offline_run(run_dir)
+    assert run["run_id"] == (run_dir / RUN_ID_FILE).read_text().strip()
+    assert run["state"] == "finished" and len(run["segments"]) == 1
+    assert run["segments"][0].is_relative_to(run_dir / "wandb")
+
+    # The config: the resolved spec flattened to its override names, plus where and what ran it.
+    config = run["config"]
+    assert config["kl_annealing.cycles"] == 7 and config["kl_annealing.type"] == "monotonic"
+    assert config["model.frame_dim"] == 16 and config["data.clip_len"] == 4 and config["train.epochs"] == 2
+    assert config["tracking.wandb.mode"] == "offline" and config["data.frame_size"] == [32, 64]
+    assert config["run_dir"] == str(run_dir)
+    assert all(config.get(f"versions.{p}") for p in ("python", "torch", "wandb"))
+
+    # History: every optimizer step (log_every 1) with the train keys, one row per epoch with val/perf.
+    local = local_history(run_dir)
+    history = run["history"]
+    steps = [row["_step"] for row in history]
+    total = 2 * STEPS_PER_EPOCH
+    assert steps == list(range(1, total + 1))
+    step_rows = [row for row in history if "train/loss" in row]
+    assert len(step_rows) == total and all(set(STEP_KEYS) <= row.keys() for row in step_rows)
+    local_steps = {r["step"]: r for r in local if "train/loss" in r}
+    for row in step_rows:
+        mine = local_steps[row["_step"]]
+        for key in STEP_KEYS:
+            assert row[key] == pytest.approx(mine[key], rel=1e-6, abs=1e-12), (key, row["_step"])
+        # the logged parts add up to the logged loss: loss = mse + beta * kl
+        expect = row["train/mse"] + row["train/beta"] * row["train/kl"]
+        assert row["train/loss"] == pytest.approx(expect, rel=1e-4)
+    assert {row["train/beta"] for row in step_rows} == {0.0, 0.5}  # monotonic over 2 epochs
+    wandb_epochs = [row for row in history if "val/psnr" in row]
+    assert [row["epoch"] for row in wandb_epochs] == [0, 1]
+    for row in wandb_epochs:
+        assert row["perf/frames_per_s"] > 0 and row["perf/epoch_s"] > 0
+        assert 0 < row["val/mse"] < 1 and math.isfinite(row["val/psnr"])
+        # the mean of per-frame PSNRs is near, not equal to, the PSNR of the mean MSE
+        assert row["val/psnr"] == pytest.approx(10 * math.log10(1 / row["val/mse"]), abs=3)
+    assert [r["val/psnr"] for r in wandb_epochs] == pytest.approx([r["val/psnr"] for r in epoch_rows(local)])
+
+    # Media: the rollout GIF of each epoch (ground truth | prediction | pose), the same bytes as the
+    # run folder's, decoding to gif_frames frames of 32 x (3 * 64 + 2 gaps of 2).
+    gifs = [p for p in run["files"] if p.suffix == ".gif"]
+    assert len(gifs) == 2
+    assert {p.read_bytes() for p in gifs} == {p.read_bytes() for p in (run_dir / "media").glob("*.gif")}
+    frames = iio.imread(gifs[-1], index=None)
+    assert frames.shape == (10, 32, 3 * 64 + 2 * 2, 3)
+    assert wandb_epochs[-1]["val/rollout"]["_type"] == "video-file"
+
+    # The per-frame PSNR line plot: W&B's line chart over a table of (frame, psnr), one per epoch.
+    table_ref = wandb_epochs[-1]["val/psnr_per_frame_table"]
+    assert table_ref["_type"] == "table-file" and table_ref["nrows"] == 11  # val_len 12: frames 1..11
+    tables = sorted(p for p in run["files"] if p.name.endswith(".table.json"))
+    assert len(tables) == 2
+    last_table = next(p for p in tables if p.name == Path(table_ref["path"]).name)
+    table = json.loads(last_table.read_text())
+    assert table["columns"] == ["frame", "psnr"] and [r[0] for r in table["data"]] == list(range(1, 12))
+    # one val video: its mean per-frame PSNR is the epoch's val/psnr
+    assert sum(r[1] for r in table["data"]) / 11 == pytest.approx(wandb_epochs[-1]["val/psnr"], rel=1e-5)
+    charts = [
+        rec["config"]["update"]["_wandb.visualize.val/psnr_per_frame"]["panel_config"]
+        for rec in wandb_records(run["segments"][0])
+        if rec["type"] == "config" and "_wandb.visualize.val/psnr_per_frame" in rec["config"].get("update", {})
+    ]
+    assert charts and charts[-1]["panelDefId"] == "wandb/line/v0"
+    assert charts[-1]["fieldSettings"]["x"] == "frame" and charts[-1]["fieldSettings"]["y"] == "psnr"
+
+    # Summary: val/psnr is its max over the run; best and status as in summary.json.
+    summary = run["summary"]
+    local_summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in epoch_rows(local)))
+    assert summary["best/val_psnr"] == pytest.approx(local_summary["best/val_psnr"])
+    assert summary["best/val_psnr"] == pytest.approx(summary["val/psnr"])
+    assert summary["best/epoch"] == local_summary["best/epoch"]
+    assert summary["status"] == local_summary["status"] == "finished"
+    assert summary["epochs_done"] == 2 and summary["steps"] == total
+
+
+# --------------------------------------------------------------------------- sweep agent
+
+
+def test_simulated_sweep_agent_launch(tmp_path, tiny_data, wandb_env):
+    """What ``wandb agent`` does: a param file, the sweep variables, ``${args}`` as --key=value."""
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_overrides(tiny_data, **{"kl_annealing.cycles": 7, "train.epochs": 1, "tracking.wandb.mode": None}),
+    )
+    params = tmp_path / "sweep-params.yaml"
+    agent_values = {"kl_annealing.cycles": 3, "optim.lr": 0.002, "teacher_forcing.ratio": 0.25}
+    params.write_text(yaml.safe_dump({"wandb_version": 1, **{k: {"value": v} for k, v in agent_values.items()}}))
+    env = wandb_env | {
+        "WANDB_MODE": "offline",
+        "WANDB_SWEEP_ID": "sweep123",
+        "WANDB_SWEEP_PARAM_PATH": str(params),
+        "WANDB_RUN_ID": "agentrun42",
+    }
+    run_dir = tmp_path / "agent-run"
+    # teacher_forcing.ratio comes only from the param file; --set loses to the agent's values.
+    args = ["--kl_annealing.cycles=3", "--optim.lr=0.002", "--set", "kl_annealing.cycles=5"]
+    done = cvae(env, "train", spec, "--run-dir", run_dir, *args)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+    saved = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    assert saved["kl_annealing"]["cycles"] == 3 and saved["optim"]["lr"] == 0.002
+    assert saved["teacher_forcing"]["ratio"] == 0.25
+    assert saved["teacher_forcing"]["decay_start"] == 1  # untouched keys keep the spec file's values
+
+    run = read_offline_run(run_dir)
+    assert run["run_id"] == "agentrun42" == (run_dir / RUN_ID_FILE).read_text().strip()
+    for key, value in agent_values.items():
+        assert run["config"][key] == value, key
+    assert run["config"]["model.frame_dim"] == 16
+    # ...and training used them
+    step_rows = [r for r in local_history(run_dir) if "train/loss" in r]
+    assert {r["train/lr"] for r in step_rows} == {0.002} and {r["train/tfr"] for r in step_rows} == {0.25}
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class StopAfterFirstEpoch:
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        if epoch == 0:
+            raise RuntimeError("stopped by the test after epoch 1")
+
+
+def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wandb_env):
+    from cvae.spec import load_spec
+    from cvae.training import prepare_run_dir, train
+    from cvae.wandb_tracker import WandbTracker
+
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.wandb.mode": "offline"}))
+    run_dir = tmp_path / "run"
+    prepare_run_dir(run_dir, resume=False, overwrite=False)
+    tracker = WandbTracker(mode="offline")
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train(spec, run_dir, [tracker], [StopAfterFirstEpoch()])
+    assert tracker.error is None
+
+    # An exception in a callback marks the W&B run failed, with the reason.
+    first = read_offline_run(run_dir)
+    assert first["state"] == "failed"
+    assert first["summary"]["status"] == "failed"
+    assert "RuntimeError: stopped by the test" in first["summary"]["failure_reason"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+    done = cvae(wandb_env, "train", "--resume", run_dir)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+    run = read_offline_run(run_dir)
+    assert run["run_id"] == first["run_id"] and len(run["segments"]) == 2
+    assert {p.stem for p in run["segments"]} == {f"run-{first['run_id']}"}
+    assert run["state"] == "finished" and run["summary"]["status"] == "finished"
+    steps = [row["_step"] for row in run["history"]]
+    assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))  # increasing, none missing, none twice
+    assert [row["epoch"] for row in run["history"] if "val/psnr" in row] == [0, 1, 2]
+    assert [row["epoch"] for row in epoch_rows(local_history(run_dir))] == [0, 1, 2]
+    assert run["summary"]["epochs_done"] == 3
+    assert run["summary"]["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in run["history"] if "val/psnr" in r))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_wandb_failure_never_stops_training(tmp_path, tiny_data, wandb_env):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    blocker = run_dir / "wandb"
+    blocker.write_text("a file where W&B wants its folder\n")
+    os.chmod(blocker, 0o444)
+    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count(WARNING) == 1, output
+    assert str(run_dir / "wandb") in output
+    rows = local_history(run_dir)
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [r["epoch"] for r in epoch_rows(rows)] == [0, 1]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert blocker.is_file() and not (run_dir / RUN_ID_FILE).exists()
+
+
+def test_nan_loss_marks_the_wandb_run_failed(tmp_path, tiny_data, wandb_env):
+    # lr 1 with no gradient clipping: the weights blow up and the loss is NaN at step 2 (seed 0).
+    overrides = {"optim.lr": 1.0, "train.grad_clip": 0, "optim.schedule": "none", "tracking.wandb.mode": "offline"}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **overrides))
+    run_dir = tmp_path / "run"
+    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir)
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert "non-finite loss" in done.stderr
+
+    run = read_offline_run(run_dir)
+    assert run["state"] == "failed"
+    reason = run["summary"]["failure_reason"]
+    assert run["summary"]["status"] == "failed"
+    assert reason.startswith("TrainingDiverged: non-finite loss at step")
+    assert reason == json.loads((run_dir / "summary.json").read_text())["failure_reason"]
+    logged = [row["_step"] for row in run["history"]]
+    assert logged == [r["step"] for r in local_history(run_dir)]  # the non-finite step is not logged
