@@ -236,7 +236,8 @@ def load_test(root: str | Path, size: tuple[int, int]) -> list[TestVideo]:
 
 def clip_starts(videos: VideoSet, clip_len: int) -> torch.Tensor:
     """Global start index of every clip: consecutive, non-overlapping, inside one video (the lab)."""
-    starts = [s + k * clip_len for s, n in zip(videos.starts, videos.lengths) for k in range(n // clip_len)]
+    spans = zip(videos.starts, videos.lengths, strict=True)
+    starts = [s + k * clip_len for s, n in spans for k in range(n // clip_len)]
     if not starts:
         longest = max(videos.lengths)
         raise DataError(f"no training clip fits: clip_len {clip_len} exceeds the longest video ({longest} frames)")

@@ -52,7 +52,8 @@ def plot_psnr(path: Path, curves: dict[str, Sequence[float]], refs: dict[str, fl
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
     for label, ys in curves.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, lw=1.2, label=f"{label} (mean {np.mean(ys):.2f} dB)")
-    for (label, value), color in zip(refs.items(), ("tab:red", "tab:gray", "tab:purple", "tab:olive")):
+    colors = ("tab:red", "tab:gray", "tab:purple", "tab:olive", "tab:brown", "tab:pink")
+    for (label, value), color in zip(refs.items(), colors[: len(refs)], strict=True):
         ax.axhline(value, ls="--", lw=1, color=color, label=f"{label} ({value:.2f} dB)")
     ax.set(xlabel="frame", ylabel="PSNR (dB)", title=title)
     ax.grid(alpha=0.3)
@@ -65,10 +66,10 @@ def plot_history(path: Path, rows: list[dict], keys: Sequence[str], x: str = "ep
     plt = _pyplot()
     keys = [k for k in keys if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.8), dpi=110, squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         pts = [(r[x], r[key]) for r in rows if key in r and x in r and isinstance(r[key], int | float)]
         if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 40 else None, lw=1.2)
+            ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 40 else None, lw=1.2)
         ax.set(title=key, xlabel=x)
         ax.grid(alpha=0.3)
     return _save(fig, path)
