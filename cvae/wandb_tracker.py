@@ -184,11 +184,12 @@ class WandbTracker(Tracker):
         self.mode = resolve_mode(mode)
         self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.entity = entity  # None: wandb reads WANDB_ENTITY itself
-        self.group = group
-        self.job_type = job_type
-        self.tags = list(tags) if tags else None
-        self.name = name
-        self.notes = notes
+        # Free text the spec passes to W&B: passwords in URLs are masked as in the config.
+        self.group = redact(group)
+        self.job_type = redact(job_type)
+        self.tags = redact(list(tags)) if tags else None
+        self.name = redact(name)
+        self.notes = redact(notes)
         self.console = console
         self.run_dir: Path | None = None
         self.run_id: str | None = None
@@ -279,6 +280,25 @@ class WandbTracker(Tracker):
         run.define_metric("val/psnr", step_metric="epoch", summary="max")
         run.define_metric("epoch/*", step_metric="epoch")
         run.define_metric("perf/*", step_metric="epoch")
+        if resume:
+            self._backfill(run_dir)
+
+    def _backfill(self, run_dir: Path) -> None:
+        """Log again the rows of ``history.jsonl`` that W&B lost. A SIGKILL loses what wandb-core
+        had not yet written (often the whole killed segment); the local history (already cut back
+        to the checkpoint by the trainer) is complete, so rows past W&B's last step are re-sent."""
+        path = run_dir / "history.jsonl"
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            step = row.pop("step", None)
+            if isinstance(step, int) and step >= self._min_step:
+                row = {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in row.items()}
+                self._run.log(row, step=self._step(step))
 
     def _step(self, step: int) -> int:
         """A step W&B will keep: never below the last one (a late row joins the current row)."""
@@ -355,6 +375,7 @@ class WandbTracker(Tracker):
                 run.summary["failure_reason"] = reason or "unknown"
                 run.finish(exit_code=1)
             else:
+                run.summary["failure_reason"] = None  # a resumed run that finished: no longer failed
                 run.finish()
         except Exception as exc:
             self._fail("finishing the run failed", exc)
