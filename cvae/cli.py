@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from cvae.errors import UserError
+from cvae.sweep_cli import sweep_app
 
 app = typer.Typer(
     help="Train, track and search the Lab4 pose-conditioned video CVAE.",
@@ -29,6 +30,7 @@ data_app = typer.Typer(help="Dataset tools: synthesize the dancer, check a folde
 spec_app = typer.Typer(help="Experiment specs: show a resolved spec, print the JSON schema.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(spec_app, name="spec")
+app.add_typer(sweep_app, name="sweep")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

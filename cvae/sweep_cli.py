@@ -1,0 +1,244 @@
+"""``cvae sweep ...``: run, inspect and export sweeps (logic in ``cvae.sweep``).
+
+optuna, torch and wandb are imported inside the commands, so ``cvae --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cvae.errors import UserError
+
+sweep_app = typer.Typer(
+    help="Search spec settings with Optuna (one machine or many), inspect studies, export W&B sweeps.",
+    no_args_is_help=True,
+)
+
+SweepArg = Annotated[Path, typer.Argument(help="Sweep file (sweeps/*.yaml).")]
+OptSweepArg = Annotated[Path | None, typer.Argument(help="Sweep file (or give --storage and --study).")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna storage: a journal file, sqlite:///FILE or postgresql://USER:PW@HOST/DB "
+        "(default: the journal in the sweep folder)."
+    ),
+]
+StudyOpt = Annotated[str | None, typer.Option(help="Study name (default: the sweep file's name).")]
+DirOpt = Annotated[Path | None, typer.Option("--dir", help="Sweep folder (default runs/sweeps/<study>).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+
+
+def handled(fn):
+    """The CLI's error handling (exit 2 on bad input, 1 on failure, 130 on Ctrl-C)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from cvae.cli import handle_errors  # not at import time: cvae.cli imports this module
+
+        return handle_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _resolve(sweep_file: Path | None, storage: str | None, study: str | None, out_dir: Path | None):
+    """(storage URL, study name, Sweep or None) from a sweep file and/or the options."""
+    from cvae.sweep import load_sweep, storage_url
+
+    if sweep_file is not None:
+        sweep = load_sweep(sweep_file, study, out_dir)
+        return storage_url(sweep, storage), sweep.study, sweep
+    if storage is None:
+        raise UserError("give a SWEEP file, or --storage URL (and --study NAME)")
+    if study is None:
+        import optuna
+
+        from cvae.sweep import open_storage
+
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+        if len(names) != 1:
+            raise UserError(f"--study NAME needed: the storage holds {len(names)} studies ({', '.join(names)})")
+        study = names[0]
+    return storage, study, None
+
+
+@sweep_app.command("run")
+@handled
+def run(
+    sweep_file: SweepArg,
+    n_trials: Annotated[
+        int | None, typer.Option(help="Trials in the study in all (default: the sweep's budget).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out_dir: DirOpt = None,
+    timeout: Annotated[float | None, typer.Option(help="Start no new trial after this many seconds.")] = None,
+    worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or continue) a sweep: each trial trains the base spec with the trial's values."""
+    from cvae.sweep import RunOptions, budget, load_sweep, run_worker, run_workers, status, storage_url, trial_line
+
+    console = Console(quiet=quiet, highlight=False, soft_wrap=True)
+    sweep = load_sweep(sweep_file, study, out_dir)
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"--n-trials must be at least 1, got {n_trials}")
+    opts = RunOptions(storage_url(sweep, storage), n_trials, timeout or sweep.spec.budget.timeout, worker_index)
+    from cvae.sweep import _redact, load_study
+
+    if worker_index == 0:
+        limit = budget(sweep, n_trials)
+        console.print(
+            f"sweep [bold]{sweep.study}[/]: {'up to ' + str(limit) if limit else 'unlimited'} trials, "
+            f"{workers} worker(s), storage {_redact(opts.url)}, trials in {sweep.trials_dir}"
+        )
+    try:
+        if workers == 1:
+            run_worker(sweep, opts, console, report=lambda t: console.print(trial_line(t), markup=False))
+            code = 0
+        else:
+            code = run_workers(sweep, opts, workers, console)
+    except KeyboardInterrupt:
+        console.print("interrupted: stopped trials resume from their checkpoints on the next `cvae sweep run`")
+        raise typer.Exit(130) from None
+    if worker_index == 0:
+        _print_summary(console, status(load_study(opts.url, sweep.study)))
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_summary(console: Console, st: dict) -> None:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in st["states"].items() if n)
+    console.print(
+        f"study {st['study']}: {st['n_trials']} trials ({states or 'none'}); {st['epochs_spent']} epochs trained"
+    )
+    if st["best"]:
+        b = st["best"]
+        params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
+        console.print(f"best: trial {b['number']}, {b['value']:.4g} ({params})", markup=False)
+
+
+@sweep_app.command("status")
+@handled
+def status_cmd(
+    sweep_file: OptSweepArg = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out_dir: DirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Trials by state, the best trial, and the running trials with their epoch."""
+    from rich.table import Table
+
+    from cvae.sweep import _fmt, load_study, status
+
+    url, name, _ = _resolve(sweep_file, storage, study, out_dir)
+    st = status(load_study(url, name))
+    if as_json:
+        sys.stdout.write(json.dumps(st, default=str) + "\n")
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(title=f"study {st['study']} ({st['direction']})")
+    table.add_column("state")
+    table.add_column("trials", justify="right")
+    for s, n in st["states"].items():
+        if n:
+            table.add_row(s.lower(), str(n))
+    console.print(table)
+    if st["best"]:
+        b = st["best"]
+        console.print(f"best: trial {b['number']} = {b['value']:.4g}  run folder {b['run_dir']}", markup=False)
+        for k, v in b["params"].items():
+            console.print(f"  {k}: {v}", markup=False)
+    if st["running"]:
+        run_table = Table(title="running")
+        for col in ("trial", "epoch", "params", "worker"):
+            run_table.add_column(col)
+        for r in st["running"]:
+            ep = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else str(r["epoch"])
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
+            run_table.add_row(str(r["number"]), ep, params, str(r["worker"] or ""))
+        console.print(run_table)
+    for f in st["failed"]:
+        console.print(f"failed trial {f['number']}: {f['reason']}", markup=False)
+    console.print(f"epochs trained: {st['epochs_spent']}")
+
+
+@sweep_app.command("best")
+@handled
+def best(
+    sweep_file: OptSweepArg = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out_dir: DirOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the spec here (default: stdout).")
+    ] = None,
+) -> None:
+    """The best trial's values merged into the base spec: a spec ready for `cvae train`."""
+    from cvae.sweep import best_spec_yaml, load_study
+
+    url, name, _ = _resolve(sweep_file, storage, study, out_dir)
+    text = best_spec_yaml(load_study(url, name))
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        Console(stderr=True).print(f"wrote {output}")
+
+
+@sweep_app.command("dashboard")
+@handled
+def dashboard(
+    sweep_file: OptSweepArg = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out_dir: DirOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (local only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard for the sweep's storage (Ctrl-C stops it)."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
+    from cvae.sweep import _redact, open_storage, storage_url
+
+    if sweep_file is not None:
+        from cvae.sweep import load_sweep
+
+        url = storage_url(load_sweep(sweep_file, study, out_dir), storage)
+    elif storage is not None:
+        url = storage
+    else:
+        raise UserError("give a SWEEP file or --storage URL")
+    if not url.startswith(("sqlite", "postgres", "mysql")) and not Path(url).exists():
+        raise UserError(f"{url}: no such journal file (run the sweep first)")
+    print(f"optuna-dashboard for {_redact(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(open_storage(url), host=host, port=port)
+
+
+@sweep_app.command("export-wandb")
+@handled
+def export_wandb(
+    sweep_file: SweepArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")] = None,
+) -> None:
+    """Write the sweep as a W&B sweep config (agents run `cvae train BASE --key=value ...`)."""
+    from cvae.sweep import load_sweep, wandb_sweep_yaml
+
+    text = wandb_sweep_yaml(load_sweep(sweep_file))
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        Console(stderr=True).print(f"wrote {output}")

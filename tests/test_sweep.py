@@ -1,0 +1,670 @@
+"""Sweeps: the sweep file, `cvae sweep run` with several worker processes on a journal file and on
+a real PostgreSQL, faults (raising / diverging trials, a worker killed with -9, Ctrl-C), status
+and best against the `optuna` CLI, optuna-dashboard, and the W&B sweep export run through a
+simulated agent launch. Trials are tiny (seconds each); the workers are real processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, nested, subprocess_env
+
+from cvae.errors import SpecError
+from cvae.sweep import epoch_rows, load_study, load_sweep, wandb_sweep_yaml
+
+SWEEPS = REPO / "sweeps"
+
+
+def cvae(*args, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_spec(root: Path, **extra: Any) -> dict[str, Any]:
+    """A trial of seconds: tiny widths, 16x32 frames, 4-frame clips, 2 epochs of 3 steps, 8-frame rollouts."""
+    out = {
+        "name": "tiny",
+        "seed": 0,
+        "data.root": str(root),
+        "data.preset": None,
+        "data.frame_size": [16, 32],
+        "data.partial": 0.5,
+        "data.clip_len": 4,
+        "data.val_len": 8,
+        "model.frame_dim": 16,
+        "model.pose_dim": 8,
+        "model.z_dim": 4,
+        "model.fusion_dim": 16,
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.device": "cpu",
+        "optim.schedule": "none",
+        "kl_annealing.type": "monotonic",
+        "teacher_forcing.ratio": 0.5,
+        "teacher_forcing.decay_start": 1,
+        "teacher_forcing.decay_step": 0.2,
+        "tracking.wandb.mode": "disabled",
+        "tracking.gif_frames": 8,
+    }
+    return out | extra
+
+
+def write_sweep(folder: Path, data_root: Path, sweep: dict[str, Any], **spec_extra: Any) -> Path:
+    """folder/base.yaml (a tiny spec) and folder/sweep.yaml (``sweep`` with base: base.yaml)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text(yaml.safe_dump(nested(base_spec(data_root, **spec_extra)), sort_keys=False))
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **sweep}, sort_keys=False))
+    return path
+
+
+SEARCH = {
+    "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "kl_annealing.ratio": {"type": "float", "low": 0.1, "high": 1.0},
+}
+# Pruning likely: compare with the median from the first finished trial on, from epoch 1.
+PRUNE = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+
+
+def trials_of(url: str, study: str):
+    return load_study(url, study).get_trials(deepcopy=False)
+
+
+def assert_clean_sweep(trials, n: int) -> None:
+    """n trials, every one finished (complete or pruned), numbers and parameter sets unique."""
+    assert len(trials) == n, [(t.number, t.state.name) for t in trials]
+    assert sorted(t.number for t in trials) == list(range(n))
+    states = [t.state.name for t in trials]
+    assert set(states) <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert states.count("COMPLETE") >= 1
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == n, params
+    for t in trials:  # each trained its own folder, with its own values
+        run_dir = Path(t.user_attrs["run_dir"])
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert spec["optim"]["lr"] == pytest.approx(t.params["optim.lr"])
+        assert spec["kl_annealing"]["ratio"] == pytest.approx(t.params["kl_annealing.ratio"])
+        assert spec["tracking"]["wandb"]["group"] == "sweep" and spec["tracking"]["wandb"]["name"] == str(t.number)
+        assert run_dir.name == str(t.number)
+        epochs = [r["epoch"] for r in epoch_rows(run_dir)]
+        assert epochs == list(range(len(epochs))) and epochs
+        if t.state.name == "COMPLETE":
+            assert len(epochs) == 2
+            assert t.value == pytest.approx(max(r["val/psnr"] for r in epoch_rows(run_dir)))
+        assert t.user_attrs["epochs_done"] == len(epochs)
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def test_shipped_sweeps_load():
+    for path in SWEEPS.glob("*.yaml"):
+        sweep = load_sweep(path)
+        assert sweep.study == path.stem
+        assert sweep.spec.search
+    quick = load_sweep(SWEEPS / "quick.yaml")
+    assert quick.epochs() <= 4  # CPU-sized
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"sampler": {"typ": "tpe"}}, ("unknown key `sampler.typ`", "did you mean `sampler.type`")),
+        ({"serach": {}}, ("unknown key `serach`", "did you mean `search`")),
+        (
+            {"search": {"kl_annealing.ratoi": {"type": "float", "low": 0.1, "high": 1}}},
+            ("`kl_annealing.ratoi` is not a key of the spec", "kl_annealing.ratio"),
+        ),
+        (
+            {"search": {"kl_annealing.ratio": {"type": "float", "low": 0.1, "high": 1.5}}},
+            ("search.kl_annealing.ratio", "1.5", "invalid spec"),
+        ),
+        (
+            {"search": {"kl_annealing.ratio": {"type": "float", "lo": 0.1, "high": 1}}},
+            ("unknown key `lo`", "did you mean `low`"),
+        ),
+        ({"search": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.001}}}, ("must be below high",)),
+        ({"search": {"kl_annealing.cycles": {"type": "float", "low": 1, "high": 4}}}, ("use type: int",)),
+        (
+            {"search": {"kl_annealing.type": {"type": "categorical", "choices": ["cyclic", "none"]}}},
+            ("search.kl_annealing.type", "'cyclic'"),
+        ),
+        ({"budget": {}}, ("budget needs n_trials",)),
+        ({"objective": {"metric": "val/pnsr"}}, ("val/pnsr", "did you mean `val/psnr`")),
+        ({"overrides": {"train.epoch": 3}}, ("overrides", "train.epoch", "train.epochs")),
+    ],
+)
+def test_bad_sweep_file_exits_2(tmp_path, change, needles):
+    sweep = {"search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 2}} | change
+    path = write_sweep(tmp_path, tmp_path / "data", sweep)
+    r = cvae("sweep", "run", path, "--dir", tmp_path / "out")
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(path) in errors[0]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()  # nothing created
+
+
+def test_sweep_file_not_found_exits_2(tmp_path):
+    r = cvae("sweep", "export-wandb", tmp_path / "nope.yaml")
+    assert r.returncode == 2 and "nope.yaml" in r.stderr
+
+
+def test_grid_needs_steps(tmp_path):
+    path = write_sweep(tmp_path, tmp_path, {"search": {"optim.lr": SEARCH["optim.lr"]}, "sampler": {"type": "grid"}})
+    with pytest.raises(SpecError, match="grid sampler needs a step"):
+        load_sweep(path)
+
+
+# --------------------------------------------------------------------------- W&B export
+
+
+def test_exported_wandb_configs_are_in_sync():
+    """sweeps/wandb/<name>.yaml is what `cvae sweep export-wandb sweeps/<name>.yaml` writes (from
+    the repository root, where the agents run)."""
+    shipped = sorted(SWEEPS.glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"kl_annealing", "teacher_forcing", "kl_tfr", "quick"}
+    for path in shipped:
+        exported = SWEEPS / "wandb" / path.name
+        assert exported.exists(), f"missing {exported}: run cvae sweep export-wandb {path} -o {exported}"
+        want = wandb_sweep_yaml(load_sweep(path.relative_to(REPO)), cwd=REPO)
+        assert exported.read_text() == want, f"{exported} is stale: cvae sweep export-wandb {path} -o {exported}"
+    cfg = yaml.safe_load((SWEEPS / "wandb" / "kl_tfr.yaml").read_text())
+    assert cfg["method"] == "bayes" and cfg["metric"] == {"name": "val/psnr", "goal": "maximize"}
+    assert cfg["parameters"]["teacher_forcing.decay_step"]["distribution"] == "log_uniform_values"
+    assert cfg["parameters"]["kl_annealing.cycles"] == {"distribution": "int_uniform", "min": 1, "max": 10}
+    assert cfg["parameters"]["kl_annealing.type"] == {"values": ["cyclical", "monotonic", "none"]}
+    assert cfg["early_terminate"]["type"] == "hyperband"
+    assert cfg["command"][:4] == ["${env}", "cvae", "train", "experiments/lab4_template.yaml"]
+    assert cfg["command"][-1] == "${args}"
+
+
+def test_export_wandb_cli_writes_the_file(tmp_path):
+    out = tmp_path / "quick.yaml"
+    assert_ok(cvae("sweep", "export-wandb", "sweeps/quick.yaml", "-o", out, cwd=REPO))
+    assert out.read_text() == (SWEEPS / "wandb" / "quick.yaml").read_text()
+
+
+def _agent_launch(config: dict, params: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess:
+    """What `wandb agent` does for one run (wandb/wandb_agent.py, 0.31): write the parameter file,
+    set the sweep variables, expand the command's macros, run it."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    sweep_id, run_id = "sw33p1d", "run0abcd"
+    param_path = cwd / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"
+    param_path.parent.mkdir(parents=True)
+    param_path.write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
+    env = subprocess_env() | {
+        "WANDB_SWEEP_ID": sweep_id,
+        "WANDB_SWEEP_PARAM_PATH": str(param_path),
+        "WANDB_RUN_ID": run_id,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(cwd),
+    }
+    saved = dict(os.environ)
+    os.environ.update(env)  # create_sweep_command reads ${envvar:...} from the environment
+    try:
+        command = sweep_utils.create_sweep_command(list(config["command"]))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars["env"] = ["/usr/bin/env"]
+    argv: list[str] = []
+    for c in map(str, command):
+        argv += sweep_vars.get(c[2:-1]) or [] if c.startswith("${") and c.endswith("}") else [c]
+    if shutil.which("cvae") is None:  # not installed as a script: the same program via python -m
+        argv = [a if a != "cvae" else f"{sys.executable} -m cvae.cli" for a in argv]
+        argv = " ".join(argv).split()
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.slow
+def test_exported_config_through_simulated_agent(tmp_path, tiny_data):
+    sweep = {
+        "overrides": {"train.epochs": 1},
+        "search": {
+            "optim.lr": SEARCH["optim.lr"],
+            "kl_annealing.cycles": {"type": "int", "low": 1, "high": 4},
+            "kl_annealing.type": {"type": "categorical", "choices": ["cyclical", "none"]},
+        },
+        "budget": {"n_trials": 4},
+    }
+    # W&B mode unset in the spec: the agent's WANDB_MODE (offline here) applies.
+    path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": None})
+    r = cvae("sweep", "export-wandb", path, cwd=tmp_path)
+    assert_ok(r)
+    config = yaml.safe_load(r.stdout)
+    assert config["parameters"]["train.epochs"] == {"value": 1}
+    assert config["parameters"]["optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2}
+    assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
+    params = {"train.epochs": 1, "optim.lr": 0.0004, "kl_annealing.cycles": 3, "kl_annealing.type": "none"}
+    r = _agent_launch(config, params, tmp_path)
+    assert_ok(r)
+    runs = glob.glob(str(tmp_path / "runs" / "wandb-sweeps" / "sw33p1d" / "run0abcd" / "spec.yaml"))
+    assert runs, r.stdout + r.stderr
+    spec = yaml.safe_load(Path(runs[0]).read_text())
+    assert spec["optim"]["lr"] == 0.0004 and spec["kl_annealing"]["cycles"] == 3
+    assert spec["kl_annealing"]["type"] == "none" and spec["train"]["epochs"] == 1
+    assert glob.glob(str(Path(runs[0]).parent / "wandb" / "offline-run-*-run0abcd"))  # the agent's run id
+
+
+# --------------------------------------------------------------------------- 2 workers on a journal file
+
+
+@pytest.fixture(scope="module")
+def journal_sweep(tmp_path_factory, tiny_data):
+    """A 6-trial TPE + median-pruning sweep run by 2 worker processes on the default journal."""
+    folder = tmp_path_factory.mktemp("journal")
+    path = write_sweep(
+        folder,
+        tiny_data,
+        {
+            "search": SEARCH,
+            "sampler": {"type": "tpe", "n_startup_trials": 2},
+            "pruner": PRUNE,
+            "budget": {"n_trials": 6},
+            "study": "sweep",
+        },
+    )
+    t0 = time.monotonic()
+    r = cvae("sweep", "run", path, "--workers", "2", "--dir", folder / "out")
+    assert_ok(r)
+    print(f"2-worker journal sweep of 6 trials: {time.monotonic() - t0:.1f} s")
+    return path, folder / "out", r
+
+
+@pytest.mark.slow
+def test_two_workers_on_journal(journal_sweep):
+    path, out, r = journal_sweep
+    url = str(out / "optuna.journal")
+    trials = trials_of(url, "sweep")
+    assert_clean_sweep(trials, 6)
+    assert any(t.state.name == "PRUNED" for t in trials), [
+        (t.number, t.state.name, t.intermediate_values) for t in trials
+    ]
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+    assert all(f"trial {t.number}:" in r.stdout for t in trials)  # one line per trial
+    for t in trials:  # pruning saw every epoch
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
+
+
+@pytest.mark.slow
+def test_rerun_continues_the_study(journal_sweep, tmp_path):
+    path, out, _ = journal_sweep
+    url = str(out / "optuna.journal")
+    r = cvae("sweep", "run", path, "--dir", out)  # the budget is spent: nothing to do
+    assert_ok(r)
+    assert len(trials_of(url, "sweep")) == 6
+    st = json.loads(cvae("sweep", "status", path, "--dir", out, "--json").stdout)
+    best = cvae("sweep", "best", path, "--dir", out, "-o", tmp_path / "best.yaml")
+    assert_ok(best)
+    spec = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    for key, value in st["best"]["params"].items():
+        section, leaf = key.split(".")
+        assert spec[section][leaf] == pytest.approx(value)
+    assert spec["tracking"]["wandb"]["group"] is None  # the sweep's own W&B naming is not copied
+    from cvae.spec import load_spec
+
+    assert load_spec(tmp_path / "best.yaml").optim.lr == pytest.approx(st["best"]["params"]["optim.lr"])
+
+
+@pytest.mark.slow
+def test_optuna_cli_agrees_with_status(journal_sweep):
+    path, out, _ = journal_sweep
+    journal = str(out / "optuna.journal")
+    r = cvae("sweep", "status", path, "--dir", out, "--json")
+    assert_ok(r)
+    st = json.loads(r.stdout)
+    storage = ["--storage", journal, "--storage-class", "JournalFileBackend"]
+    env = subprocess_env()
+    trials = subprocess.run(
+        ["optuna", *storage, "trials", "--study-name", "sweep", "-f", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert trials.returncode == 0, trials.stderr
+    rows = json.loads(trials.stdout)
+    assert len(rows) == st["n_trials"] == 6
+    by_state: dict[str, int] = {}
+    for row in rows:
+        by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+    assert by_state == {k: v for k, v in st["states"].items() if v}
+    best = subprocess.run(
+        ["optuna", *storage, "best-trial", "--study-name", "sweep", "-f", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert best.returncode == 0, best.stderr
+    b = json.loads(best.stdout)
+    assert b["number"] == st["best"]["number"]
+    assert b["value"] == pytest.approx(st["best"]["value"])
+    text = cvae("sweep", "status", path, "--dir", out)
+    assert_ok(text)
+    assert f"best: trial {st['best']['number']}" in text.stdout and "complete" in text.stdout
+
+
+@pytest.mark.slow
+def test_dashboard_lists_the_study(journal_sweep):
+    path, out, _ = journal_sweep
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvae.cli", "sweep", "dashboard", str(path), "--dir", str(out), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            assert proc.poll() is None, proc.stdout.read()
+            with contextlib.suppress(OSError):
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read()
+            time.sleep(0.3)
+        assert body is not None, "the dashboard never answered"
+        studies = json.loads(body)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["sweep"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    first = proc.stdout.readline()
+    assert f"http://127.0.0.1:{port}/" in first
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.slow
+def test_raising_and_diverging_trials_fail_with_reason(tmp_path, tiny_data):
+    """Grid over a clip longer than the training videos (raises) and a beta of 1e300 (the loss is
+    inf): those trials fail with their reason, the others complete, the command succeeds."""
+    sweep = {
+        "overrides": {"train.epochs": 1, "kl_annealing.type": "none"},  # beta = max_beta from the first step
+        "search": {
+            "data.clip_len": {"type": "categorical", "choices": [4, 30]},
+            "kl_annealing.max_beta": {"type": "categorical", "choices": [1.0, 1e300]},
+        },
+        "sampler": {"type": "grid"},
+        "pruner": {"type": "none"},
+    }
+    path = write_sweep(tmp_path, tiny_data, sweep)
+    r = cvae("sweep", "run", path, "--dir", tmp_path / "out")
+    assert_ok(r)
+    trials = trials_of(str(tmp_path / "out" / "optuna.journal"), "sweep")
+    assert len(trials) == 4
+    by_params = {(t.params["data.clip_len"], t.params["kl_annealing.max_beta"]): t for t in trials}
+    assert by_params[(4, 1.0)].state.name == "COMPLETE"
+    diverged = by_params[(4, 1e300)]
+    assert diverged.state.name == "FAIL"
+    assert diverged.user_attrs["fail_reason"].startswith("TrainingDiverged: non-finite loss")
+    for beta in (1.0, 1e300):
+        t = by_params[(30, beta)]
+        assert t.state.name == "FAIL" and "DataError" in t.user_attrs["fail_reason"], t.user_attrs
+    assert "TrainingDiverged" in r.stdout  # said on the trial's line
+
+
+def _wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the run has logged n epochs and written a checkpoint."""
+    deadline = time.monotonic() + timeout
+    while len(epoch_rows(run_dir)) < n or not (run_dir / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no epoch {n} in {run_dir}"
+        time.sleep(0.2)
+
+
+def _fault_sweep(tmp_path: Path, data: Path, **extra) -> Path:
+    sweep = {
+        "overrides": {"train.epochs": 4},
+        "search": SEARCH,
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2},
+        "study": "sweep",
+        "heartbeat": {"interval": 1, "grace_period": 3, "max_retry": 2},
+    } | extra
+    return write_sweep(tmp_path, data, sweep)
+
+
+def _assert_resumed(trials, stopped_epochs: list[dict]) -> None:
+    """Two budget slots, the stopped trial replaced once, the replacement's history holding every
+    epoch exactly once: those of the stopped trial up to its last checkpoint (the same rows: not
+    trained again), then the rest."""
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    resumed = [t for t in complete if "resumed_from" in t.user_attrs]
+    assert len(resumed) == 1, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    t = resumed[0]
+    assert t.params == next(s.params for s in trials if s.number == t.user_attrs["resumed_from"])
+    rows = epoch_rows(Path(t.user_attrs["run_dir"]))
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    kept = 0
+    while kept < len(stopped_epochs) and rows[kept] == stopped_epochs[kept]:
+        kept += 1
+    # The stopped run's epochs up to its checkpoint (at most the one in flight is trained again).
+    assert kept >= 1 and kept >= len(stopped_epochs) - 1, (kept, len(stopped_epochs))
+    assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_kill_9_worker_is_retried_from_checkpoint(tmp_path, tiny_data):
+    """SQLite + heartbeat: the killed worker's trial goes stale, is failed and retried by the
+    restarted worker, continuing from the killed trial's last checkpoint."""
+    path = _fault_sweep(tmp_path, tiny_data)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cvae.cli",
+        "sweep",
+        "run",
+        str(path),
+        "--storage",
+        url,
+        "--dir",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    run0 = tmp_path / "out" / "trials" / "0"
+    _wait_for_epochs(run0, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = epoch_rows(run0)
+    assert trials_of(url, "sweep")[0].state.name == "RUNNING"  # nobody told the study
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert_ok(r)
+    trials = trials_of(url, "sweep")
+    assert trials[0].state.name == "FAIL"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].user_attrs["resumed_from"] == 0
+    _assert_resumed(trials, killed)
+    st = json.loads(cvae("sweep", "status", path, "--storage", url, "--dir", tmp_path / "out", "--json").stdout)
+    assert st["replaced"] == [0] and st["states"]["COMPLETE"] == 2 and st["running"] == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_data):
+    """Journal storage: Ctrl-C ends the command (exit 130) with its trial recorded as interrupted;
+    the next run resumes that trial from its checkpoint, then finishes the budget."""
+    path = _fault_sweep(tmp_path, tiny_data)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cvae.cli", "sweep", "run", str(path), "--dir", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    _wait_for_epochs(out / "trials" / "0", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "interrupted" in text
+    url = str(out / "optuna.journal")
+    t0 = trials_of(url, "sweep")[0]
+    assert t0.state.name == "FAIL" and t0.user_attrs["interrupted"] is True
+    stopped = epoch_rows(out / "trials" / "0")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert_ok(r)
+    assert "resuming stopped trial(s) 0" in r.stdout
+    _assert_resumed(trials_of(url, "sweep"), stopped)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port (initdb + pg_ctl in a tmp dir;
+    as root, run as the `postgres` user, since PostgreSQL refuses to run as root)."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[dev]')")
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install -y postgresql; .ci/run does)")
+    # Not under pytest's tmp folder: it is private to this user, and the server runs as another.
+    root = Path(tempfile.mkdtemp(prefix="cvae-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        for p in (root, sock):
+            os.chown(p, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = lambda *a: subprocess.run([*prefix, *map(str, a)], capture_output=True, text=True, timeout=120)  # noqa: E731
+    r = run(bin_dir / "initdb", "-D", data, "-U", "cvae", "--auth=trust", "-E", "UTF8")
+    assert r.returncode == 0, r.stderr
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+    r = run(bin_dir / "pg_ctl", "-D", data, "-o", opts, "-l", root / "log.txt", "-w", "start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        r = run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "cvae", "optuna")
+        assert r.returncode == 0, r.stderr
+        yield f"postgresql://cvae@127.0.0.1:{port}/optuna"
+    finally:
+        run(bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql(tmp_path, tiny_data, postgres_url):
+    path = write_sweep(
+        tmp_path,
+        tiny_data,
+        {
+            "search": SEARCH,
+            "sampler": {"type": "tpe", "n_startup_trials": 2},
+            "pruner": PRUNE,
+            "budget": {"n_trials": 4},
+            "study": "sweep",
+        },
+    )
+    r = cvae("sweep", "run", path, "--workers", "2", "--storage", postgres_url, "--dir", tmp_path / "out")
+    assert_ok(r)
+    trials = trials_of(postgres_url, "sweep")
+    assert_clean_sweep(trials, 4)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_journal_trial_of_a_dead_worker_is_queued_again(tmp_path):
+    """No heartbeat on a journal file: a RUNNING trial whose worker process on this host is gone
+    is failed (with the reason) and queued again with its values, to resume from its folder."""
+    import optuna
+
+    from cvae.sweep import count_slots, open_storage, recover, this_worker
+
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "j.journal")), study_name="s")
+    dead = study.ask()
+    dead.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+    host = this_worker().split(":")[0]
+    dead.set_user_attr("worker", f"{host}:{2**22 + 17}:0")  # above the largest pid Linux hands out
+    alive = study.ask()
+    alive.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+    alive.set_user_attr("worker", this_worker())
+    assert recover(study, heartbeat=False) == [dead.number]
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state.name == "FAIL"
+    assert trials[dead.number].user_attrs["fail_reason"] == "its worker process died"
+    assert trials[alive.number].state.name == "RUNNING"
+    queued = trials[-1]
+    assert queued.state.name == "WAITING" and queued.user_attrs["resume_of"] == dead.number
+    assert queued.system_attrs["fixed_params"] == trials[dead.number].params  # the values it will run with
+    assert count_slots(trials) == {"slots": 2, "waiting": 1, "running": 1}  # the replaced trial counts once
+    assert recover(study, heartbeat=False) == []  # queued once only
+
+
+@pytest.mark.slow
+def test_one_wandb_run_per_trial(tmp_path, tiny_data):
+    """Offline W&B: each trial's run is in the study's group, named by the trial number, with
+    the trial's values in its config."""
+    sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
+    path = write_sweep(tmp_path, tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
+    assert_ok(cvae("sweep", "run", path, "--dir", tmp_path / "out", "--study", "wb"))
+    from cvae.wandb_tracker import read_offline_run
+
+    trial = trials_of(str(tmp_path / "out" / "optuna.journal"), "wb")[0]
+    run = read_offline_run(Path(trial.user_attrs["run_dir"]))
+    assert run["state"] == "finished"
+    assert run["config"]["trial.number"] == 0 and run["config"]["trial.study"] == "wb"
+    assert run["config"]["trial.params.optim.lr"] == pytest.approx(trial.params["optim.lr"])
+    records = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run["segments"][0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    meta = next(json.loads(line)["run"] for line in records.splitlines() if json.loads(line).get("type") == "run")
+    assert meta["run_group"] == "wb" and meta["display_name"] == "0"
