@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,53 @@ FORMAT = "cvae-checkpoint/1"
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Write then rename, so a crash never leaves a half-written file as ``path``."""
+    """Write ``path.tmp``, then rename it over ``path``: a kill or a full disk at any point leaves
+    ``path`` either the old complete file or the new one, never a half-written one.
+
+    With ``keep_previous`` the old file is kept as ``prev.pt`` (a hard link, so ``path`` never goes
+    missing in between). A failed write removes its tmp file and raises an OSError naming ``path``
+    (torch wraps a full disk in a RuntimeError; the OSError underneath is what is raised).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name("prev.pt"))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            _keep_as_previous(path)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is not None and isinstance(e, Exception):
+            raise OSError(cause.errno, f"{cause.strerror or cause} (writing checkpoint)", str(path)) from None
+        raise
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``path`` -> ``prev.pt`` beside it, ``path`` staying in place until the new file replaces it."""
+    prev, link = path.with_name("prev.pt"), path.with_name("prev.pt.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)  # prev.pt.tmp and path: one file, two names
+    except OSError:  # no hard links here: rename (path is missing until the final rename)
+        os.replace(path, prev)
+        return
+    os.replace(link, prev)
+    link.unlink(missing_ok=True)  # rename does nothing when prev.pt already is this file (a kill before)
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError in an exception's chain (torch's zip writer raises RuntimeError from it)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -39,6 +77,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        _check_crc(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
         reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
@@ -46,6 +85,15 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cvae checkpoint (no '{FORMAT}' format tag)")
     return state
+
+
+def _check_crc(path: Path) -> None:
+    """torch.load does not check the zip members' CRC-32: a flipped byte inside a tensor loads as
+    a wrong weight. zipfile does: any damage is an error here."""
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise ValueError(f"checksum mismatch in {bad}: the file is damaged")
 
 
 def rng_state() -> dict[str, Any]:

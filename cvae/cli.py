@@ -52,7 +52,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"error: {e}", markup=False)
+            err_console.print(f"error: {_redacted(e)}", markup=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
@@ -62,10 +62,17 @@ def handle_errors(fn):
         except Exception as e:  # the run failed: say why, exit 1
             if os.environ.get("CVAE_DEBUG"):
                 raise
-            err_console.print(f"failed: {e.__class__.__name__}: {e}", markup=False)
+            err_console.print(f"failed: {e.__class__.__name__}: {_redacted(e)}", markup=False)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _redacted(e: Exception) -> str:
+    """An error message with URL passwords masked (a bad override may echo a storage URL)."""
+    from cvae.wandb_tracker import redact
+
+    return redact(str(e))
 
 
 # --------------------------------------------------------------------------- train
@@ -93,6 +100,8 @@ def train(
     if resume is not None:
         if spec is not None or overrides:
             raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
+        if not (resume / "spec.yaml").is_file():
+            raise UserError(f"{resume}: no run to resume here (spec.yaml missing)")
         spec_obj = load_spec(resume / "spec.yaml")
         folder = resume
     else:

@@ -25,7 +25,8 @@ from cvae.errors import SpecError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any number: `optim.weight_decay=.inf` would pass every bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSpec(_Section):
@@ -88,6 +89,13 @@ class TrainSpec(_Section):
     fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")
     fast_epochs: int = Field(5, ge=0, description="Epochs of fast training when `fast_train` is on.")
     val_every: int = Field(1, ge=1, description="Validate (rollout + checkpoint best) every N epochs.")
+    on_nan: Literal["stop", "skip_batch"] = Field(
+        "stop",
+        description="A NaN/inf loss: `stop` the run at once, or `skip_batch` (drop that update; stop past the limit).",
+    )
+    max_skipped_batches: int = Field(
+        10, ge=0, description="skip_batch: stop once more than this many batches were skipped over the run."
+    )
 
     @field_validator("device")
     @classmethod
@@ -330,4 +338,8 @@ def split_cli_overrides(args: list[str]) -> list[str]:
 
 
 def dump_yaml(spec: ExperimentSpec) -> str:
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    """The spec as YAML, passwords in URLs masked (``postgresql://u:***@host/db``): what a run
+    folder keeps and ``cvae spec show`` prints (docs/reliability.md, secrets)."""
+    from cvae.wandb_tracker import redact  # no wandb import: the module imports it lazily
+
+    return yaml.safe_dump(redact(spec.to_dict()), sort_keys=False)

@@ -62,8 +62,12 @@ class LocalTracker(Tracker):
     def log(self, metrics: dict[str, float], step: int) -> None:
         assert self.run_dir is not None
         row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
-        with open(self.run_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self.run_dir / "history.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full disk names no file: say which one
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
     def summary(self, values: dict[str, Any]) -> None:
         self._summary.update({k: _json_safe(v) for k, v in values.items()})
@@ -79,9 +83,13 @@ class LocalTracker(Tracker):
 
     def _write_summary(self) -> None:
         assert self.run_dir is not None
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        path, tmp = self.run_dir / "summary.json", self.run_dir / "summary.json.tmp"
+        try:
+            tmp.write_text(json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk: no tmp file left behind, the message names the file
+            tmp.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 class MultiTracker(Tracker):
@@ -115,5 +123,12 @@ class MultiTracker(Tracker):
             t.summary(values)
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
+        """Every tracker is closed even if one fails (a full disk must not leave W&B open)."""
+        error = None
         for t in self.trackers:
-            t.finish(status, reason)
+            try:
+                t.finish(status, reason)
+            except Exception as e:
+                error = error or e
+        if error is not None:
+            raise error

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cvae import checkpoint
-from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split
+from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split, scan_split
 from cvae.device import autocast, memory_format, resolve_device
 from cvae.errors import DataError, RunDirError, TrainingDiverged
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
@@ -34,6 +35,7 @@ from cvae.schedules import beta as beta_at
 from cvae.schedules import teacher_forcing_ratio
 from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking import LocalTracker, MultiTracker, Tracker
+from cvae.wandb_tracker import redact
 
 VAL_SEED_OFFSET = 7919  # validation z draws: seeded apart from the training noise
 
@@ -83,10 +85,29 @@ def ensure_data(spec: ExperimentSpec, console=None) -> Path:
     return root
 
 
+def check_clips(spec: ExperimentSpec, lengths: list[int]) -> None:
+    """Every epoch gets at least one batch of clips from training videos of these lengths."""
+    n_clips = sum(n // spec.data.clip_len for n in lengths)
+    if n_clips == 0:
+        raise DataError(
+            f"{spec.data.root}: no training clip fits: data.clip_len {spec.data.clip_len} exceeds the longest "
+            f"video ({max(lengths)} frames)"
+        )
+    if min(steps_per_epoch(spec, n_clips)) == 0:
+        raise DataError(
+            f"{spec.data.root}: {n_clips} training clips of data.clip_len {spec.data.clip_len} frames, too few "
+            f"for one batch of train.batch_size ({spec.train.batch_size}) at the data fraction used"
+        )
+
+
 def load_data(spec: ExperimentSpec, device: torch.device, console=None) -> tuple[VideoSet, VideoSet]:
     from cvae.console import task
 
     root = ensure_data(spec, console)
+    # The layout of both splits and the clip count first: bad input stops before anything is decoded
+    # (or cached).
+    check_clips(spec, [len(v.pairs) for v in scan_split(root, "train")])
+    scan_split(root, "val")
     sets = []
     for split in ("train", "val"):
         with task(console, f"loading {split} frames") as update:
@@ -191,17 +212,32 @@ def write_media(run_dir: Path, val: Validation, val_set: VideoSet, refs: dict[st
 
     n = min(spec.tracking.gif_frames, len(val.pred))
     frames, poses = val_set.video(0)
-    gif = write_gif(
-        run_dir / "media" / f"val_epoch{epoch + 1:03d}.gif",
-        side_by_side(frames[:n].cpu(), val.pred[:n], poses[:n].cpu()),
-    )
-    plot = plot_psnr(
-        run_dir / "plots" / "val_psnr.png",
-        {"prediction": val.curve.tolist(), "shifted poses": val.shifted_curve.tolist()},
-        {"repeat first frame": refs["val/psnr_repeat_first"], "mean frame": refs["val/psnr_mean_frame"]},
-        f"{spec.name}: validation rollout, epoch {epoch + 1}",
-    )
+    gif = run_dir / "media" / f"val_epoch{epoch + 1:03d}.gif"
+    with writing(gif):
+        write_gif(gif, side_by_side(frames[:n].cpu(), val.pred[:n], poses[:n].cpu()))
+    plot = run_dir / "plots" / "val_psnr.png"
+    with writing(plot):
+        plot_psnr(
+            plot,
+            {"prediction": val.curve.tolist(), "shifted poses": val.shifted_curve.tolist()},
+            {"repeat first frame": refs["val/psnr_repeat_first"], "mean frame": refs["val/psnr_mean_frame"]},
+            f"{spec.name}: validation rollout, epoch {epoch + 1}",
+        )
     return gif, plot
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Writing ``path`` (through a tmp file beside it): an OSError (a full disk) removes the tmp
+    file and is raised again naming ``path``; PIL and matplotlib often name no file or the tmp."""
+    try:
+        yield
+    except OSError as e:
+        for tmp in path.parent.glob(path.name + ".tmp*"):
+            tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise OSError(f"{e} (writing {path})") from None
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -213,6 +249,7 @@ class State:
     step: int = 0  # optimizer steps completed
     best_psnr: float = -math.inf
     best_epoch: int = -1
+    skipped_batches: int = 0  # train.on_nan = skip_batch: batches whose update was dropped
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,17 +285,15 @@ def train(
     run_dir = Path(run_dir)
     device = resolve_device(spec.train.device)
     torch.manual_seed(spec.seed)
+    # A resumed run's checkpoint first: a damaged one stops the run before anything is read or written.
+    ck = read_resume_checkpoint(run_dir, device, console) if resume else None
     train_set, val_set = load_data(spec, device, console)
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     opt, sched = build_optimizer(spec, model)
-    state = State()
-    if resume:
-        state = restore(run_dir, model, opt, sched, device, console)
+    state = State() if ck is None else restore_from(ck, run_dir, model, opt, sched)
     step_model = torch.compile(model) if spec.train.compile else model
     starts = clip_starts(train_set, spec.data.clip_len).to(device)
-    per_epoch = steps_per_epoch(spec, len(starts))
-    if per_epoch[0] == 0:
-        raise DataError(f"{spec.data.root}: {len(starts)} training clips, fewer than train.batch_size")
+    per_epoch = steps_per_epoch(spec, len(starts))  # none is 0 (check_clips)
     total_steps = sum(per_epoch)
     # Only now, with the data and clips checked: bad input leaves no run folder behind.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,13 +301,16 @@ def train(
     tracker = MultiTracker([LocalTracker(), *trackers])
     tracker.start(run_dir, spec.to_dict(), resume)
     refs = reference_metrics(val_set)
-    epoch_row: dict[str, float] = {}  # stays empty when resuming a run that already finished
+    skipping = spec.train.on_nan == "skip_batch"
+    epoch_row = last_epoch_row(run_dir) if resume else {}
+    if resume and state.epoch:
+        tracker.summary(_summary(state, epoch_row))  # a kill can land between last.pt and the summary
     try:
         for epoch in range(state.epoch, spec.train.epochs):
             t0, step0 = time.perf_counter(), state.step
             batches = epoch_batches(len(starts), spec.train.batch_size, _partial(spec, epoch), spec.seed, epoch)
             tracker.on_epoch_start(epoch, len(batches), state.step)
-            sums = {}
+            sums, skipped0 = {}, state.skipped_batches
             for idx in batches.to(device):
                 pos = state.step if spec.kl_annealing.unit == "step" else epoch
                 b = beta_at(spec.kl_annealing, pos, total_steps if spec.kl_annealing.unit == "step" else spec.train.epochs)
@@ -284,20 +322,26 @@ def train(
                 clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
                 out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
                 state.step += 1
-                row = {k: v for k, v in out.items()}
-                if not torch.isfinite(out["loss"]):
-                    raise TrainingDiverged(_diverged_message(state.step, out, b, opt))
-                opt.step()
-                for k, v in row.items():
-                    sums[k] = sums.get(k, 0) + v
+                applied = check_loss(out, state, spec, b, opt)
+                if applied:
+                    opt.step()
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0) + v
+                else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
+                    opt.zero_grad(set_to_none=True)
                 if state.step % spec.tracking.log_every == 0:
                     lr = opt.param_groups[0]["lr"]
-                    logged = {f"train/{k}": float(v) for k, v in row.items()}
+                    logged = {f"train/{k}": float(v) for k, v in out.items()} if applied else {}
+                    if skipping:
+                        logged["train/skipped_batches"] = state.skipped_batches
                     tracker.log({**logged, "train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}, state.step)
             sched.step()
             train_s = time.perf_counter() - t0
             n_steps = state.step - step0
-            epoch_row = {f"epoch/{k}": float(v) / n_steps for k, v in sums.items()}
+            n_applied = n_steps - (state.skipped_batches - skipped0)
+            epoch_row = {f"epoch/{k}": float(sums[k]) / n_applied if n_applied else math.nan for k in out}
+            if skipping:
+                epoch_row["train/skipped_batches"] = state.skipped_batches
             epoch_row |= {"epoch/beta": b, "epoch/tfr": tfr, "epoch/lr": opt.param_groups[0]["lr"]}
             epoch_row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
             epoch_row["perf/epoch_s"] = train_s
@@ -314,13 +358,18 @@ def train(
                 tracker.log_curve("val/psnr_per_frame", list(range(1, len(val.curve) + 1)), val.curve.tolist(),
                                   "frame", "psnr", state.step)
                 epoch_row["perf/val_s"] = time.perf_counter() - v0
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", spec, model, opt, sched, state, keep_previous=True)
+            # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
+            # step, which resume drops and writes again (the other order would lose it).
             tracker.log({"epoch": epoch, **epoch_row}, state.step)
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", spec, model, opt, sched, state, keep_previous=True)
             tracker.summary(_summary(state, epoch_row))
             for cb in callbacks:
                 cb.on_epoch_end(epoch, epoch_row)
     except BaseException as e:
-        tracker.finish("failed", f"{e.__class__.__name__}: {e}")
+        try:
+            tracker.finish("failed", redact(f"{e.__class__.__name__}: {e}"))
+        except Exception:  # e.g. the full disk that stopped the run: its error is the one to report
+            pass
         raise
     finish_plots(run_dir)
     tracker.finish("finished")
@@ -335,6 +384,23 @@ def _partial(spec: ExperimentSpec, epoch: int) -> float:
 def _diverged_message(step: int, out: dict[str, torch.Tensor], beta: float, opt) -> str:
     vals = ", ".join(f"{k} {float(v):.4g}" for k, v in out.items())
     return f"non-finite loss at step {step}: {vals}, beta {beta:.4g}, lr {opt.param_groups[0]['lr']:.4g}"
+
+
+def check_loss(out: dict[str, torch.Tensor], state: State, spec: ExperimentSpec, beta: float, opt) -> bool:
+    """True: apply this batch's update. A non-finite loss stops the run (``train.on_nan: stop``),
+    or skips the update (``skip_batch``) until more than ``train.max_skipped_batches`` were skipped."""
+    if torch.isfinite(out["loss"]):
+        return True
+    message = _diverged_message(state.step, out, beta, opt)
+    if spec.train.on_nan == "stop":
+        raise TrainingDiverged(message)
+    state.skipped_batches += 1
+    if state.skipped_batches > spec.train.max_skipped_batches:
+        raise TrainingDiverged(
+            f"{message}; {state.skipped_batches} batches skipped, more than train.max_skipped_batches "
+            f"({spec.train.max_skipped_batches})"
+        )
+    return False
 
 
 def _summary(state: State, last: dict[str, float]) -> dict[str, Any]:
@@ -354,7 +420,17 @@ def finish_plots(run_dir: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "epoch/loss" in r]
     keys = ["epoch/loss", "epoch/mse", "epoch/kl", "epoch/beta", "epoch/tfr", "val/psnr"]
-    plot_history(run_dir / "plots" / "curves.png", rows, keys)
+    with writing(run_dir / "plots" / "curves.png"):
+        plot_history(run_dir / "plots" / "curves.png", rows, keys)
+
+
+def last_epoch_row(run_dir: Path) -> dict[str, Any]:
+    """The last epoch row of history.jsonl ({} if none): a resumed run's summary starts from it."""
+    import json
+
+    path = run_dir / "history.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return next((r for r in reversed(rows) if "epoch/loss" in r), {})
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -372,7 +448,8 @@ def save_checkpoint(path: Path, spec, model, opt, sched, state: State, keep_prev
             "step": state.step,
             "best_psnr": state.best_psnr,
             "best_epoch": state.best_epoch,
-            "spec": spec.to_dict(),
+            "skipped_batches": state.skipped_batches,
+            "spec": redact(spec.to_dict()),  # as spec.yaml: no password of a URL on disk
         },
         keep_previous=keep_previous,
     )
@@ -380,23 +457,37 @@ def save_checkpoint(path: Path, spec, model, opt, sched, state: State, keep_prev
 
 def restore(run_dir: Path, model, opt, sched, device, console=None) -> State:
     """Load last.pt (or prev.pt when last.pt is damaged) and drop history after its step."""
+    return restore_from(read_resume_checkpoint(run_dir, device, console), run_dir, model, opt, sched)
+
+
+def read_resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any]:
+    """last.pt, or prev.pt (with a warning) when last.pt is missing or damaged; a CheckpointError
+    naming both when neither loads."""
     from cvae.errors import CheckpointError
 
     ckpt_dir = run_dir / "checkpoints"
     try:
-        ck = checkpoint.load(ckpt_dir / "last.pt", device)
+        return checkpoint.load(ckpt_dir / "last.pt", device)
     except CheckpointError as e:
         if not (ckpt_dir / "prev.pt").exists():
             raise
+        try:
+            ck = checkpoint.load(ckpt_dir / "prev.pt", device)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; the one before is no better: {e2}") from None
         if console is not None:
-            console.print(f"[yellow]warning[/]: {e}; resuming from {ckpt_dir / 'prev.pt'}")
-        ck = checkpoint.load(ckpt_dir / "prev.pt", device)
+            console.print(f"warning: {e}; resuming from {ckpt_dir / 'prev.pt'}", style="yellow", markup=False)
+        return ck
+
+
+def restore_from(ck: dict[str, Any], run_dir: Path, model, opt, sched) -> State:
+    """Put a checkpoint's state into the model, optimizer, scheduler and RNGs; drop later history."""
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
     checkpoint.set_rng_state(ck["rng"])
     truncate_history(run_dir / "history.jsonl", ck["step"], ck["epoch"])
-    return State(ck["epoch"], ck["step"], ck["best_psnr"], ck["best_epoch"])
+    return State(ck["epoch"], ck["step"], ck["best_psnr"], ck["best_epoch"], ck.get("skipped_batches", 0))
 
 
 def truncate_history(path: Path, step: int, epochs_done: int) -> None:
@@ -417,5 +508,6 @@ def truncate_history(path: Path, step: int, epochs_done: int) -> None:
         if row["step"] <= step and row.get("epoch", 0) < epochs_done:
             keep.append(line)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    with writing(path):
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)

@@ -252,23 +252,29 @@ class WandbTracker(Tracker):
 
         # Under a sweep agent (WANDB_SWEEP_ID), wandb.init replaces config values with the
         # agent's parameters and uses the agent's run id; both are fine here.
-        run = wandb.init(
-            dir=str(run_dir),
-            mode=self.mode,
-            project=self.project,
-            entity=self.entity,
-            group=self.group,
-            job_type=self.job_type,
-            tags=self.tags,
-            name=self.name,
-            notes=self.notes,
-            config=run_config(config, run_dir),
-            id=run_id,
-            resume="allow",
-            # Each tracker owns its run: never hand back (or finish) another tracker's run.
-            reinit="create_new",
-            settings=wandb.Settings(silent=True),
-        )
+        # W&B keeps the command line (sys.argv) in the run's metadata: mask URL passwords in it.
+        argv = sys.argv[:]
+        sys.argv[1:] = [redact(a) for a in argv[1:]]
+        try:
+            run = wandb.init(
+                dir=str(run_dir),
+                mode=self.mode,
+                project=self.project,
+                entity=self.entity,
+                group=self.group,
+                job_type=self.job_type,
+                tags=self.tags,
+                name=self.name,
+                notes=self.notes,
+                config=run_config(config, run_dir),
+                id=run_id,
+                resume="allow",
+                # Each tracker owns its run: never hand back (or finish) another tracker's run.
+                reinit="create_new",
+                settings=wandb.Settings(silent=True),
+            )
+        finally:
+            sys.argv[:] = argv
         self._run = run
         self.run_id = run.id
         id_file.write_text(run.id + "\n")
