@@ -102,8 +102,12 @@ def rng_state() -> dict[str, Any]:
     version, py_state, gauss = random.getstate()
     out = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                  "cached": cached},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "python": {"version": version, "state": list(py_state), "gauss": gauss},
     }
     if torch.cuda.is_available():

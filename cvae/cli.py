@@ -166,6 +166,32 @@ def predict(
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
 
 
+@app.command()
+@handle_errors
+def score(
+    submission: Annotated[Path, typer.Argument(help="submission.csv written by cvae predict.")],
+    data: Annotated[Path, typer.Option(help="Dataset root whose val videos are the truth.")],
+    frame_size: Annotated[str, typer.Option(help="Frame size HxW of the submission.")] = "32x64",
+) -> None:
+    """Score predictions of `cvae data val-as-test` videos against the real val frames."""
+    from rich.table import Table
+
+    from cvae.evaluate import score_submission
+
+    try:
+        size = tuple(int(v) for v in frame_size.lower().split("x"))
+        assert len(size) == 2
+    except (ValueError, AssertionError):
+        raise UserError(f"--frame-size {frame_size!r}: expected HxW, e.g. 32x64") from None
+    scores = score_submission(submission, data, size)
+    table = Table(title=f"{submission} against the val frames of {data} (mean PSNR over frames 1..T-1, dB)")
+    for col in ("video", "prediction", "repeat first frame", "mean frame"):
+        table.add_column(col, justify="right")
+    for name, s in scores.items():
+        table.add_row(name, f"{s['psnr']:.2f}", f"{s['repeat_first']:.2f}", f"{s['mean_frame']:.2f}")
+    _console(False).print(table)
+
+
 # --------------------------------------------------------------------------- compare / report
 
 RunsArg = Annotated[
@@ -237,6 +263,20 @@ def data_synth(
     console.print(f"wrote {out}: {info}")
 
 
+@data_app.command("val-as-test")
+@handle_errors
+def data_val_as_test(
+    root: Annotated[Path, typer.Argument(help="Dataset root with a val split.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the test layout.")],
+    pose_shift: Annotated[int | None, typer.Option(help="Rotation of the shifted copy (default: a quarter).")] = None,
+) -> None:
+    """Write each val video as test videos: its first frame with its poses, and with rotated poses."""
+    from cvae.evaluate import val_as_test
+
+    names = val_as_test(root, out, pose_shift)
+    _console(False).print(f"wrote {out}/test: videos {', '.join(names)}")
+
+
 @data_app.command("check")
 @handle_errors
 def data_check(root: Annotated[Path, typer.Argument(help="Dataset root in the Lab4 layout.")]) -> None:
@@ -274,6 +314,40 @@ def spec_schema() -> None:
     from cvae.spec import ExperimentSpec
 
     sys.stdout.write(json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@app.command()
+@handle_errors
+def bench(
+    spec: Annotated[Path, typer.Argument(help="Experiment spec YAML (widths, batch, clip).")] = Path(
+        "experiments/quickstart.yaml"
+    ),
+    set_: SetOpt = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    quick: Annotated[bool, typer.Option(help="Few repeats, no compilation: a smoke run.")] = False,
+) -> None:
+    """Time the published loop against ours: train step, rollout, loader, FLOPs (docs/performance.md)."""
+    import json
+
+    from cvae import bench as b
+    from cvae.device import resolve_device
+    from cvae.spec import load_spec
+
+    spec_obj = load_spec(spec, list(set_ or []))
+    result = b.run(spec_obj, resolve_device(device), b.QUICK if quick else b.FULL, err_console)
+    if json_:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    console = _console(False)
+    tables, notes = b.tables(result)
+    for table in tables:
+        console.print(table)
+    for note in notes:
+        console.print(note, markup=False)
 
 
 def main() -> None:

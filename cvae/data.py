@@ -256,4 +256,5 @@ def epoch_batches(n_clips: int, batch_size: int, partial: float, seed: int, epoc
 def gather(images: torch.Tensor, starts: torch.Tensor, clip_len: int) -> torch.Tensor:
     """(N, 3, H, W) uint8 and (B,) starts -> (B, T, 3, H, W) float in [0, 1]."""
     idx = starts[:, None] + torch.arange(clip_len, device=starts.device)  # (B, T)
-    return images[idx].float().div_(255)
+    # index_select on the flat index: about 2x faster than images[idx] on the CPU (cvae bench).
+    return images.index_select(0, idx.flatten()).float().div_(255).unflatten(0, idx.shape)

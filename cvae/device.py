@@ -1,10 +1,25 @@
-"""Device, precision and memory-format choices, shared by training, rollout and bench."""
+"""Device, precision and memory-format choices, shared by training, rollout and bench.
+
+``train.precision: auto`` and ``train.channels_last: auto`` resolve here, per device, by this rule
+(measured with ``cvae bench``, figures in docs/performance.md):
+
+- CUDA with bf16 support (compute capability 8.0+: A100, H100, RTX 30xx and later):
+  bf16 autocast + channels_last (tensor cores need bf16; NHWC is their native conv layout).
+- CPU with native bf16 instructions (``avx512_bf16`` or AMX ``amx_bf16`` in /proc/cpuinfo):
+  bf16 autocast + channels_last (oneDNN's bf16 convolutions run NHWC; on the AMD EPYC
+  avx512_bf16 machine of docs/performance.md the pair trained about 1.5-1.9x faster than fp32).
+- anything else (older CPUs emulate bf16 slower than fp32, MPS, CUDA before Ampere): fp32, contiguous.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
+
+AUTO = "auto"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,12 +34,89 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """True where bf16 arithmetic is native (faster than fp32), by the rule in the module doc."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> `bf16` where it is native (``fast_bf16``), else `fp32`; other values unchanged."""
+    if precision == AUTO:
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
+def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
+    """`auto` -> channels_last together with bf16 (the pair the bench measured fastest)."""
+    if channels_last == AUTO:
+        return fast_bf16(device)
+    return bool(channels_last)
+
+
+def resolve_spec(spec, device: torch.device):
+    """The ExperimentSpec with ``train.precision`` and ``train.channels_last`` made concrete for
+    ``device`` (the run folder's spec.yaml records what actually ran)."""
+    t = spec.train
+    update = {
+        "precision": resolve_precision(t.precision, device),
+        "channels_last": resolve_channels_last(t.channels_last, device),
+    }
+    if update == {"precision": t.precision, "channels_last": t.channels_last}:
+        return spec
+    return spec.model_copy(update={"train": t.model_copy(update=update)})
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (CPU and CUDA), or nothing for fp32."""
-    if precision == "bf16":
+    """bf16 autocast (CPU and CUDA), or nothing for fp32 (`auto` resolved for ``device``)."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def memory_format(channels_last: bool) -> torch.memory_format:
+def memory_format(channels_last: bool | str, device: torch.device | None = None) -> torch.memory_format:
+    """`auto` needs the device it resolves for (CPU when not given)."""
+    if channels_last == AUTO:
+        channels_last = resolve_channels_last(AUTO, device or torch.device("cpu"))
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def syncs_are_free(device: torch.device) -> bool:
+    """On the CPU every op has finished when it returns, so reading a value (``float(loss)``,
+    ``bool(mask.all())``) costs nothing; on CUDA it stalls the host until the queue drains."""
+    return device.type == "cpu"
+
+
+COMPILED_PARTS = ("frame_encoder", "pose_encoder", "posterior", "fusion", "generator")
+
+
+def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """torch.compile the CVAE's five modules in place (``nn.Module.compile``), so the step and the
+    rollout, which call the modules rather than ``model(...)``, run compiled code, and the
+    state_dict keys (checkpoints) stay those of the plain model. Returns ``model``.
+
+    Dynamo keeps its compiled variants per code object, and every module's ``_call_impl`` is the
+    same code: five modules x (train, eval) x batch shapes, times the models a bench compiles,
+    pass the default limit of 8 variants, after which it silently runs eager code. Hence the
+    higher limit."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
+    for name in COMPILED_PARTS:
+        getattr(model, name).compile(mode=mode)
+    return model

@@ -135,18 +135,39 @@ class Generator(nn.Sequential):
 class CVAE(nn.Module):
     """The five modules. Widths: F (frame), L (pose), N (latent), D (fusion); template 128/32/12/192."""
 
-    def __init__(self, frame_dim: int = 128, pose_dim: int = 32, z_dim: int = 12, fusion_dim: int = 192) -> None:
+    def __init__(
+        self,
+        frame_dim: int = 128,
+        pose_dim: int = 32,
+        z_dim: int = 12,
+        fusion_dim: int = 192,
+        context_frame: bool = False,
+    ) -> None:
         super().__init__()
         self.z_dim = z_dim
+        self.context_frame = context_frame
         self.frame_encoder = FrameEncoder(frame_dim)
         self.pose_encoder = PoseEncoder(pose_dim)
         self.posterior = Posterior(frame_dim + pose_dim, z_dim)
-        self.fusion = Fusion(frame_dim + pose_dim + z_dim, fusion_dim)
+        context = frame_dim if context_frame else 0
+        self.fusion = Fusion(frame_dim + context + pose_dim + z_dim, fusion_dim)
         self.generator = Generator(fusion_dim)
 
-    def decode(self, f_prev: torch.Tensor, l: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # noqa: E741
-        """Next frame (B, 3, H, W) from the previous frame's features, the pose's and z."""
-        return self.generator(self.fusion(torch.cat([f_prev, l, z], dim=1)))
+    def decode(
+        self, f_prev: torch.Tensor, l: torch.Tensor, z: torch.Tensor, f_context: torch.Tensor | None = None
+    ) -> torch.Tensor:  # noqa: E741
+        """Next frame (B, 3, H, W) from the previous frame's features, the pose's and z.
+
+        With ``context_frame`` (an option beyond the template) the features of the given first
+        frame are fused too: a fully convolutional decoder cannot know the background at a
+        position the dancer uncovers, but the first frame shows it.
+        """
+        parts = [f_prev, l, z]
+        if self.context_frame:
+            if f_context is None:
+                raise ValueError("this model fuses the first frame: pass f_context")
+            parts.append(f_context)
+        return self.generator(self.fusion(torch.cat(parts, dim=1)))
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -169,4 +190,4 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str) -> tor
 def build_model(spec) -> CVAE:
     """The CVAE with the widths of ``spec.model`` (an ExperimentSpec)."""
     m = spec.model
-    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim)
+    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame)

@@ -43,12 +43,13 @@ def rollout(
     model.eval()
     device, (B, T) = first.device, poses.shape[:2]
     H, W = first.shape[-2:]
-    fmt = memory_format(channels_last)
+    fmt = memory_format(channels_last, device)
     g = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty((B, T, 3, H, W), device=device)
     out[:, 0] = first
     prev = first.contiguous(memory_format=fmt)
     with autocast(device, precision):
+        f_ctx = model.frame_encoder(prev) if model.context_frame else None  # the given frame, once
         for t in range(1, T):
             pose = poses[:, t].float()
             if poses.dtype == torch.uint8:
@@ -56,7 +57,7 @@ def rollout(
             z = torch.randn((B, model.z_dim, H, W), generator=g, device=device)
             f = model.frame_encoder(prev)
             l = model.pose_encoder(pose.contiguous(memory_format=fmt))  # noqa: E741
-            prev = model.decode(f, l, z.to(f.dtype)).float().contiguous(memory_format=fmt)
+            prev = model.decode(f, l, z.to(f.dtype), f_ctx).float().contiguous(memory_format=fmt)
             out[:, t] = prev
     model.train(was_training)
     return out

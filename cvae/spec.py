@@ -61,6 +61,9 @@ class ModelSpec(_Section):
     posterior: Literal["target", "previous"] = Field(
         "target", description="Frame the posterior encodes: the target x_t (CVAE) or x_{t-1} (seed report)."
     )
+    context_frame: bool = Field(
+        False, description="Beyond the template: also fuse the given first frame's features at every step."
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> ModelSpec:
@@ -81,8 +84,12 @@ class TrainSpec(_Section):
     epochs: int = Field(70, ge=1, description="Training epochs.")
     batch_size: int = Field(2, ge=1, description="Clips per optimizer step.")
     device: str = Field("auto", description="`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision of the step.")
-    channels_last: bool = Field(False, description="Run convolutions in channels-last memory format.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Autocast precision of the step; `auto`: bf16 where native (cvae/device.py's rule)."
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        False, description="Run convolutions in channels-last memory format; `auto`: with bf16 (cvae/device.py)."
+    )
     compile: bool = Field(False, description="torch.compile the model modules.")
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cvae import checkpoint
 from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split, scan_split
-from cvae.device import autocast, memory_format, resolve_device
+from cvae.device import autocast, compile_model, memory_format, resolve_device, resolve_spec, syncs_are_free
 from cvae.errors import DataError, RunDirError, TrainingDiverged
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
 from cvae.rollout import reference_scores, rollout, score, shift_poses
@@ -125,33 +125,61 @@ def train_step(
 
     Returns the summed loss (optimized) and the per-predicted-frame mse and kl (logged), as
     detached tensors (no host sync here).
+
+    What does not depend on the model's own outputs runs in one batched call over all time steps
+    (same arithmetic as the lab's per-step calls, in bigger convolutions): the real frames, the
+    poses, the posterior when it encodes the target, and with teacher forcing certain (tfr >= 1,
+    known on the host: the coins are uniform in [0, 1)) the whole clip.
     """
     B, T = x.shape[:2]
+    n = T - 1
     fmt = memory_format(spec.train.channels_last)
     frames = x.flatten(0, 1).contiguous(memory_format=fmt)  # (B*T, 3, H, W)
     with autocast(x.device, spec.train.precision):
         f_real = model.frame_encoder(frames).unflatten(0, (B, T))  # (B, T, F, H, W)
-        l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, T - 1))
+        l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, n))
         # Teacher forcing: one coin per clip (lab) or per clip and time step (scheduled sampling).
-        coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
-        forced = (torch.rand(coin_shape, device=x.device) < tfr).expand(B, T - 1)
-        mse = kl = torch.zeros((), device=x.device)
-        out = x[:, 0]
-        for t in range(1, T):
-            f_prev = f_real[:, t - 1]
-            use_real = forced[:, t - 1]
-            if not bool(use_real.all()):  # some clips continue from the model's own output
-                f_out = model.frame_encoder(out.contiguous(memory_format=fmt))
-                f_prev = torch.where(use_real[:, None, None, None], f_prev, f_out)
-            f_post = f_real[:, t] if spec.model.posterior == "target" else f_prev
-            mu, logvar = model.posterior(f_post, l_all[:, t - 1])
-            z = reparameterize(mu.float(), logvar.float())
-            out = model.decode(f_prev, l_all[:, t - 1], z.to(f_prev.dtype)).float()
-            mse = mse + F.mse_loss(out, x[:, t])
-            kl = kl + kl_divergence(mu.float(), logvar.float(), spec.loss.kl_reduction)
+        coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, n)
+        forced = (torch.rand(coin_shape, device=x.device) < tfr).expand(B, n)
+        all_forced = tfr >= 1.0
+        if spec.model.posterior == "target" or all_forced:  # q(z | x_t or x_{t-1}, p_t): real frames only
+            f_post = f_real[:, 1:] if spec.model.posterior == "target" else f_real[:, :-1]
+            q = model.posterior(f_post.flatten(0, 1), l_all.flatten(0, 1))
+            mu, logvar = (m.float().unflatten(0, (B, n)) for m in q)
+            z_all = reparameterize(mu, logvar)  # (B, T-1, N, H, W)
+            # Per-frame KL summed over the T-1 frames: both reductions are averages over equal frames.
+            kl = n * kl_divergence(mu.flatten(0, 1), logvar.flatten(0, 1), spec.loss.kl_reduction)
+        else:
+            z_all, kl = None, torch.zeros((), device=x.device)
+        # model.context_frame: the clip's first (given) frame, fused at every step
+        f_ctx = f_real[:, 0] if spec.model.context_frame else None
+        if all_forced:  # prev = x[t-1] for every clip and step: no step depends on another
+            ctx = None if f_ctx is None else f_ctx[:, None].expand(B, n, *f_ctx.shape[1:]).flatten(0, 1)
+            out = model.decode(
+                f_real[:, :-1].flatten(0, 1), l_all.flatten(0, 1), z_all.flatten(0, 1).to(f_real.dtype), ctx
+            )
+            mse = n * F.mse_loss(out.float().unflatten(0, (B, n)), x[:, 1:])
+        else:
+            mse, out = torch.zeros((), device=x.device), x[:, 0]
+            for t in range(1, T):
+                f_prev = f_real[:, t - 1]
+                use_real = forced[:, t - 1]
+                # From t = 2 some clips may continue from the model's own output (at t = 1 it is the real
+                # x[0]). Skipping the encoder when none does needs the mask on the host: free on the
+                # CPU, a stall on CUDA (there: always compute, torch.where picks).
+                if t > 1 and (not syncs_are_free(x.device) or not bool(use_real.all())):
+                    f_out = model.frame_encoder(out.contiguous(memory_format=fmt))
+                    f_prev = torch.where(use_real[:, None, None, None], f_prev, f_out)
+                if z_all is None:  # posterior `previous`: q(z | prev, p_t) sees the model's output
+                    mu, logvar = (m.float() for m in model.posterior(f_prev, l_all[:, t - 1]))
+                    z = reparameterize(mu, logvar)
+                    kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
+                else:
+                    z = z_all[:, t - 1]
+                out = model.decode(f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
+                mse = mse + F.mse_loss(out, x[:, t])
     loss = mse + beta * kl
     loss.backward()
-    n = T - 1
     return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n}
 
 
@@ -284,6 +312,7 @@ def train(
     """Train ``spec`` into ``run_dir`` (prepared by ``prepare_run_dir``); returns the summary."""
     run_dir = Path(run_dir)
     device = resolve_device(spec.train.device)
+    spec = resolve_spec(spec, device)  # train.precision / channels_last `auto` -> this device's choice
     torch.manual_seed(spec.seed)
     # A resumed run's checkpoint first: a damaged one stops the run before anything is read or written.
     ck = read_resume_checkpoint(run_dir, device, console) if resume else None
@@ -291,7 +320,8 @@ def train(
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     opt, sched = build_optimizer(spec, model)
     state = State() if ck is None else restore_from(ck, run_dir, model, opt, sched)
-    step_model = torch.compile(model) if spec.train.compile else model
+    if spec.train.compile:
+        compile_model(model)  # the five modules, in place: the step and the rollout both use them
     starts = clip_starts(train_set, spec.data.clip_len).to(device)
     per_epoch = steps_per_epoch(spec, len(starts))  # none is 0 (check_clips)
     total_steps = sum(per_epoch)
@@ -301,6 +331,7 @@ def train(
     tracker = MultiTracker([LocalTracker(), *trackers])
     tracker.start(run_dir, spec.to_dict(), resume)
     refs = reference_metrics(val_set)
+    guard = DivergenceGuard(device, spec.train.on_nan, spec.train.max_skipped_batches, state.skipped_batches)
     skipping = spec.train.on_nan == "skip_batch"
     epoch_row = last_epoch_row(run_dir) if resume else {}
     if resume and state.epoch:
@@ -310,38 +341,40 @@ def train(
             t0, step0 = time.perf_counter(), state.step
             batches = epoch_batches(len(starts), spec.train.batch_size, _partial(spec, epoch), spec.seed, epoch)
             tracker.on_epoch_start(epoch, len(batches), state.step)
-            sums, skipped0 = {}, state.skipped_batches
+            sums, skipped0 = {}, guard.skipped
             for idx in batches.to(device):
-                pos = state.step if spec.kl_annealing.unit == "step" else epoch
-                b = beta_at(spec.kl_annealing, pos, total_steps if spec.kl_annealing.unit == "step" else spec.train.epochs)
-                tfr = teacher_forcing_ratio(spec.teacher_forcing, state.step if spec.teacher_forcing.unit == "step" else epoch)
+                b, tfr = schedule_values(spec, epoch, state.step, total_steps)
                 x = gather(train_set.frames, starts[idx], spec.data.clip_len)
                 p = gather(train_set.poses, starts[idx], spec.data.clip_len)
                 opt.zero_grad(set_to_none=True)
-                out = train_step(step_model, x, p, spec, b, tfr)
+                out = train_step(model, x, p, spec, b, tfr)
                 clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
                 out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
                 state.step += 1
-                applied = check_loss(out, state, spec, b, opt)
+                applied = guard.step(out, state.step, b, opt)
                 if applied:
                     opt.step()
                     for k, v in out.items():
-                        sums[k] = sums.get(k, 0) + v
+                        sums[k] = sums.get(k, 0) + v  # detached tensors: no host sync
                 else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
                     opt.zero_grad(set_to_none=True)
+                    state.skipped_batches = guard.skipped
                 if state.step % spec.tracking.log_every == 0:
+                    guard.check(state.step)
                     lr = opt.param_groups[0]["lr"]
                     logged = {f"train/{k}": float(v) for k, v in out.items()} if applied else {}
                     if skipping:
-                        logged["train/skipped_batches"] = state.skipped_batches
-                    tracker.log({**logged, "train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}, state.step)
+                        logged["train/skipped_batches"] = guard.skipped
+                    logged |= {"train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}
+                    tracker.log(logged, state.step)
+            guard.check(state.step)  # before anything is saved
             sched.step()
             train_s = time.perf_counter() - t0
             n_steps = state.step - step0
-            n_applied = n_steps - (state.skipped_batches - skipped0)
+            n_applied = n_steps - (guard.skipped - skipped0)
             epoch_row = {f"epoch/{k}": float(sums[k]) / n_applied if n_applied else math.nan for k in out}
             if skipping:
-                epoch_row["train/skipped_batches"] = state.skipped_batches
+                epoch_row["train/skipped_batches"] = guard.skipped
             epoch_row |= {"epoch/beta": b, "epoch/tfr": tfr, "epoch/lr": opt.param_groups[0]["lr"]}
             epoch_row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
             epoch_row["perf/epoch_s"] = train_s
@@ -355,8 +388,14 @@ def train(
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", spec, model, opt, sched, state)
                 gif, plot = write_media(run_dir, val, val_set, refs, spec, epoch)
                 tracker.log_media("val/rollout", gif, state.step)
-                tracker.log_curve("val/psnr_per_frame", list(range(1, len(val.curve) + 1)), val.curve.tolist(),
-                                  "frame", "psnr", state.step)
+                tracker.log_curve(
+                    "val/psnr_per_frame",
+                    list(range(1, len(val.curve) + 1)),
+                    val.curve.tolist(),
+                    "frame",
+                    "psnr",
+                    state.step,
+                )
                 epoch_row["perf/val_s"] = time.perf_counter() - v0
             # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
             # step, which resume drops and writes again (the other order would lose it).
@@ -376,6 +415,13 @@ def train(
     return _summary(state, epoch_row)
 
 
+def schedule_values(spec: ExperimentSpec, epoch: int, step: int, total_steps: int) -> tuple[float, float]:
+    """(beta, teacher-forcing ratio) for the step about to run; each schedule counts its own unit."""
+    kl, tf = spec.kl_annealing, spec.teacher_forcing
+    b = beta_at(kl, step, total_steps) if kl.unit == "step" else beta_at(kl, epoch, spec.train.epochs)
+    return b, teacher_forcing_ratio(tf, step if tf.unit == "step" else epoch)
+
+
 def _partial(spec: ExperimentSpec, epoch: int) -> float:
     t = spec.train
     return t.fast_partial if t.fast_train and epoch < t.fast_epochs else spec.data.partial
@@ -386,28 +432,55 @@ def _diverged_message(step: int, out: dict[str, torch.Tensor], beta: float, opt)
     return f"non-finite loss at step {step}: {vals}, beta {beta:.4g}, lr {opt.param_groups[0]['lr']:.4g}"
 
 
-def check_loss(out: dict[str, torch.Tensor], state: State, spec: ExperimentSpec, beta: float, opt) -> bool:
-    """True: apply this batch's update. A non-finite loss stops the run (``train.on_nan: stop``),
-    or skips the update (``skip_batch``) until more than ``train.max_skipped_batches`` were skipped."""
-    if torch.isfinite(out["loss"]):
+class DivergenceGuard:
+    """Stops the run at the first non-finite loss (``train.on_nan: stop``), or skips that batch's
+    update until more than ``train.max_skipped_batches`` were skipped (``skip_batch``).
+
+    Where reading a value is free (CPU) every step is checked before its update is applied. On
+    CUDA that read would stall the host every step, so under ``stop`` the first bad step is
+    recorded on the device and read at the next sync point (a logged row, every
+    ``tracking.log_every`` steps, and the end of the epoch, before any checkpoint): the run stops
+    there naming the bad step; the updates applied after it are never saved. ``skip_batch`` must
+    decide before each update, so it reads the loss every step on every device.
+    """
+
+    def __init__(self, device: torch.device, on_nan: str = "stop", max_skipped: int = 10, skipped: int = 0) -> None:
+        self.eager = syncs_are_free(device) or on_nan == "skip_batch"
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: none yet
+        self.on_nan, self.max_skipped, self.skipped = on_nan, max_skipped, skipped
+
+    def step(self, out: dict[str, torch.Tensor], step: int, beta: float, opt) -> bool:
+        """True: apply this batch's update; False: skip it (``skip_batch``)."""
+        if self.eager:
+            if torch.isfinite(out["loss"]):
+                return True
+            message = _diverged_message(step, out, beta, opt)
+            if self.on_nan == "stop":
+                raise TrainingDiverged(message)
+            self.skipped += 1
+            if self.skipped > self.max_skipped:
+                raise TrainingDiverged(
+                    f"{message}; {self.skipped} batches skipped, more than train.max_skipped_batches "
+                    f"({self.max_skipped})"
+                )
+            return False
+        bad = ~torch.isfinite(out["loss"]) & (self.first_bad == 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
         return True
-    message = _diverged_message(state.step, out, beta, opt)
-    if spec.train.on_nan == "stop":
-        raise TrainingDiverged(message)
-    state.skipped_batches += 1
-    if state.skipped_batches > spec.train.max_skipped_batches:
-        raise TrainingDiverged(
-            f"{message}; {state.skipped_batches} batches skipped, more than train.max_skipped_batches "
-            f"({spec.train.max_skipped_batches})"
-        )
-    return False
+
+    def check(self, step: int) -> None:
+        if not self.eager and (bad := int(self.first_bad)):  # the sync point
+            raise TrainingDiverged(
+                f"non-finite loss at step {bad} (read at step {step}: on CUDA the loss is "
+                f"checked every tracking.log_every steps)"
+            )
 
 
 def _summary(state: State, last: dict[str, float]) -> dict[str, Any]:
     out = {"epochs_done": state.epoch, "steps": state.step}
     if state.best_epoch >= 0:
         out |= {"best/val_psnr": state.best_psnr, "best/epoch": state.best_epoch}
-    out |= {f"final/{k.split('/', 1)[1]}" if k.startswith("val/") else k: v for k, v in last.items() if k.startswith("val/")}
+    out |= {f"final/{k.split('/', 1)[1]}": v for k, v in last.items() if k.startswith("val/")}
     return out
 
 

@@ -114,9 +114,7 @@ def _versions() -> dict[str, str]:
 def _git_commit() -> str | None:
     """The commit of the repository the program runs from, if it is one."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -339,9 +337,7 @@ class WandbTracker(Tracker):
         except Exception as exc:
             self._fail(f"logging media {key!r} failed", exc)
 
-    def log_curve(
-        self, key: str, xs: list[float], ys: list[float], x_name: str, y_name: str, step: int
-    ) -> None:
+    def log_curve(self, key: str, xs: list[float], ys: list[float], x_name: str, y_name: str, step: int) -> None:
         if not self.active:
             return
         try:

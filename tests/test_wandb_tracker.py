@@ -64,9 +64,7 @@ def test_flatten_and_redact():
     assert cfg["storage"] == "postgresql://alice:***@db.example/optuna"
     assert cfg["kl_annealing.cycles"] == 10
     # a secret-looking key with a number is a hyperparameter, not a secret
-    assert redact({"model": {"num_tokens": 12, "token": "t0k"}}) == {
-        "model": {"num_tokens": 12, "token": "***"}
-    }
+    assert redact({"model": {"num_tokens": 12, "token": "t0k"}}) == {"model": {"num_tokens": 12, "token": "***"}}
 
 
 def test_offline_run_reads_back(tmp_path):

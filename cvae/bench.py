@@ -1,0 +1,618 @@
+"""``cvae bench``: the published Lab4 loop and ours, side by side, in one process and one run.
+
+Three groups, each with a ``reference`` entry (DESIGN.md section 4, ``cvae bench --json``):
+
+- ``train``: trained frames/s (B clips x (T-1) predicted frames per optimizer step) of a whole
+  step: data, forward, backward, grad clip, Adam.
+  ``reference`` is the lab's loop as DESIGN.md section 1 writes it: fp32, default memory format,
+  one FrameEncoder call for the previous frame and one for the target and one PoseEncoder call per
+  time step, and every clip decoded from its PNGs (PIL, resize, to float) as the template's
+  Dataset does; the decoding is counted in series with the step (on a small CPU the template's
+  loader workers take their time from the same cores). ``reference_in_memory`` is the same loop
+  fed from memory, to separate the two effects. Ours is ``cvae.training.train_step`` on clips
+  gathered from the uint8 frame cache, in fp32, bf16 autocast, channels_last, torch.compile,
+  alone and combined.
+- ``rollout``: predicted frames/s of the validation rollout (z from the prior, own outputs fed
+  back) of several videos: ``reference`` rolls them out one at a time in fp32 (the lab's
+  validation loop); ours batches all videos in one rollout.
+- ``loader``: clips/s of decoding a clip's PNGs (``reference``) vs gathering it from memory.
+
+Also: FLOPs of one trained frame and one rollout frame (``torch.utils.flop_counter``), the
+device's matmul rate (fp32 and bf16, n x n matmuls, median), achieved FLOP/s and the share of that
+rate per setting; the loss of each setting's first step from the same weights, batch and noise
+(agreement with fp32); which settings the device supports. Every figure is a median over
+repeats taken round-robin across settings after a warm-up, so load from other processes on a
+shared machine spreads evenly over the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cvae.data import clip_starts, decode_png, gather, load_split, resize, scan_split
+from cvae.device import compile_model, cpu_flags, fast_bf16, memory_format
+from cvae.model import CVAE, build_model, kl_divergence, reparameterize
+from cvae.rollout import rollout
+from cvae.spec import ExperimentSpec
+from cvae.training import build_optimizer, train_step
+
+BETA, TFR = 1.0, 0.0  # teacher forcing off: where most of a run is spent; ours then does the lab's arithmetic
+SEED = 1234
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: int  # untimed steps per setting (compilation happens here)
+    repeats: int  # timed steps per setting (the median is reported)
+    rollout_frames: int  # frames per rolled-out video (frame 0 given)
+    rollout_videos: int
+    matmul_n: int
+    compile: bool
+
+
+FULL = Plan(warmup=2, repeats=7, rollout_frames=64, rollout_videos=4, matmul_n=2048, compile=True)
+QUICK = Plan(warmup=1, repeats=2, rollout_frames=8, rollout_videos=4, matmul_n=256, compile=False)
+
+# Our settings: name -> (precision, channels_last, compile mode or None).
+TRAIN_SETTINGS: dict[str, tuple[str, bool, str | None]] = {
+    "fp32": ("fp32", False, None),
+    "bf16": ("bf16", False, None),
+    "channels_last": ("fp32", True, None),
+    "bf16+channels_last": ("bf16", True, None),
+    "compile": ("fp32", False, "default"),
+    "compile+bf16+channels_last": ("bf16", True, "default"),
+}
+CUDA_GRAPHS = {"compile+bf16+channels_last+cudagraphs": ("bf16", True, "reduce-overhead")}
+ROLLOUT_SETTINGS: dict[str, tuple[bool, str, bool, str | None]] = {  # name -> (batched, precision, cl, compile)
+    "one_video_bf16+channels_last": (False, "bf16", True, None),
+    "batched_fp32": (True, "fp32", False, None),
+    "batched_bf16+channels_last": (True, "bf16", True, None),
+    "batched_compile+bf16+channels_last": (True, "bf16", True, "default"),
+}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def failure(e: BaseException) -> str:
+    """A skipped setting's reason: the exception's class and first line."""
+    text = str(e).strip()
+    return f"failed: {e.__class__.__name__}" + (f": {text.splitlines()[0][:200]}" if text else "")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def with_settings(spec: ExperimentSpec, precision: str, channels_last: bool) -> ExperimentSpec:
+    return spec.model_copy(
+        update={"train": spec.train.model_copy(update={"precision": precision, "channels_last": channels_last})}
+    )
+
+
+def round_robin(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, progress=None
+) -> dict[str, float]:
+    """Median seconds of one call of each fn, timed in turns (fn1, fn2, ..., fn1, fn2, ...)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+        if progress:
+            progress(r + 1, repeats)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of the convolutions and matmuls fn runs, forward and backward (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs), median of ``repeats`` after a warm-up."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    t = round_robin({"mm": lambda: a @ b}, repeats, device)["mm"]
+    return 2 * n**3 / t
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class BenchData:
+    root: Path
+    synthetic: bool  # generated here because the spec's data folder is missing
+    frames: torch.Tensor  # (N, 3, H, W) uint8 on the device
+    poses: torch.Tensor
+    pairs: list[tuple[Path, Path]]  # PNG files of frame i of ``frames``
+    starts: torch.Tensor  # (n_clips,) clip starts, on the device
+    rollout_starts: list[int]  # one window of rollout_frames per rolled-out video
+    rollout_frames: int
+
+
+def bench_data(spec: ExperimentSpec, plan: Plan, tmp: Path, device: torch.device) -> BenchData:
+    """The spec's training split, or a small synthetic one in ``tmp`` when it is not there."""
+    root, synthetic = Path(spec.data.root), False
+    if not (root / "train").is_dir():
+        from cvae.synth import synthesize
+
+        root, synthetic = tmp / "data", True
+        n = max(3 * spec.data.clip_len, plan.rollout_frames, 24)
+        videos = max(plan.rollout_videos, math.ceil(spec.train.batch_size / (n // spec.data.clip_len)) + 1)
+        synthesize(root, "tiny", seed=0, train_videos=videos, train_frames=n)
+    train = load_split(root, "train", spec.data.frame_size)
+    pairs = [pair for v in scan_split(root, "train") for pair in v.pairs]
+    starts = clip_starts(train, spec.data.clip_len)
+    n_frames = min(plan.rollout_frames, max(train.lengths))
+    windows = clip_starts(train, n_frames).tolist()
+    rollout_starts = [windows[(i * len(windows)) // plan.rollout_videos] for i in range(plan.rollout_videos)]
+    return BenchData(
+        root,
+        synthetic,
+        train.frames.to(device),
+        train.poses.to(device),
+        pairs,
+        starts.to(device),
+        rollout_starts,
+        n_frames,
+    )
+
+
+def load_clips_from_png(data: BenchData, starts: list[int], clip_len: int, size, device) -> tuple[torch.Tensor, ...]:
+    """The template's loader: every clip's frames and poses decoded from PNG, resized, to float.
+    -> x, pose (B, T, 3, H, W) float in [0, 1]."""
+    out = []
+    for which in (0, 1):
+        clips = []
+        for s in starts:
+            imgs = [decode_png(pair[which]) for pair in data.pairs[s : s + clip_len]]
+            clips.append(torch.stack([resize(torch.from_numpy(a).permute(2, 0, 1)[None], size)[0] for a in imgs]))
+        out.append((torch.stack(clips).float() / 255).to(device))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the reference step
+
+
+def reference_step(
+    model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float
+):
+    """The lab's training_one_step (DESIGN.md section 1), fp32: per time step one FrameEncoder call
+    for the previous frame (real or the model's own), one for the target (posterior `target`)
+    and one PoseEncoder call. x, pose: (B, T, 3, H, W) in [0, 1]. Returns the loss per frame.
+
+    The teacher-forcing coin is drawn with the shape ours uses, so the two steps draw the same
+    random numbers in the same order (their losses agree up to rounding); the lab tosses one coin
+    per batch, so only the first is used."""
+    B, T = x.shape[:2]
+    coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
+    forced = bool(torch.rand(coin_shape, device=x.device)[0, 0] < tfr)
+    mse = kl = 0.0
+    out = x[:, 0]
+    for t in range(1, T):
+        prev = x[:, t - 1] if forced else out
+        f_prev = model.frame_encoder(prev)
+        l = model.pose_encoder(pose[:, t])  # noqa: E741
+        f_post = model.frame_encoder(x[:, t]) if spec.model.posterior == "target" else f_prev
+        mu, logvar = model.posterior(f_post, l)
+        z = reparameterize(mu, logvar)
+        out = model.decode(f_prev, l, z)
+        mse = mse + F.mse_loss(out, x[:, t])
+        kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
+    loss = mse + beta * kl
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf)
+    opt.step()
+    return loss.detach() / (T - 1)
+
+
+def our_step(model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float):
+    """The body of cvae.training.train's loop (without logging)."""
+    if x.device.type == "cuda":  # CUDA graphs (compile mode reduce-overhead): a new step's buffers
+        torch.compiler.cudagraph_mark_step_begin()
+    opt.zero_grad(set_to_none=True)
+    out = train_step(model, x, pose, spec, beta, tfr)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf)
+    opt.step()
+    return out["loss"]
+
+
+def fresh_model(spec: ExperimentSpec, device: torch.device, channels_last: bool, compile_mode: str | None) -> CVAE:
+    """Same weights for every setting (seeded), in the setting's memory format, compiled or not."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec).to(device, memory_format=memory_format(channels_last))
+    if compile_mode is not None:
+        compile_model(model, mode=compile_mode)
+    return model
+
+
+def first_loss(step: Callable[[], torch.Tensor]) -> float:
+    """The loss of a step run with the bench's fixed noise (same coins and z for every setting)."""
+    torch.manual_seed(SEED)
+    return float(step())
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def bench_loader(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict[str, float]:
+    """Seconds per batch of B clips: PNG decode per clip (reference) vs gather from memory."""
+    B, T, size = spec.train.batch_size, spec.data.clip_len, spec.data.frame_size
+    idx = data.starts[:B]
+    host_starts = idx.tolist()
+    inner = 20  # gathers are microseconds: time several per sample
+
+    def gather_batch():
+        for _ in range(inner):
+            gather(data.frames, idx, T), gather(data.poses, idx, T)
+
+    fns = {"reference": lambda: load_clips_from_png(data, host_starts, T, size, device), "in_memory": gather_batch}
+    for fn in fns.values():
+        fn()
+    t = round_robin(fns, max(plan.repeats, 3), device)
+    t["in_memory"] /= inner
+    return t
+
+
+def bench_train(
+    spec: ExperimentSpec,
+    data: BenchData,
+    plan: Plan,
+    device: torch.device,
+    progress=None,
+    tfr: float = TFR,
+    settings: dict[str, tuple[str, bool, str | None]] | None = None,
+    in_memory_reference: bool = True,
+) -> dict:
+    """Seconds per step of the reference and of each of our settings (default: all of them,
+    plus CUDA graphs on CUDA), the first step's loss of each, and the settings skipped."""
+    B, T, size = spec.train.batch_size, spec.data.clip_len, spec.data.frame_size
+    g = torch.Generator().manual_seed(SEED)
+    order = torch.randperm(len(data.starts), generator=g)
+    n_batches = max(1, len(order) // B)
+    counter = {"i": 0}
+
+    def next_idx() -> torch.Tensor:  # clips in a fixed shuffled order, as an epoch reads them
+        i = counter["i"] % n_batches
+        counter["i"] += 1
+        return data.starts[order[i * B : (i + 1) * B].to(device)]
+
+    def batch_in_memory(idx):
+        return gather(data.frames, idx, T), gather(data.poses, idx, T)
+
+    def batch_from_png(idx):
+        return load_clips_from_png(data, idx.tolist(), T, size, device)
+
+    first_idx = data.starts[order[:B].to(device)]
+    steps: dict[str, Callable[[], torch.Tensor]] = {}
+    losses: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    ref_spec = with_settings(spec, "fp32", False)
+
+    def make(name: str, fn_step, spec_s, model, batch_fn):
+        opt = build_optimizer(spec_s, model)[0]
+        losses[name] = first_loss(lambda: fn_step(model, opt, *batch_fn(first_idx), spec_s, BETA, tfr))
+        steps[name] = lambda: fn_step(model, opt, *batch_fn(next_idx()), spec_s, BETA, tfr)
+
+    make("reference", reference_step, ref_spec, fresh_model(spec, device, False, None), batch_from_png)
+    if in_memory_reference:  # the same loop fed from memory: how much of the gap is data, how much the step
+        make("reference_in_memory", reference_step, ref_spec, fresh_model(spec, device, False, None), batch_in_memory)
+    if settings is None:
+        settings = dict(TRAIN_SETTINGS) | (CUDA_GRAPHS if device.type == "cuda" else {})
+    for name, (precision, cl, mode) in settings.items():
+        if mode is not None and not plan.compile:
+            skipped[name] = "not run with --quick (compilation takes minutes)"
+            continue
+        spec_s = with_settings(spec, precision, cl)
+        try:
+            model = fresh_model(spec, device, cl, mode)
+            make(name, our_step, spec_s, model, batch_in_memory)
+            for _ in range(plan.warmup):
+                steps[name]()
+        except Exception as e:  # e.g. torch.compile without a working C++ compiler
+            steps.pop(name, None)
+            losses.pop(name, None)
+            skipped[name] = failure(e)
+    for name in [k for k in steps if k.startswith("reference")]:
+        for _ in range(plan.warmup):
+            steps[name]()
+    seconds = round_robin(steps, plan.repeats, device, progress)
+    return {"seconds": seconds, "losses": losses, "skipped": skipped}
+
+
+def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict:
+    L, n = data.rollout_frames, len(data.rollout_starts)
+    starts = torch.tensor(data.rollout_starts, device=device)
+    frames = gather(data.frames, starts, L)  # (V, L, 3, H, W) float
+    poses = data.poses[starts[:, None] + torch.arange(L, device=device)]  # (V, L, 3, H, W) uint8, as validate passes
+    first = frames[:, 0]
+    fns: dict[str, Callable[[], Any]] = {}
+    skipped: dict[str, str] = {}
+
+    def one_by_one(model, precision, cl):
+        return lambda: [rollout(model, first[v : v + 1], poses[v : v + 1], SEED, precision, cl) for v in range(n)]
+
+    def batched(model, precision, cl):
+        return lambda: rollout(model, first, poses, SEED, precision, cl)
+
+    fns["reference"] = one_by_one(fresh_model(spec, device, False, None), "fp32", False)
+    for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
+        if mode is not None and not plan.compile:
+            skipped[name] = "not run with --quick (compilation takes minutes)"
+            continue
+        try:
+            model = fresh_model(spec, device, cl, mode)
+            fns[name] = (batched if is_batched else one_by_one)(model, precision, cl)
+            for _ in range(max(1, plan.warmup)):
+                fns[name]()
+        except Exception as e:
+            fns.pop(name, None)
+            skipped[name] = failure(e)
+    fns["reference"]()
+    seconds = round_robin(fns, max(2, plan.repeats // 2), device)
+    return {"seconds": seconds, "frames": n * (L - 1), "skipped": skipped}
+
+
+def flops_per_frame(spec: ExperimentSpec, data: BenchData, device: torch.device) -> dict[str, float]:
+    """FLOPs of one trained frame (ours and the lab's loop, forward + backward) and one rollout frame."""
+    B, T = spec.train.batch_size, spec.data.clip_len
+    idx = data.starts[:B]
+    x, p = gather(data.frames, idx, T), gather(data.poses, idx, T)
+    fp32 = with_settings(spec, "fp32", False)
+    model = fresh_model(spec, device, False, None)
+    opt = build_optimizer(fp32, model)[0]
+    ours = count_flops(lambda: our_step(model, opt, x, p, fp32, BETA, TFR)) / (B * (T - 1))
+    ref = count_flops(lambda: reference_step(model, opt, x, p, fp32, BETA, TFR)) / (B * (T - 1))
+    L = min(8, data.rollout_frames)
+    roll = count_flops(lambda: rollout(model, x[:, 0], p[:, :L], SEED)) / (B * (L - 1))
+    return {"train_ours": ours, "train_reference": ref, "rollout": roll}
+
+
+# --------------------------------------------------------------------------- the device
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What the device is and which settings it supports."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        return {
+            "name": name,
+            "compute_capability": f"{major}.{minor}",
+            "bf16_native": fast_bf16(device),
+            "compile": True,
+            "cuda_graphs": True,
+        }
+    flags = cpu_flags()
+    model_name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "name": model_name,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "bf16_native": fast_bf16(device),
+        "cxx_compiler": shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++"),
+    }
+
+
+def describe(device: torch.device, info: dict[str, Any]) -> str:
+    if device.type == "cuda":
+        return f"{device} ({info['name']}, sm {info['compute_capability']})"
+    feats = " ".join([info["cpu_capability"]] + [f for f in ("avx512_bf16", "amx_bf16") if info.get(f)])
+    return f"cpu ({info['name']}, {info['threads']} threads, {feats})"
+
+
+def loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=None) -> dict[str, Any]:
+    """All groups; returns the JSON object of ``cvae bench --json`` (DESIGN.md section 4) with extra
+    keys: ``flops``, ``matmul_flops_per_s``, ``achieved``, ``agreement``, ``seconds``, ``skipped``,
+    ``supports``, ``data``, ``load_avg``, ``max_rss_mb``."""
+    from cvae.console import task
+
+    load0 = loadavg()
+    info = device_info(device)
+    B, T = spec.train.batch_size, spec.data.clip_len
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        with task(console, "bench: data") as _:
+            data = bench_data(spec, plan, Path(tmp), device)
+        with task(console, "bench: matmul rate") as _:
+            rates = {
+                "fp32": matmul_rate(device, torch.float32, plan.matmul_n),
+                "bf16": matmul_rate(device, torch.bfloat16, plan.matmul_n),
+            }
+        with task(console, "bench: FLOPs") as _:
+            flops = flops_per_frame(spec, data, device)
+        with task(console, "bench: loader") as _:
+            loader_s = bench_loader(spec, data, plan, device)
+        with task(console, "bench: train steps (warm-up and compilation first)", total=plan.repeats) as update:
+            tr = bench_train(spec, data, plan, device, update)
+        with task(console, "bench: train steps with teacher forcing 1", total=plan.repeats) as update:
+            forced = {k: v for k, v in TRAIN_SETTINGS.items() if k in ("fp32", "bf16+channels_last")}
+            tf1 = bench_train(spec, data, plan, device, update, 1.0, forced, in_memory_reference=False)
+        with task(console, "bench: rollout") as _:
+            ro = bench_rollout(spec, data, plan, device)
+    frames_per_step = B * (T - 1)
+    train = {k: frames_per_step / s for k, s in tr["seconds"].items()}
+    roll = {k: ro["frames"] / s for k, s in ro["seconds"].items()}
+    loader = {k: B / s for k, s in loader_s.items()}
+
+    def precision_of(name: str) -> str:
+        return "bf16" if "bf16" in name else "fp32"
+
+    achieved = {"train": {}, "rollout": {}}
+    for name, fps in train.items():
+        per_frame = flops["train_reference"] if name.startswith("reference") else flops["train_ours"]
+        achieved["train"][name] = {
+            "flops_per_s": per_frame * fps,
+            "pct_of_matmul": 100 * per_frame * fps / rates[precision_of(name)],
+        }
+    for name, fps in roll.items():
+        achieved["rollout"][name] = {
+            "flops_per_s": flops["rollout"] * fps,
+            "pct_of_matmul": 100 * flops["rollout"] * fps / rates[precision_of(name)],
+        }
+    fp32_loss = tr["losses"].get("fp32")
+    agreement = {k: abs(v - fp32_loss) / abs(fp32_loss) for k, v in tr["losses"].items() if fp32_loss and k != "fp32"}
+    best = max((k for k in train if not k.startswith("reference")), key=train.get)
+    step_s = tr["seconds"]
+    return {
+        "device": describe(device, info),
+        "train": train,
+        "rollout": roll,
+        "loader": loader,
+        # Extra: the same steps with teacher forcing 1 (the lab's first epochs): ours batches the clip.
+        "train_teacher_forced": {k: frames_per_step / s for k, s in tf1["seconds"].items()},
+        "flops": {
+            "per_trained_frame": flops["train_ours"],
+            "per_trained_frame_reference": flops["train_reference"],
+            "per_rollout_frame": flops["rollout"],
+        },  # fmt: skip
+        "matmul_flops_per_s": rates,
+        "achieved": achieved,
+        "agreement": {"rel_loss_diff_vs_fp32": agreement, "losses": tr["losses"]},
+        "seconds": {"train_step": step_s, "rollout": ro["seconds"], "loader_batch": loader_s},
+        "speedup": {
+            "train_best": best,
+            "train_best_vs_reference": train[best] / train["reference"],
+            "rollout_best_vs_reference": max(v for k, v in roll.items() if k != "reference") / roll["reference"],
+            "loader_in_memory_vs_reference": loader["in_memory"] / loader["reference"],
+            "data_share_of_best_step": loader_s["in_memory"] / step_s[best],
+            "png_share_of_reference_step": loader_s["reference"] / step_s["reference"],
+        },
+        "skipped": {
+            **{f"train/{k}": v for k, v in tr["skipped"].items()},
+            **{f"rollout/{k}": v for k, v in ro["skipped"].items()},
+        },  # fmt: skip
+        "supports": info,
+        "shape": {
+            "batch": B,
+            "clip_len": T,
+            "frame_size": list(spec.data.frame_size),
+            "widths": [spec.model.frame_dim, spec.model.pose_dim, spec.model.z_dim, spec.model.fusion_dim],
+            "rollout_videos": len(data.rollout_starts),
+            "rollout_frames": data.rollout_frames,
+            "teacher_forcing": TFR,
+            "repeats": plan.repeats,
+            "warmup": plan.warmup,
+        },  # fmt: skip
+        "data": {"root": "synthetic tiny (spec data missing)" if data.synthetic else str(data.root)},
+        "load_avg": {"start": load0, "end": loadavg()},
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def tables(result: dict[str, Any]):
+    """rich renderables: one table per group, then notes."""
+    from rich.table import Table
+
+    out = []
+    rates = result["matmul_flops_per_s"]
+    ach = result["achieved"]
+    agree = result["agreement"]["rel_loss_diff_vs_fp32"]
+    secs = result["seconds"]
+
+    t = Table(title=f"train: trained frames/s, batch {result['shape']['batch']} x clip {result['shape']['clip_len']}")
+    for col in ("setting", "frames/s", "x reference", "ms/step", "GFLOP/s", "% matmul peak", "loss vs fp32"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    ref = result["train"]["reference"]
+    for name, fps in result["train"].items():
+        a = ach["train"][name]
+        t.add_row(name, f"{fps:.1f}", f"{fps / ref:.2f}", f"{1000 * secs['train_step'][name]:.1f}",
+                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}",
+                  f"{100 * agree[name]:.2f}%" if name in agree else "")  # fmt: skip
+    for k in result["skipped"]:
+        if k.startswith("train/"):
+            t.add_row(k.split("/", 1)[1], "skipped")
+    out.append(t)
+
+    tf1 = result.get("train_teacher_forced", {})
+    if tf1:
+        t = Table(title="train with teacher forcing 1 (the lab's first epochs): trained frames/s")
+        for col in ("setting", "frames/s", "x reference"):
+            t.add_column(col, justify="left" if col == "setting" else "right")
+        for name, fps in tf1.items():
+            t.add_row(name, f"{fps:.1f}", f"{fps / tf1['reference']:.2f}")
+        out.append(t)
+
+    s = result["shape"]
+    t = Table(title=f"rollout: predicted frames/s, {s['rollout_videos']} videos x {s['rollout_frames']} frames")
+    for col in ("setting", "frames/s", "x reference", "s/run", "GFLOP/s", "% matmul peak"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    ref = result["rollout"]["reference"]
+    for name, fps in result["rollout"].items():
+        a = ach["rollout"][name]
+        t.add_row(name, f"{fps:.1f}", f"{fps / ref:.2f}", f"{secs['rollout'][name]:.3f}",
+                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}")  # fmt: skip
+    for k in result["skipped"]:
+        if k.startswith("rollout/"):
+            t.add_row(k.split("/", 1)[1], "skipped")
+    out.append(t)
+
+    t = Table(title="loader: clips/s")
+    for col in ("setting", "clips/s", "x reference", "ms/batch"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    ref = result["loader"]["reference"]
+    for name, cps in result["loader"].items():
+        t.add_row(name, f"{cps:.1f}", f"{cps / ref:.1f}", f"{1000 * secs['loader_batch'][name]:.3f}")
+    out.append(t)
+
+    sp, fl, sup, load = result["speedup"], result["flops"], result["supports"], result["load_avg"]
+    notes = [
+        f"device: {result['device']}; bf16 native: {sup.get('bf16_native')}",
+        f"matmul rate ({sup.get('threads', '')} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s",
+        f"FLOPs: {fl['per_trained_frame'] / 1e9:.3f} GFLOP per trained frame (reference loop "
+        f"{fl['per_trained_frame_reference'] / 1e9:.3f}), {fl['per_rollout_frame'] / 1e9:.3f} GFLOP per rollout frame",
+        f"best train setting {sp['train_best']}: {sp['train_best_vs_reference']:.2f}x reference; rollout "
+        f"{sp['rollout_best_vs_reference']:.2f}x; loader {sp['loader_in_memory_vs_reference']:.0f}x, data "
+        f"{100 * sp['data_share_of_best_step']:.2f}% of the best step (PNG decode "
+        f"{100 * sp['png_share_of_reference_step']:.0f}% of the reference step)",
+        f"load average (1 min): {load['start']} at start, {load['end']} at end; peak RSS {result['max_rss_mb']:.0f} MB",
+    ]
+    notes += [f"skipped {k}: {v}" for k, v in result["skipped"].items()]
+    return out, notes

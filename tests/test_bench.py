@@ -1,0 +1,230 @@
+"""cvae.bench and the speed settings: the reference loop is the same arithmetic as ours, bf16 /
+channels_last / compiled steps agree with fp32, `auto` resolves by the documented rule, the
+CUDA-style step never reads a value on the host, and `cvae bench --quick --json` prints one JSON
+object with the DESIGN.md section 4 groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, subprocess_env, tiny_overrides, write_spec
+
+from cvae import bench, device
+from cvae.data import clip_starts, gather, load_split
+from cvae.errors import TrainingDiverged
+from cvae.model import Generator, build_model
+from cvae.spec import load_spec
+from cvae.training import DivergenceGuard, build_optimizer, train, train_step
+
+SLIM = {"model.frame_dim": 32, "model.pose_dim": 16, "model.z_dim": 8, "model.fusion_dim": 48}
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_data):
+    """Two real 4-frame clips of the synthetic dancer: x, pose (2, 4, 3, 32, 64) in [0, 1]."""
+    train_set = load_split(tiny_data, "train", (32, 64))
+    starts = clip_starts(train_set, 4)[[0, 7]]
+    return gather(train_set.frames, starts, 4), gather(train_set.poses, starts, 4)
+
+
+def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=None, step=bench.our_step) -> float:
+    """First-step loss from the spec's seeded weights with the bench's fixed noise."""
+    s = bench.with_settings(spec, precision, channels_last)
+    model = bench.fresh_model(s, torch.device("cpu"), channels_last, compile_mode)
+    opt = build_optimizer(s, model)[0]
+    return bench.first_loss(lambda: step(model, opt, *batch, s, 1.0, 0.0))
+
+
+# --------------------------------------------------------------------------- numerical agreement
+
+
+def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch):
+    """The lab's loop (one encoder call per frame and role) and ours (real frames batched) give the
+    same loss on the same weights, batch and noise: the bench compares like with like."""
+    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
+    ours = step_loss(spec, batch)
+    ref = step_loss(spec, batch, step=bench.reference_step)
+    assert ref == pytest.approx(ours, rel=1e-4)
+
+
+@pytest.mark.parametrize("precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)])
+def test_bf16_and_channels_last_agree_with_fp32(tiny_data, batch, precision, channels_last):
+    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
+    fp32 = step_loss(spec, batch)
+    other = step_loss(spec, batch, precision, channels_last)
+    assert math.isfinite(other)
+    assert abs(other - fp32) / fp32 < 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_compiled_step_agrees_with_fp32(tiny_data, batch):
+    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
+    fp32 = step_loss(spec, batch)
+    compiled = step_loss(spec, batch, compile_mode="default")  # minutes on 2 cores: one compiled setting
+    assert abs(compiled - fp32) / fp32 < 0.02
+
+
+def test_compile_model_keeps_checkpoint_keys(tiny_spec):
+    model = build_model(tiny_spec)
+    keys = list(model.state_dict())
+    device.compile_model(model)  # lazy: nothing is compiled until a module is called
+    assert list(model.state_dict()) == keys
+
+
+# --------------------------------------------------------------------------- auto settings
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [({"avx512_bf16"}, ("bf16", True)), ({"amx_bf16", "avx512f"}, ("bf16", True)), ({"avx512f"}, ("fp32", False))],
+)
+def test_auto_precision_rule_on_cpu(monkeypatch, tiny_spec, flags, expected):
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    spec = load_spec(None, tiny_overrides("unused", **{"train.precision": "auto", "train.channels_last": "auto"}))
+    resolved = device.resolve_spec(spec, torch.device("cpu"))
+    assert (resolved.train.precision, resolved.train.channels_last) == expected
+    # Explicit values are never changed; the template default stays fp32 / contiguous.
+    assert device.resolve_spec(tiny_spec, torch.device("cpu")) is tiny_spec
+    assert load_spec(REPO / "experiments" / "lab4_template.yaml").train.precision == "fp32"
+    q = load_spec(REPO / "experiments" / "quickstart.yaml").train
+    assert (q.precision, q.channels_last) == ("bf16", True)
+
+
+def test_train_records_the_resolved_settings(tmp_path, tiny_data):
+    auto = {"train.precision": "auto", "train.channels_last": "auto"}
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "data.partial": 0.2, **auto}))
+    train(spec, tmp_path / "run")
+    saved = load_spec(tmp_path / "run" / "spec.yaml").train
+    assert (saved.precision, saved.channels_last) == (
+        device.resolve_precision("auto", torch.device("cpu")),
+        device.resolve_channels_last("auto", torch.device("cpu")),
+    )
+
+
+# --------------------------------------------------------------------------- the CUDA path, checked on the CPU
+
+
+class HostRead(AssertionError):
+    pass
+
+
+@pytest.fixture
+def cuda_style(monkeypatch):
+    """Run the trainer's CUDA branches on the CPU: reading a value is treated as a costly sync."""
+    import cvae.training
+
+    monkeypatch.setattr(cvae.training, "syncs_are_free", lambda dev: False)
+
+
+def test_step_reads_nothing_on_the_host(monkeypatch, cuda_style, tiny_spec, batch):
+    """No bool()/item()/float() on a tensor in the step, the grad clip and the divergence guard:
+    on CUDA each would stall the host until the GPU's queue drains."""
+    model = build_model(tiny_spec)
+    guard = DivergenceGuard(torch.device("cpu"))
+    torch.manual_seed(0)
+
+    def refuse(*args, **kwargs):
+        raise HostRead("host read of a tensor inside the step")
+
+    for name in ("__bool__", "item", "__float__", "__int__", "tolist", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = train_step(model, *batch, tiny_spec, beta=1.0, tfr=0.5)
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).detach()
+    guard.step(out, 1, 1.0, None)
+    monkeypatch.undo()
+    assert math.isfinite(float(out["loss"]))
+
+
+def test_cuda_style_run_matches_the_cpu_run(tmp_path, tiny_data, cuda_style, monkeypatch):
+    """Always encoding the model's own output (torch.where instead of the host-side skip) changes no
+    number: the same weights and history as the CPU path, teacher forcing included."""
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "data.partial": 0.5}))
+    train(spec, tmp_path / "cuda_style")
+    monkeypatch.undo()
+    train(spec, tmp_path / "cpu")
+    a = torch.load(tmp_path / "cuda_style/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cpu/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [(tmp_path / r / "history.jsonl").read_text().splitlines() for r in ("cuda_style", "cpu")]
+    strip = [[{k: v for k, v in json.loads(x).items() if not k.startswith("perf/")} for x in r] for r in rows]
+    assert strip[0] == strip[1]
+
+
+def test_cuda_style_nan_is_caught_at_the_next_log_point(tmp_path, tiny_data, cuda_style, monkeypatch):
+    """On CUDA the non-finite loss of step 3 is read at the next log row (step 4 with log_every 2):
+    the run stops naming step 3, logs nothing from step 3 on, and saves no checkpoint."""
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "tracking.log_every": 2}))
+    calls = {"n": 0}
+    original = Generator.forward
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out * math.nan if calls["n"] > 2 * 3 else out  # 3 frames per step: NaN from step 3
+
+    monkeypatch.setattr(Generator, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 3 .*read at step 4"):
+        train(spec, tmp_path / "nan")
+    rows = [json.loads(x) for x in (tmp_path / "nan/history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [2]
+    assert not (tmp_path / "nan/checkpoints/last.pt").exists()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_bench_quick_json(tmp_path, tiny_data):
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_overrides(tiny_data, **SLIM))
+    r = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", "bench", str(spec), "--quick", "--json", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)  # exactly one JSON object on stdout
+    assert isinstance(result["device"], str) and result["device"].startswith("cpu")
+    for group in ("train", "rollout", "loader"):
+        assert "reference" in result[group], group
+        assert len(result[group]) >= 2  # ours beside the reference
+        assert all(isinstance(v, float) and v > 0 and math.isfinite(v) for v in result[group].values())
+    assert {"fp32", "bf16", "channels_last", "bf16+channels_last"} <= set(result["train"])
+    assert "train/compile" in result["skipped"]  # --quick does not compile
+    agree = result["agreement"]["rel_loss_diff_vs_fp32"]
+    assert agree["reference"] < 1e-4 and agree["bf16+channels_last"] < 0.02
+    assert result["flops"]["per_trained_frame"] > 0 and result["matmul_flops_per_s"]["fp32"] > 0
+
+
+def test_bench_missing_data_uses_synthetic(tmp_path):
+    """A spec whose data folder is missing is benched on a generated tiny set (nothing written
+    outside a temporary folder)."""
+    spec = load_spec(None, tiny_overrides(tmp_path / "nowhere", **SLIM))
+    result = bench.run(spec, torch.device("cpu"), bench.QUICK)
+    assert result["data"]["root"].startswith("synthetic")
+    assert not (tmp_path / "nowhere").exists()
+    assert set(result["loader"]) == {"reference", "in_memory"}
+
+
+def test_bench_help_and_spec_show_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from cvae.cli import app\n"
+        f"for args in (['bench', '--help'], ['spec', 'show', {str(REPO / 'experiments/quickstart.yaml')!r}]):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout and "--quick" in r.stdout and "precision: bf16" in r.stdout
