@@ -21,10 +21,15 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import wandb  # noqa: E402, F401
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# wandb is imported above, at a shallow stack and before any hypothesis test has changed the
+# recursion limit: its first import runs pydantic's docstring extraction (ast.parse), which on
+# CPython 3.11.7 raised "SystemError: AST constructor recursion depth mismatch" when it first
+# happened inside a late test; the half-imported module then broke every later W&B test.
 
 REPO = Path(__file__).resolve().parents[1]
 
