@@ -535,7 +535,16 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_data):
     path = _fault_sweep(tmp_path, tiny_data)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "cvae.cli", "sweep", "run", str(path), "--dir", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    # A shell's background job (CI runners, nohup) starts with SIGINT ignored and Python keeps it
+    # ignored; a user's terminal does not. Give the worker a terminal's default.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     _wait_for_epochs(out / "trials" / "0", 1, proc)
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
