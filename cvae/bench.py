@@ -209,12 +209,14 @@ def reference_step(
 
     The teacher-forcing coin is drawn with the shape ours uses, so the two steps draw the same
     random numbers in the same order (their losses agree up to rounding); the lab tosses one coin
-    per batch, so only the first is used."""
+    per batch, so only the first is used. With ``model.context_frame`` (beyond the template) the
+    given first frame is encoded once per clip, as our step and the rollout do."""
     B, T = x.shape[:2]
     coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
     forced = bool(torch.rand(coin_shape, device=x.device)[0, 0] < tfr)
     mse = kl = 0.0
     out = x[:, 0]
+    f_ctx = model.frame_encoder(x[:, 0]) if model.context_frame else None
     for t in range(1, T):
         prev = x[:, t - 1] if forced else out
         f_prev = model.frame_encoder(prev)
@@ -222,7 +224,7 @@ def reference_step(
         f_post = model.frame_encoder(x[:, t]) if spec.model.posterior == "target" else f_prev
         mu, logvar = model.posterior(f_post, l)
         z = reparameterize(mu, logvar)
-        out = model.decode(f_prev, l, z)
+        out = model.decode(f_prev, l, z, f_ctx)
         mse = mse + F.mse_loss(out, x[:, t])
         kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
     loss = mse + beta * kl

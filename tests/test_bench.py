@@ -45,13 +45,20 @@ def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=N
 # --------------------------------------------------------------------------- numerical agreement
 
 
-def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch):
-    """The lab's loop (one encoder call per frame and role) and ours (real frames batched) give the
-    same loss on the same weights, batch and noise: the bench compares like with like."""
-    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
-    ours = step_loss(spec, batch)
-    ref = step_loss(spec, batch, step=bench.reference_step)
-    assert ref == pytest.approx(ours, rel=1e-4)
+@pytest.mark.parametrize("context_frame", [False, True])
+@pytest.mark.parametrize("tfr", [0.0, 1.0])
+def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch, context_frame, tfr):
+    """The lab's loop (one encoder call per frame and role) and ours (real frames batched; the whole
+    clip at once with teacher forcing 1) give the same loss on the same weights, batch and noise:
+    the bench compares like with like."""
+    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM, **{"model.context_frame": context_frame}))
+
+    def loss(step):
+        model = bench.fresh_model(spec, torch.device("cpu"), False, None)
+        opt = build_optimizer(spec, model)[0]
+        return bench.first_loss(lambda: step(model, opt, *batch, spec, 1.0, tfr))
+
+    assert loss(bench.reference_step) == pytest.approx(loss(bench.our_step), rel=1e-4)
 
 
 @pytest.mark.parametrize("precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)])
