@@ -27,12 +27,14 @@ def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
-    """Write (T, H, W, 3) uint8 as a looping GIF, atomically."""
+    """Write (T, H, W, 3) uint8 as a looping GIF, atomically. Encoded in memory first: a write that
+    fails (a full disk) then fails in our write, not later in imageio's writer finalizer."""
     import imageio.v3 as iio
 
+    data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.gif")
-    iio.imwrite(tmp, frames, duration=1000 / fps, loop=0)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
 

@@ -323,8 +323,7 @@ def train(
     if spec.train.compile:
         compile_model(model)  # the five modules, in place: the step and the rollout both use them
     starts = clip_starts(train_set, spec.data.clip_len).to(device)
-    per_epoch = steps_per_epoch(spec, len(starts))  # none is 0 (check_clips)
-    total_steps = sum(per_epoch)
+    total_steps = sum(steps_per_epoch(spec, len(starts)))  # no epoch has 0 steps (check_clips)
     # Only now, with the data and clips checked: bad input leaves no run folder behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.yaml").write_text(dump_yaml(spec))
@@ -332,52 +331,13 @@ def train(
     tracker.start(run_dir, spec.to_dict(), resume)
     refs = reference_metrics(val_set)
     guard = DivergenceGuard(device, spec.train.on_nan, spec.train.max_skipped_batches, state.skipped_batches)
-    skipping = spec.train.on_nan == "skip_batch"
     epoch_row = last_epoch_row(run_dir) if resume else {}
     if resume and state.epoch:
         tracker.summary(_summary(state, epoch_row))  # a kill can land between last.pt and the summary
     try:
         for epoch in range(state.epoch, spec.train.epochs):
-            t0, step0 = time.perf_counter(), state.step
-            batches = epoch_batches(len(starts), spec.train.batch_size, _partial(spec, epoch), spec.seed, epoch)
-            tracker.on_epoch_start(epoch, len(batches), state.step)
-            sums, skipped0 = {}, guard.skipped
-            for idx in batches.to(device):
-                b, tfr = schedule_values(spec, epoch, state.step, total_steps)
-                x = gather(train_set.frames, starts[idx], spec.data.clip_len)
-                p = gather(train_set.poses, starts[idx], spec.data.clip_len)
-                opt.zero_grad(set_to_none=True)
-                out = train_step(model, x, p, spec, b, tfr)
-                clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
-                out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
-                state.step += 1
-                applied = guard.step(out, state.step, b, opt)
-                if applied:
-                    opt.step()
-                    for k, v in out.items():
-                        sums[k] = sums.get(k, 0) + v  # detached tensors: no host sync
-                else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
-                    opt.zero_grad(set_to_none=True)
-                    state.skipped_batches = guard.skipped
-                if state.step % spec.tracking.log_every == 0:
-                    guard.check(state.step)
-                    lr = opt.param_groups[0]["lr"]
-                    logged = {f"train/{k}": float(v) for k, v in out.items()} if applied else {}
-                    if skipping:
-                        logged["train/skipped_batches"] = guard.skipped
-                    logged |= {"train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}
-                    tracker.log(logged, state.step)
-            guard.check(state.step)  # before anything is saved
+            epoch_row = train_epoch(spec, model, opt, train_set, starts, epoch, total_steps, state, guard, tracker)
             sched.step()
-            train_s = time.perf_counter() - t0
-            n_steps = state.step - step0
-            n_applied = n_steps - (guard.skipped - skipped0)
-            epoch_row = {f"epoch/{k}": float(sums[k]) / n_applied if n_applied else math.nan for k in out}
-            if skipping:
-                epoch_row["train/skipped_batches"] = guard.skipped
-            epoch_row |= {"epoch/beta": b, "epoch/tfr": tfr, "epoch/lr": opt.param_groups[0]["lr"]}
-            epoch_row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
-            epoch_row["perf/epoch_s"] = train_s
             state.epoch = epoch + 1
             if state.epoch % spec.train.val_every == 0 or state.epoch == spec.train.epochs:
                 v0 = time.perf_counter()
@@ -386,16 +346,7 @@ def train(
                 if val.metrics["val/psnr"] > state.best_psnr:
                     state.best_psnr, state.best_epoch = val.metrics["val/psnr"], epoch
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", spec, model, opt, sched, state)
-                gif, plot = write_media(run_dir, val, val_set, refs, spec, epoch)
-                tracker.log_media("val/rollout", gif, state.step)
-                tracker.log_curve(
-                    "val/psnr_per_frame",
-                    list(range(1, len(val.curve) + 1)),
-                    val.curve.tolist(),
-                    "frame",
-                    "psnr",
-                    state.step,
-                )
+                log_validation_media(run_dir, val, val_set, refs, spec, epoch, state.step, tracker)
                 epoch_row["perf/val_s"] = time.perf_counter() - v0
             # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
             # step, which resume drops and writes again (the other order would lose it).
@@ -413,6 +364,72 @@ def train(
     finish_plots(run_dir)
     tracker.finish("finished")
     return _summary(state, epoch_row)
+
+
+def train_epoch(
+    spec: ExperimentSpec,
+    model: CVAE,
+    opt: torch.optim.Optimizer,
+    train_set: VideoSet,
+    starts: torch.Tensor,
+    epoch: int,
+    total_steps: int,
+    state: State,
+    guard: DivergenceGuard,
+    tracker: Tracker,
+) -> dict[str, float]:
+    """One epoch of optimizer steps (advances ``state.step``); logs a row every
+    ``tracking.log_every`` steps and returns the epoch's row: means of the applied steps'
+    loss, mse, kl and grad norm, the schedules' last values, the learning rate and the speed."""
+    t0, step0, skipped0 = time.perf_counter(), state.step, guard.skipped
+    skipping = spec.train.on_nan == "skip_batch"
+    lr = opt.param_groups[0]["lr"]  # the scheduler steps after the epoch
+    clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
+    batches = epoch_batches(len(starts), spec.train.batch_size, _partial(spec, epoch), spec.seed, epoch)
+    tracker.on_epoch_start(epoch, len(batches), state.step)
+    sums: dict[str, torch.Tensor] = {}
+    for idx in batches.to(starts.device):
+        b, tfr = schedule_values(spec, epoch, state.step, total_steps)
+        x = gather(train_set.frames, starts[idx], spec.data.clip_len)
+        p = gather(train_set.poses, starts[idx], spec.data.clip_len)
+        opt.zero_grad(set_to_none=True)
+        out = train_step(model, x, p, spec, b, tfr)
+        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
+        state.step += 1
+        applied = guard.step(out, state.step, b, opt)
+        if applied:
+            opt.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v  # detached tensors: no host sync
+        else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
+            opt.zero_grad(set_to_none=True)
+            state.skipped_batches = guard.skipped
+        if state.step % spec.tracking.log_every == 0:
+            guard.check(state.step)
+            logged = {f"train/{k}": float(v) for k, v in out.items()} if applied else {}
+            if skipping:
+                logged["train/skipped_batches"] = guard.skipped
+            logged |= {"train/beta": b, "train/tfr": tfr, "train/lr": lr, "epoch": epoch}
+            tracker.log(logged, state.step)
+    guard.check(state.step)  # before anything is saved
+    train_s = time.perf_counter() - t0
+    n_steps = state.step - step0
+    n_applied = n_steps - (guard.skipped - skipped0)
+    row = {f"epoch/{k}": float(sums[k]) / n_applied if n_applied else math.nan for k in out}
+    if skipping:
+        row["train/skipped_batches"] = guard.skipped
+    row |= {"epoch/beta": b, "epoch/tfr": tfr, "epoch/lr": lr}
+    row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
+    row["perf/epoch_s"] = train_s
+    return row
+
+
+def log_validation_media(run_dir, val: Validation, val_set: VideoSet, refs, spec, epoch: int, step: int, tracker):
+    """The rollout GIF and per-frame PSNR plot into the run folder, and to the trackers."""
+    gif, _ = write_media(run_dir, val, val_set, refs, spec, epoch)
+    tracker.log_media("val/rollout", gif, step)
+    curve = val.curve.tolist()
+    tracker.log_curve("val/psnr_per_frame", list(range(1, len(curve) + 1)), curve, "frame", "psnr", step)
 
 
 def schedule_values(spec: ExperimentSpec, epoch: int, step: int, total_steps: int) -> tuple[float, float]:
