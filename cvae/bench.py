@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from cvae.data import clip_starts, decode_png, gather, load_split, resize, scan_split
-from cvae.device import compile_model, cpu_flags, fast_bf16, memory_format
+from cvae.device import compile_model, cpu_flags, fast_bf16, memory_format, tune_cpu_allocator
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
 from cvae.rollout import rollout
 from cvae.spec import ExperimentSpec
@@ -455,6 +455,8 @@ def run(spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=N
 
     load0 = loadavg()
     info = device_info(device)
+    # As `cvae train` does: every setting, the reference too, runs with the tuned allocator.
+    info["malloc_tuned"] = device.type == "cpu" and tune_cpu_allocator()
     B, T = spec.train.batch_size, spec.data.clip_len
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         with task(console, "bench: data") as _:

@@ -91,6 +91,11 @@ class TrainSpec(_Section):
         False, description="Run convolutions in channels-last memory format; `auto`: with bf16 (cvae/device.py)."
     )
     compile: bool = Field(False, description="torch.compile the model modules.")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them (B images at a time): "
+        "same arithmetic, about 3.7x less peak memory for 40-55% more time on the CPU (docs/performance.md).",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
     fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")

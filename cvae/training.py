@@ -27,7 +27,15 @@ import torch.nn.functional as F
 
 from cvae import checkpoint
 from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split, scan_split
-from cvae.device import autocast, compile_model, memory_format, resolve_device, resolve_spec, syncs_are_free
+from cvae.device import (
+    autocast,
+    compile_model,
+    memory_format,
+    resolve_device,
+    resolve_spec,
+    syncs_are_free,
+    tune_cpu_allocator,
+)
 from cvae.errors import DataError, RunDirError, TrainingDiverged
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
 from cvae.rollout import reference_scores, rollout, score, shift_poses
@@ -135,8 +143,12 @@ def train_step(
     n = T - 1
     fmt = memory_format(spec.train.channels_last)
     frames = x.flatten(0, 1).contiguous(memory_format=fmt)  # (B*T, 3, H, W)
+    # train.activation_checkpointing: encoder, posterior and decoder calls recompute their
+    # activations in the backward pass, B images at a time (the PoseEncoder, whose BatchNorm
+    # statistics depend on its whole batch, keeps its activations).
+    run = checkpointed(B) if spec.train.activation_checkpointing else lambda fn, *args: fn(*args)
     with autocast(x.device, spec.train.precision):
-        f_real = model.frame_encoder(frames).unflatten(0, (B, T))  # (B, T, F, H, W)
+        f_real = run(model.frame_encoder, frames).unflatten(0, (B, T))  # (B, T, F, H, W)
         l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, n))
         # Teacher forcing: one coin per clip (lab) or per clip and time step (scheduled sampling).
         coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, n)
@@ -144,7 +156,7 @@ def train_step(
         all_forced = tfr >= 1.0
         if spec.model.posterior == "target" or all_forced:  # q(z | x_t or x_{t-1}, p_t): real frames only
             f_post = f_real[:, 1:] if spec.model.posterior == "target" else f_real[:, :-1]
-            q = model.posterior(f_post.flatten(0, 1), l_all.flatten(0, 1))
+            q = run(model.posterior, f_post.flatten(0, 1), l_all.flatten(0, 1))
             mu, logvar = (m.float().unflatten(0, (B, n)) for m in q)
             z_all = reparameterize(mu, logvar)  # (B, T-1, N, H, W)
             # Per-frame KL summed over the T-1 frames: both reductions are averages over equal frames.
@@ -155,9 +167,8 @@ def train_step(
         f_ctx = f_real[:, 0] if spec.model.context_frame else None
         if all_forced:  # prev = x[t-1] for every clip and step: no step depends on another
             ctx = None if f_ctx is None else f_ctx[:, None].expand(B, n, *f_ctx.shape[1:]).flatten(0, 1)
-            out = model.decode(
-                f_real[:, :-1].flatten(0, 1), l_all.flatten(0, 1), z_all.flatten(0, 1).to(f_real.dtype), ctx
-            )
+            f_prev, l_flat = f_real[:, :-1].flatten(0, 1), l_all.flatten(0, 1)
+            out = run(model.decode, f_prev, l_flat, z_all.flatten(0, 1).to(f_real.dtype), ctx)
             mse = n * F.mse_loss(out.float().unflatten(0, (B, n)), x[:, 1:])
         else:
             mse, out = torch.zeros((), device=x.device), x[:, 0]
@@ -168,19 +179,40 @@ def train_step(
                 # x[0]). Skipping the encoder when none does needs the mask on the host: free on the
                 # CPU, a stall on CUDA (there: always compute, torch.where picks).
                 if t > 1 and (not syncs_are_free(x.device) or not bool(use_real.all())):
-                    f_out = model.frame_encoder(out.contiguous(memory_format=fmt))
+                    f_out = run(model.frame_encoder, out.contiguous(memory_format=fmt))
                     f_prev = torch.where(use_real[:, None, None, None], f_prev, f_out)
                 if z_all is None:  # posterior `previous`: q(z | prev, p_t) sees the model's output
-                    mu, logvar = (m.float() for m in model.posterior(f_prev, l_all[:, t - 1]))
+                    mu, logvar = (m.float() for m in run(model.posterior, f_prev, l_all[:, t - 1]))
                     z = reparameterize(mu, logvar)
                     kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
                 else:
                     z = z_all[:, t - 1]
-                out = model.decode(f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
+                out = run(model.decode, f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
                 mse = mse + F.mse_loss(out, x[:, t])
     loss = mse + beta * kl
     loss.backward()
     return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n}
+
+
+def checkpointed(chunk: int):
+    """``run(fn, *args)``: fn on slices of ``chunk`` samples (dim 0; None args passed as is), each
+    under activation checkpointing (its activations recomputed in the backward pass), outputs
+    concatenated. Exact for per-sample modules (no BatchNorm); the noise is drawn outside."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(fn, *args):
+        n = next(a for a in args if a is not None).shape[0]
+        parts = [
+            checkpoint(fn, *(None if a is None else a[i : i + chunk] for a in args), use_reentrant=False)
+            for i in range(0, n, chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+        return torch.cat(parts)
+
+    return run
 
 
 # --------------------------------------------------------------------------- validation
@@ -313,6 +345,8 @@ def train(
     run_dir = Path(run_dir)
     device = resolve_device(spec.train.device)
     spec = resolve_spec(spec, device)  # train.precision / channels_last `auto` -> this device's choice
+    if device.type == "cpu":
+        tune_cpu_allocator()
     torch.manual_seed(spec.seed)
     # A resumed run's checkpoint first: a damaged one stops the run before anything is read or written.
     ck = read_resume_checkpoint(run_dir, device, console) if resume else None

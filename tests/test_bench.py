@@ -61,6 +61,39 @@ def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch, context
     assert loss(bench.reference_step) == pytest.approx(loss(bench.our_step), rel=1e-4)
 
 
+def grads_of_step(spec, batch, tfr: float, saved: list | None = None):
+    """Loss and gradients of one train_step from the spec's seeded weights and fixed noise;
+    ``saved`` collects the bytes of every tensor autograd keeps for the backward pass."""
+    model = bench.fresh_model(spec, torch.device("cpu"), False, None)
+
+    def pack(t):
+        if saved is not None:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    torch.manual_seed(bench.SEED)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = train_step(model, *batch, spec, 1.0, tfr)
+    return float(out["loss"]), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tfr", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("posterior,context_frame", [("target", False), ("previous", False), ("target", True)])
+def test_activation_checkpointing_is_the_same_arithmetic(tiny_data, batch, tfr, posterior, context_frame):
+    """train.activation_checkpointing recomputes activations in the backward pass: same loss, same
+    gradients (up to summation order), far fewer bytes kept between forward and backward."""
+    over = tiny_overrides(tiny_data, **SLIM, **{"model.posterior": posterior, "model.context_frame": context_frame})
+    plain = load_spec(None, over)
+    ckpt = load_spec(None, over | {"train.activation_checkpointing": True})
+    saved_plain, saved_ckpt = [], []
+    loss_plain, grads_plain = grads_of_step(plain, batch, tfr, saved_plain)
+    loss_ckpt, grads_ckpt = grads_of_step(ckpt, batch, tfr, saved_ckpt)
+    assert loss_ckpt == pytest.approx(loss_plain, rel=1e-6)
+    for k, g in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[k], g, rtol=1e-4, atol=1e-6, msg=k)
+    assert sum(saved_ckpt) < sum(saved_plain) / 3, (sum(saved_ckpt), sum(saved_plain))
+
+
 @pytest.mark.parametrize("precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)])
 def test_bf16_and_channels_last_agree_with_fp32(tiny_data, batch, precision, channels_last):
     spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
@@ -235,3 +268,40 @@ def test_bench_help_and_spec_show_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout and "--quick" in r.stdout and "precision: bf16" in r.stdout
+
+
+# --------------------------------------------------------------------------- the CPU allocator
+
+FAULTS = """
+import resource, sys, torch
+from cvae.device import tune_cpu_allocator
+tuned = tune_cpu_allocator()
+def faults_of_a_fresh_64mb_tensor():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(16 * 2**20, dtype=torch.float32).fill_(1.0)  # 64 MB: glibc maps it itself
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+faults_of_a_fresh_64mb_tensor()
+print(tuned, faults_of_a_fresh_64mb_tensor())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and Linux page-fault counts")
+def test_tuned_allocator_reuses_freed_memory():
+    """The second 64 MB tensor of a step faults in 16,384 fresh pages with glibc's defaults and
+    reuses the first one's memory once ``tune_cpu_allocator`` ran (CVAE_MALLOC_TUNING=0: off)."""
+
+    def run(**env):
+        r = subprocess.run(
+            [sys.executable, "-c", FAULTS], capture_output=True, text=True, env=subprocess_env() | env, timeout=120
+        )
+        assert r.returncode == 0, r.stderr
+        tuned, faults = r.stdout.split()
+        return tuned == "True", int(faults)
+
+    tuned, faults = run()
+    if not tuned:
+        pytest.skip("not glibc: nothing to tune")
+    assert faults < 1000
+    untuned, faults_default = run(CVAE_MALLOC_TUNING="0")
+    assert not untuned and faults_default >= 16_000

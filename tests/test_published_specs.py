@@ -26,6 +26,7 @@ OFF = {
     "train.precision": "fp32",
     "train.channels_last": False,
     "train.compile": False,
+    "train.activation_checkpointing": False,
 }
 
 
