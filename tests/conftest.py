@@ -9,6 +9,8 @@ torch to one thread unless OMP_NUM_THREADS says otherwise. Subprocesses get the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported anywhere
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -91,6 +93,40 @@ def subprocess_env() -> dict[str, str]:
     env.pop("CVAE_DEBUG", None)
     env["COLUMNS"] = "200"  # rich: one message per line
     return env
+
+
+def poison_generator(monkeypatch, from_step: int, frames_per_step: int) -> None:
+    """Make the Generator's output NaN from optimizer step ``from_step`` on (it runs
+    ``frames_per_step`` times per step: the clip's predicted frames)."""
+    from cvae.model import Generator
+
+    calls = {"n": 0}
+    original = Generator.forward
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out * float("nan") if calls["n"] > (from_step - 1) * frames_per_step else out
+
+    monkeypatch.setattr(Generator, "forward", poisoned)
+
+
+def cli_in_process(*arg_lists: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cvae.cli.app`` on each argument list in one fresh interpreter (each must exit 0); its
+    stdout ends with ``HEAVY [...]``: the torch, wandb and optuna modules the calls imported."""
+    code = (
+        "import sys\n"
+        "from cvae.cli import app\n"
+        f"for args in {list(arg_lists)!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
 
 
 # --------------------------------------------------------------------------- hand-made Lab4 folders

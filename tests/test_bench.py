@@ -14,12 +14,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, subprocess_env, tiny_overrides, write_spec
+from conftest import REPO, cli_in_process, poison_generator, subprocess_env, tiny_overrides, write_spec
 
 from cvae import bench, device
 from cvae.data import clip_starts, gather, load_split
 from cvae.errors import TrainingDiverged
-from cvae.model import Generator, build_model
+from cvae.model import build_model
 from cvae.spec import load_spec
 from cvae.training import DivergenceGuard, build_optimizer, train, train_step
 
@@ -202,15 +202,7 @@ def test_cuda_style_nan_is_caught_at_the_next_log_point(tmp_path, tiny_data, cud
     """On CUDA the non-finite loss of step 3 is read at the next log row (step 4 with log_every 2):
     the run stops naming step 3, logs nothing from step 3 on, and saves no checkpoint."""
     spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "tracking.log_every": 2}))
-    calls = {"n": 0}
-    original = Generator.forward
-
-    def poisoned(self, x):
-        calls["n"] += 1
-        out = original(self, x)
-        return out * math.nan if calls["n"] > 2 * 3 else out  # 3 frames per step: NaN from step 3
-
-    monkeypatch.setattr(Generator, "forward", poisoned)
+    poison_generator(monkeypatch, from_step=3, frames_per_step=3)
     with pytest.raises(TrainingDiverged, match="step 3 .*read at step 4"):
         train(spec, tmp_path / "nan")
     rows = [json.loads(x) for x in (tmp_path / "nan/history.jsonl").read_text().splitlines()]
@@ -255,18 +247,7 @@ def test_bench_missing_data_uses_synthetic(tmp_path):
 
 
 def test_bench_help_and_spec_show_do_not_import_torch():
-    code = (
-        "import sys\n"
-        "from cvae.cli import app\n"
-        f"for args in (['bench', '--help'], ['spec', 'show', {str(REPO / 'experiments/quickstart.yaml')!r}]):\n"
-        "    try:\n"
-        "        app(args)\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, (args, e.code)\n"
-        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna')))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = cli_in_process(["bench", "--help"], ["spec", "show", str(REPO / "experiments/quickstart.yaml")])
     assert "HEAVY []" in r.stdout and "--quick" in r.stdout and "precision: bf16" in r.stdout
 
 

@@ -98,6 +98,17 @@ SEARCH = {
 PRUNE = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
 
 
+def tpe_sweep(n_trials: int, study: str = "sweep", n_startup_trials: int = 2) -> dict[str, Any]:
+    """A TPE + median-pruning search of SEARCH with a budget of ``n_trials``."""
+    return {
+        "search": SEARCH,
+        "sampler": {"type": "tpe", "n_startup_trials": n_startup_trials},
+        "pruner": PRUNE,
+        "budget": {"n_trials": n_trials},
+        "study": study,
+    }
+
+
 def trials_of(url: str, study: str):
     return load_study(url, study).get_trials(deepcopy=False)
 
@@ -294,13 +305,7 @@ def journal_sweep(tmp_path_factory, tiny_data):
     path = write_sweep(
         folder,
         tiny_data,
-        {
-            "search": SEARCH,
-            "sampler": {"type": "tpe", "n_startup_trials": 2},
-            "pruner": PRUNE,
-            "budget": {"n_trials": 6},
-            "study": "sweep",
-        },
+        tpe_sweep(6),
     )
     t0 = time.monotonic()
     r = cvae("sweep", "run", path, "--workers", "2", "--dir", folder / "out")
@@ -617,13 +622,7 @@ def test_two_workers_on_postgresql(tmp_path, tiny_data, postgres_url):
     path = write_sweep(
         tmp_path,
         tiny_data,
-        {
-            "search": SEARCH,
-            "sampler": {"type": "tpe", "n_startup_trials": 2},
-            "pruner": PRUNE,
-            "budget": {"n_trials": 4},
-            "study": "sweep",
-        },
+        tpe_sweep(4),
     )
     r = cvae("sweep", "run", path, "--workers", "2", "--storage", postgres_url, "--dir", tmp_path / "out")
     assert_ok(r)
@@ -644,13 +643,7 @@ def test_four_workers_forty_trials(tmp_path, tiny_data, backend, request):
     an intermediate value per epoch it trained and its attributes, all matching its run folder."""
     storage = [] if backend == "journal" else ["--storage", request.getfixturevalue("postgres_url")]
     study = f"four_workers_{backend}"
-    sweep = {
-        "search": SEARCH,
-        "sampler": {"type": "tpe", "n_startup_trials": 4},
-        "pruner": PRUNE,
-        "budget": {"n_trials": 40},
-        "study": study,
-    }
+    sweep = tpe_sweep(40, study, n_startup_trials=4)
     # One epoch of three steps: the workers spend their time on the storage, not on training.
     path = write_sweep(tmp_path, tiny_data, sweep, **{"train.epochs": 1, "data.val_len": 4})
     t0 = time.monotonic()

@@ -7,7 +7,6 @@ clips of 4 frames, batch 2 -> 12 optimizer steps per epoch, 12-frame validation 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from itertools import pairwise
 from pathlib import Path
@@ -15,12 +14,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import poison_generator, tiny_overrides
 
 from cvae import checkpoint
 from cvae.data import load_split
 from cvae.errors import CheckpointError, DataError, RunDirError, TrainingDiverged
-from cvae.model import Generator, build_model
+from cvae.model import build_model
 from cvae.rollout import reference_scores
 from cvae.schedules import beta, teacher_forcing_ratio
 from cvae.spec import dump_yaml, load_spec
@@ -275,15 +274,7 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
 
 def test_nan_loss_raises_and_marks_the_run_failed(tmp_path, tiny_data, monkeypatch):
     spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1}))
-    calls = {"n": 0}
-    original = Generator.forward
-
-    def poisoned(self, x):
-        calls["n"] += 1
-        out = original(self, x)
-        return out * math.nan if calls["n"] > 2 * 3 else out  # 3 frames per step: NaN from step 3
-
-    monkeypatch.setattr(Generator, "forward", poisoned)
+    poison_generator(monkeypatch, from_step=3, frames_per_step=3)
     with pytest.raises(TrainingDiverged, match="step 3"):
         train(spec, tmp_path / "nan")
     s = summary(tmp_path / "nan")
