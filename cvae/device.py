@@ -114,7 +114,9 @@ def tune_cpu_allocator() -> bool:
     allocator takes everything from its heap (``M_MMAP_MAX`` 0), keeps up to 2 GB of free heap
     top (``M_TRIM_THRESHOLD``), and gives threads created later the main heap too
     (``M_ARENA_MAX`` 1; a thread's own heap would still map anything over 64 MB): 2 faults per
-    step remain. The memory is reused, not grown. A no-op (False) without glibc, or with the
+    step remain. Freed memory stays resident for later steps; the price is heap fragmentation
+    (a freed block split by a small allocation no longer fits the next large one), which raised
+    the template run's peak RSS from 4.10 to 4.57 GB. A no-op (False) without glibc, or with the
     environment variable CVAE_MALLOC_TUNING=0. Process-wide; training and the bench call it on
     the CPU before their first large allocation.
     """
