@@ -16,7 +16,7 @@ from cvae import checkpoint
 from cvae.data import SPLITS, decode_many, load_split, load_test, scan_split
 from cvae.errors import DataError, RunDirError, UserError
 from cvae.model import CVAE, build_model
-from cvae.rollout import rollout
+from cvae.rollout import batches_by_length, rollout
 from cvae.spec import ExperimentSpec, load_spec
 from cvae.training import VAL_SEED_OFFSET, reference_metrics, validate
 
@@ -106,19 +106,24 @@ def predict_run(run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool
     spec, model, _ = load_run(run_dir, ckpt)
     videos = load_test(data, spec.data.frame_size)
     out.mkdir(parents=True, exist_ok=True)
-    written, rows = [], []
+    preds: dict[int, torch.Tensor] = {}
     with task(console, "rolling out test videos", total=len(videos)) as update:
-        for i, v in enumerate(videos):
+        for vids in batches_by_length([len(v.poses) for v in videos]):  # a video rolls out the same in any batch
             pred = rollout(
                 model,
-                v.first_frame[None].float() / 255,
-                v.poses[None],
+                torch.stack([videos[i].first_frame for i in vids]).float() / 255,
+                torch.stack([videos[i].poses for i in vids]),
                 spec.seed + VAL_SEED_OFFSET,
                 spec.train.precision,
                 spec.train.channels_last,
-            )[0]
-            written.append(write_gif(out / f"{v.name}.gif", side_by_side(pred, v.poses)))
-            flat = (pred.clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy()  # (T, 3*H*W)
+            )
+            preds |= dict(zip(vids, pred, strict=True))
+            update(len(preds))
+    written, rows = [], []
+    with task(console, "writing GIFs", total=len(videos)) as update:
+        for i, v in enumerate(videos):
+            written.append(write_gif(out / f"{v.name}.gif", side_by_side(preds[i], v.poses)))
+            flat = (preds[i].clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy()  # (T, 3*H*W)
             rows.append((v.name, flat))
             update(i + 1)
     tmp = out / "submission.csv.tmp"

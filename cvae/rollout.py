@@ -16,6 +16,7 @@ from cvae.device import autocast, memory_format
 from cvae.model import CVAE
 
 PSNR_CAP_DB = 100.0
+MAX_VIDEOS = 16  # per batched rollout
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,9 @@ def rollout(
 
     first: (B, 3, H, W) float in [0, 1]; poses: (B, T, 3, H, W) uint8 or float.
     Returns (B, T, 3, H, W) float, frame 0 being ``first``. z for step t is drawn from a
-    generator seeded by ``seed``, so two rollouts with the same seed share their z draws.
+    generator seeded by ``seed``, so two rollouts with the same seed share their z draws, and every
+    video of the batch gets the same draw: a video rolls out the same alone or batched with others
+    (up to float rounding), which is what lets validation and ``cvae predict`` batch videos.
     """
     was_training = model.training
     model.eval()
@@ -54,7 +57,7 @@ def rollout(
             pose = poses[:, t].float()
             if poses.dtype == torch.uint8:
                 pose = pose / 255
-            z = torch.randn((B, model.z_dim, H, W), generator=g, device=device)
+            z = torch.randn((1, model.z_dim, H, W), generator=g, device=device).expand(B, -1, -1, -1)
             f = model.frame_encoder(prev)
             l = model.pose_encoder(pose.contiguous(memory_format=fmt))  # noqa: E741
             prev = model.decode(f, l, z.to(f.dtype), f_ctx).float().contiguous(memory_format=fmt)
@@ -92,6 +95,15 @@ def score(pred: torch.Tensor, frames: torch.Tensor) -> Scores:
     mse = (pred[1:].float() - frames[1:].float()).pow(2).mean().item()
     repeat, mean = reference_scores(frames)
     return Scores(curve.cpu(), curve.mean().item(), mse, repeat, mean)
+
+
+def batches_by_length(lengths: list[int], max_videos: int = MAX_VIDEOS) -> list[list[int]]:
+    """Indices of videos to roll out together: equal lengths, at most ``max_videos`` per batch
+    (a bound on memory), in order of first appearance."""
+    by_len: dict[int, list[int]] = {}
+    for v, n in enumerate(lengths):
+        by_len.setdefault(n, []).append(v)
+    return [vids[i : i + max_videos] for vids in by_len.values() for i in range(0, len(vids), max_videos)]
 
 
 def shift_poses(poses: torch.Tensor, k: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ from cvae.device import (
 )
 from cvae.errors import DataError, RunDirError, TrainingDiverged
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
-from cvae.rollout import reference_scores, rollout, score, shift_poses
+from cvae.rollout import batches_by_length, reference_scores, rollout, score, shift_poses
 from cvae.schedules import beta as beta_at
 from cvae.schedules import teacher_forcing_ratio
 from cvae.spec import ExperimentSpec, dump_yaml
@@ -242,12 +242,10 @@ def validate(
     """Roll every val video out from its first frame, z from the prior; videos of equal length are
     batched. The same rollout with the poses rotated in time (by ``pose_shift`` frames, default a
     quarter of the video; same z draws) shows whether the model uses the pose."""
-    by_len: dict[int, list[int]] = {}
-    for v, n in enumerate(val_set.lengths):
-        by_len.setdefault(n, []).append(v)
     kw = {"precision": spec.train.precision, "channels_last": spec.train.channels_last}
     results: dict[int, tuple] = {}
-    for n, vids in by_len.items():
+    for vids in batches_by_length(val_set.lengths):
+        n = val_set.lengths[vids[0]]
         frames = torch.stack([val_set.video(v)[0][:n] for v in vids]).float() / 255  # (B, T, 3, H, W)
         poses = torch.stack([val_set.video(v)[1][:n] for v in vids])
         pred = rollout(model, frames[:, 0], poses, seed, **kw)

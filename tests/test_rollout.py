@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cvae.model import CVAE
-from cvae.rollout import PSNR_CAP_DB, psnr, reference_scores, rollout, score, shift_poses
+from cvae.rollout import MAX_VIDEOS, PSNR_CAP_DB, batches_by_length, psnr, reference_scores, rollout, score, shift_poses
 
 
 def full(value: float, *shape: int) -> torch.Tensor:
@@ -118,6 +118,26 @@ def test_rollout_shape_first_frame_and_seed(tiny_model):
     assert not torch.equal(out[:, 1:], rollout(tiny_model, first, poses, seed=4)[:, 1:])
     # uint8 poses are scaled to [0, 1]: the same poses given as floats roll out the same
     assert torch.allclose(out, rollout(tiny_model, first, poses.float() / 255, seed=3))
+
+
+def test_a_video_rolls_out_the_same_alone_or_batched(tiny_model):
+    """Every video of a batch gets the same z draws: validation and ``cvae predict`` batch videos
+    without changing any video's frames."""
+    B, T, H, W = 3, 6, 16, 24
+    g = torch.Generator().manual_seed(2)
+    first = torch.rand(B, 3, H, W, generator=g)
+    poses = torch.randint(0, 256, (B, T, 3, H, W), dtype=torch.uint8, generator=g)
+    batched = rollout(tiny_model, first, poses, seed=5)
+    for b in range(B):
+        alone = rollout(tiny_model, first[b : b + 1], poses[b : b + 1], seed=5)
+        assert torch.allclose(batched[b : b + 1], alone, atol=1e-5)
+
+
+def test_batches_by_length_groups_equal_lengths_and_bounds_the_batch():
+    assert batches_by_length([5, 7, 5, 5, 7], max_videos=2) == [[0, 2], [3], [1, 4]]
+    assert batches_by_length([]) == []
+    assert sorted(v for b in batches_by_length([3] * 40) for v in b) == list(range(40))
+    assert max(len(b) for b in batches_by_length([3] * 40)) == MAX_VIDEOS
 
 
 def test_rollout_feeds_back_its_own_frames(tiny_model):
