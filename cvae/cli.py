@@ -38,6 +38,9 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a spec key: --set train.epochs=3 (repeatable).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the run's train.device, as trained).")
+]
 
 
 def _console(quiet: bool) -> Console:
@@ -138,13 +141,14 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
     ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     pose_shift: Annotated[int | None, typer.Option(help="Rotate the poses by K frames (default: a quarter).")] = None,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
     from cvae.evaluate import evaluate_run
 
     console = _console(quiet)
-    report = evaluate_run(run_dir, ckpt, pose_shift, console)
+    report = evaluate_run(run_dir, ckpt, pose_shift, console, device)
     console.print(report.table())
 
 
@@ -156,13 +160,14 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder for GIFs and submission.csv.")],
     ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
     from cvae.evaluate import predict_run
 
     console = _console(quiet)
-    written = predict_run(run_dir, data, out, ckpt, overwrite, console)
+    written = predict_run(run_dir, data, out, ckpt, overwrite, console, device)
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
 
 
@@ -338,7 +343,7 @@ def bench(
     from cvae.spec import load_spec
 
     spec_obj = load_spec(spec, list(set_ or []))
-    result = b.run(spec_obj, resolve_device(device), b.QUICK if quick else b.FULL, err_console)
+    result = b.run(spec_obj, resolve_device(device, "--device"), b.QUICK if quick else b.FULL, err_console)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -22,18 +22,26 @@ from pathlib import Path
 
 import torch
 
+from cvae.errors import UserError
+
 AUTO = "auto"
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU. An unavailable device is a clear error."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """`auto` -> CUDA when available, else CPU. A device this machine lacks, or a name torch does
+    not know, is bad input (``UserError``, exit code 2) naming ``key``, the spec key or flag."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{key} {name!r}: not a device; allowed: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
+        raise UserError(f"{key} is {name!r} but CUDA is not available on this machine; allowed here: auto, cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"{key} is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"train.device is {name!r} but MPS is not available on this machine")
+        raise UserError(f"{key} is {name!r} but MPS is not available on this machine; allowed here: auto, cpu")
     return dev
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cvae import checkpoint
 from cvae.data import SPLITS, decode_many, load_split, load_test, scan_split
+from cvae.device import resolve_device, tune_cpu_allocator
 from cvae.errors import DataError, RunDirError, UserError
 from cvae.model import CVAE, build_model
 from cvae.rollout import batches_by_length, rollout
@@ -21,15 +22,22 @@ from cvae.spec import ExperimentSpec, load_spec
 from cvae.training import VAL_SEED_OFFSET, reference_metrics, validate
 
 
-def load_run(run_dir: Path, ckpt: str, device: str | torch.device = "cpu") -> tuple[ExperimentSpec, CVAE, dict]:
-    """The run's spec and its model with the weights of checkpoint ``best`` or ``last``."""
+def load_run(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[ExperimentSpec, CVAE, dict]:
+    """The run's spec and its model with the weights of checkpoint ``best`` or ``last``, on
+    ``device`` (``auto``, ``cpu``, ``cuda``...; None: the run's own ``train.device``)."""
     if ckpt not in ("best", "last"):
         raise UserError(f"--ckpt {ckpt!r}: allowed: best, last")
     if not (run_dir / "spec.yaml").is_file():
         raise RunDirError(f"{run_dir}: not a run folder (spec.yaml missing)")
     spec = load_spec(run_dir / "spec.yaml")
-    state = checkpoint.load(run_dir / "checkpoints" / f"{ckpt}.pt", device)
-    model = build_model(spec).to(device)
+    if device is None:
+        dev = resolve_device(spec.train.device, f"train.device of {run_dir / 'spec.yaml'} (override: --device)")
+    else:
+        dev = resolve_device(device, "--device")
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # batched rollouts: 1.1x (docs/performance.md)
+    state = checkpoint.load(run_dir / "checkpoints" / f"{ckpt}.pt", dev)
+    model = build_model(spec).to(dev)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
@@ -59,16 +67,18 @@ class Report:
         return t
 
 
-def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None) -> Report:
-    """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF."""
+def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None, device: str | None = None) -> Report:
+    """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF.
+    ``device``: where to roll out (None: the run's ``train.device``)."""
     from cvae.console import task
     from cvae.media import plot_psnr, side_by_side, write_gif
     from cvae.training import ensure_data
 
-    spec, model, state = load_run(run_dir, ckpt)
+    spec, model, state = load_run(run_dir, ckpt, device)
     root = ensure_data(spec, console)
     with task(console, "loading val frames") as update:
         val_set = load_split(root, "val", spec.data.frame_size, update).truncated(spec.data.val_len)
+    val_set = val_set.to(next(model.parameters()).device)
     shift = pose_shift if pose_shift is not None else val_set.lengths[0] // 4
     with task(console, "rolling out val videos"):
         val = validate(model, val_set, spec, spec.seed + VAL_SEED_OFFSET, pose_shift=shift)
@@ -90,20 +100,23 @@ def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None)
     )
     frames, poses = val_set.video(0)
     n = len(val.pred)
-    write_gif(out / "rollout.gif", side_by_side(frames[:n], val.pred, poses[:n]))
+    write_gif(out / "rollout.gif", side_by_side(frames[:n].cpu(), val.pred, poses[:n].cpu()))
     return Report(metrics, shift, out)
 
 
-def predict_run(run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool, console=None) -> list[Path]:
+def predict_run(
+    run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool, console=None, device: str | None = None
+) -> list[Path]:
     """Roll out each test video from its first frame and poses: ``<k>.gif`` (prediction | pose)
     and ``submission.csv`` (column ``id`` = ``<k>_<frame>``, then 3*H*W integers 0..255 in C, H, W
-    order; one row per frame, frame 0 being the given first frame)."""
+    order; one row per frame, frame 0 being the given first frame). ``device``: as ``evaluate_run``."""
     from cvae.console import task
     from cvae.media import side_by_side, write_gif
 
     if (out / "submission.csv").exists() and not overwrite:
         raise RunDirError(f"{out / 'submission.csv'}: exists; pass --overwrite to replace it")
-    spec, model, _ = load_run(run_dir, ckpt)
+    spec, model, _ = load_run(run_dir, ckpt, device)
+    dev = next(model.parameters()).device
     videos = load_test(data, spec.data.frame_size)
     out.mkdir(parents=True, exist_ok=True)
     preds: dict[int, torch.Tensor] = {}
@@ -111,13 +124,13 @@ def predict_run(run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool
         for vids in batches_by_length([len(v.poses) for v in videos]):  # a video rolls out the same in any batch
             pred = rollout(
                 model,
-                torch.stack([videos[i].first_frame for i in vids]).float() / 255,
-                torch.stack([videos[i].poses for i in vids]),
+                torch.stack([videos[i].first_frame for i in vids]).to(dev).float() / 255,
+                torch.stack([videos[i].poses for i in vids]).to(dev),
                 spec.seed + VAL_SEED_OFFSET,
                 spec.train.precision,
                 spec.train.channels_last,
             )
-            preds |= dict(zip(vids, pred, strict=True))
+            preds |= dict(zip(vids, pred.cpu(), strict=True))
             update(len(preds))
     written, rows = [], []
     with task(console, "writing GIFs", total=len(videos)) as update:

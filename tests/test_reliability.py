@@ -504,11 +504,14 @@ def test_disk_full_while_writing_media(tmp_path, tiny_data, small_disk, monkeypa
 BAD_INPUT = []
 
 
-def case(name: str, *needles: str, run: bool = False):
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+
+def case(name: str, *needles: str, run: bool = False, marks=()):
     """Register a bad-input case: the decorated function breaks something and returns the CLI args."""
 
     def register(setup):
-        BAD_INPUT.append(pytest.param(setup, needles, run, id=name))
+        BAD_INPUT.append(pytest.param(setup, needles, run, id=name, marks=marks))
         return setup
 
     return register
@@ -592,6 +595,11 @@ def _(ws, run):
 @case("spec-bad-device", "train.device", "auto, cpu, cuda", "'tpu'")
 def _(ws, run):
     return _train(ws, _edit(ws, "train.device", "tpu"))
+
+
+@case("spec-device-unavailable", "train.device", "'cuda'", "CUDA is not available", "auto, cpu", marks=NO_CUDA)
+def _(ws, run):
+    return _train(ws, _edit(ws, "train.device", "cuda"))
 
 
 # --- overrides
@@ -709,6 +717,23 @@ def _(ws, run):
 @case("evaluate-ckpt-middle", "--ckpt 'middle'", "best, last", run=True)
 def _(ws, run):
     return ["evaluate", run, "--ckpt", "middle"]
+
+
+@case("evaluate-device-unavailable", "--device", "'cuda:1'", "CUDA is not available", run=True, marks=NO_CUDA)
+def _(ws, run):
+    return ["evaluate", run, "--device", "cuda:1"]
+
+
+@case("predict-not-a-device", "--device", "'gpu0'", "not a device", "cpu, cuda", run=True)
+def _(ws, run):
+    return ["predict", run, "--data", ws / "data", "--out", ws / "pred", "--device", "gpu0"]
+
+
+@case("evaluate-run-trained-on-cuda", "spec.yaml", "train.device", "'cuda'", "--device", run=True, marks=NO_CUDA)
+def _(ws, run):
+    text = (run / "spec.yaml").read_text()
+    (run / "spec.yaml").write_text(text.replace("device: auto", "device: cuda").replace("device: cpu", "device: cuda"))
+    return ["evaluate", run]
 
 
 @case("evaluate-truncated-last", "checkpoints/last.pt", "not a readable cvae checkpoint", run=True)
