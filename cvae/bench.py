@@ -14,7 +14,8 @@ Three groups, each with a ``reference`` entry (DESIGN.md section 4, ``cvae bench
   alone and combined.
 - ``rollout``: predicted frames/s of the validation rollout (z from the prior, own outputs fed
   back) of several videos: ``reference`` rolls them out one at a time in fp32 (the lab's
-  validation loop); ours batches all videos in one rollout.
+  validation loop); ours batches all videos in one rollout, and in the ``frozen`` settings runs
+  graphs compiled with the weights as constants (inference only: ``cvae.device.frozen_weights``).
 - ``loader``: clips/s of decoding a clip's PNGs (``reference``) vs gathering it from memory.
 
 Also: FLOPs of one trained frame and one rollout frame (``torch.utils.flop_counter``), the
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from cvae.data import clip_starts, decode_png, gather, load_split, resize, scan_split
-from cvae.device import compile_model, cpu_flags, fast_bf16, memory_format, tune_cpu_allocator
+from cvae.device import compile_model, cpu_flags, fast_bf16, frozen_weights, memory_format, tune_cpu_allocator
 from cvae.model import CVAE, build_model, kl_divergence, reparameterize
 from cvae.rollout import rollout
 from cvae.spec import ExperimentSpec
@@ -78,11 +79,15 @@ TRAIN_SETTINGS: dict[str, tuple[str, bool, str | None]] = {
     "compile+bf16+channels_last": ("bf16", True, "default"),
 }
 CUDA_GRAPHS = {"compile+bf16+channels_last+cudagraphs": ("bf16", True, "reduce-overhead")}
+FROZEN = "frozen"  # torch.compile (default mode) under inductor freezing: inference only (cvae.device.frozen_weights)
 ROLLOUT_SETTINGS: dict[str, tuple[bool, str, bool, str | None]] = {  # name -> (batched, precision, cl, compile)
     "one_video_bf16+channels_last": (False, "bf16", True, None),
     "batched_fp32": (True, "fp32", False, None),
+    "batched_fp32+channels_last": (True, "fp32", True, None),
     "batched_bf16+channels_last": (True, "bf16", True, None),
     "batched_compile+bf16+channels_last": (True, "bf16", True, "default"),
+    "batched_frozen+fp32+channels_last": (True, "fp32", True, FROZEN),
+    "batched_frozen+bf16+channels_last": (True, "bf16", True, FROZEN),
 }
 
 
@@ -251,7 +256,7 @@ def fresh_model(spec: ExperimentSpec, device: torch.device, channels_last: bool,
     torch.manual_seed(spec.seed)
     model = build_model(spec).to(device, memory_format=memory_format(channels_last))
     if compile_mode is not None:
-        compile_model(model, mode=compile_mode)
+        compile_model(model, mode=None if compile_mode == FROZEN else compile_mode)
     return model
 
 
@@ -350,7 +355,7 @@ def bench_train(
 
 
 def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict:
-    L, n = data.rollout_frames, len(data.rollout_starts)
+    L, V = data.rollout_frames, len(data.rollout_starts)
     starts = torch.tensor(data.rollout_starts, device=device)
     frames = gather(data.frames, starts, L)  # (V, L, 3, H, W) float
     poses = data.poses[starts[:, None] + torch.arange(L, device=device)]  # (V, L, 3, H, W) uint8, as validate passes
@@ -359,12 +364,23 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
     skipped: dict[str, str] = {}
 
     def one_by_one(model, precision, cl):
-        return lambda: [rollout(model, first[v : v + 1], poses[v : v + 1], SEED, precision, cl) for v in range(n)]
+        def run_each():
+            return torch.cat([rollout(model, first[v, None], poses[v, None], SEED, precision, cl) for v in range(V)])
+
+        return run_each
 
     def batched(model, precision, cl):
         return lambda: rollout(model, first, poses, SEED, precision, cl)
 
+    def frozen(fn):
+        def call():
+            with frozen_weights():
+                return fn()
+
+        return call
+
     fns["reference"] = one_by_one(fresh_model(spec, device, False, None), "fp32", False)
+    outputs = {"reference": fns["reference"]()}
     for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
         if mode is not None and not plan.compile:
             skipped[name] = "not run with --quick (compilation takes minutes)"
@@ -372,14 +388,17 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
         try:
             model = fresh_model(spec, device, cl, mode)
             fns[name] = (batched if is_batched else one_by_one)(model, precision, cl)
+            if mode == FROZEN:
+                fns[name] = frozen(fns[name])
             for _ in range(max(1, plan.warmup)):
-                fns[name]()
+                outputs[name] = fns[name]()
         except Exception as e:
             fns.pop(name, None)
             skipped[name] = failure(e)
-    fns["reference"]()
+    # Every video draws the same z alone or batched, so each setting's frames are comparable with the reference's.
+    diff = {k: (v - outputs["reference"]).abs().mean().item() for k, v in outputs.items() if k != "reference"}
     seconds = round_robin(fns, max(2, plan.repeats // 2), device)
-    return {"seconds": seconds, "frames": n * (L - 1), "skipped": skipped}
+    return {"seconds": seconds, "frames": V * (L - 1), "skipped": skipped, "mean_abs_diff": diff}
 
 
 def flops_per_frame(spec: ExperimentSpec, data: BenchData, device: torch.device) -> dict[str, float]:
@@ -515,7 +534,11 @@ def run(spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=N
         },  # fmt: skip
         "matmul_flops_per_s": rates,
         "achieved": achieved,
-        "agreement": {"rel_loss_diff_vs_fp32": agreement, "losses": tr["losses"]},
+        "agreement": {
+            "rel_loss_diff_vs_fp32": agreement,
+            "losses": tr["losses"],
+            "rollout_mean_abs_diff_vs_reference": ro["mean_abs_diff"],  # pixels in [0, 1], all frames
+        },
         "seconds": {"train_step": step_s, "rollout": ro["seconds"], "loader_batch": loader_s},
         "speedup": {
             "train_best": best,
@@ -585,13 +608,15 @@ def tables(result: dict[str, Any]):
 
     s = result["shape"]
     t = Table(title=f"rollout: predicted frames/s, {s['rollout_videos']} videos x {s['rollout_frames']} frames")
-    for col in ("setting", "frames/s", "x reference", "s/run", "GFLOP/s", "% matmul peak"):
+    for col in ("setting", "frames/s", "x reference", "s/run", "GFLOP/s", "% matmul peak", "mean |diff|"):
         t.add_column(col, justify="left" if col == "setting" else "right")
     ref = result["rollout"]["reference"]
+    roll_diff = result["agreement"].get("rollout_mean_abs_diff_vs_reference", {})
     for name, fps in result["rollout"].items():
         a = ach["rollout"][name]
         t.add_row(name, f"{fps:.1f}", f"{fps / ref:.2f}", f"{secs['rollout'][name]:.3f}",
-                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}")  # fmt: skip
+                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}",
+                  f"{roll_diff[name]:.4f}" if name in roll_diff else "")  # fmt: skip
     for k in result["skipped"]:
         if k.startswith("rollout/"):
             t.add_row(k.split("/", 1)[1], "skipped")

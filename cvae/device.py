@@ -165,3 +165,18 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.M
     for name in COMPILED_PARTS:
         getattr(model, name).compile(mode=mode)
     return model
+
+
+@contextlib.contextmanager
+def frozen_weights():
+    """Compile with inductor's freezing inside this block: a graph compiled here (on its first call)
+    takes the model's weights as constants, folded and prepacked for oneDNN, its convolutions fused
+    with the activations and additions after them. For inference with weights that no longer
+    change (a frozen graph keeps computing with the weights it was compiled with, measured); the
+    bench's ``frozen`` rollout settings. ``torch.compile(options=...)`` does not apply freezing
+    (measured), hence the config patch. Wrap every call: a recompilation outside the block would
+    compile without freezing."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(freezing=True):
+        yield

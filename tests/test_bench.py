@@ -20,6 +20,7 @@ from cvae import bench, device
 from cvae.data import clip_starts, gather, load_split
 from cvae.errors import TrainingDiverged
 from cvae.model import build_model
+from cvae.rollout import rollout
 from cvae.spec import load_spec
 from cvae.training import DivergenceGuard, build_optimizer, train, train_step
 
@@ -110,6 +111,29 @@ def test_compiled_step_agrees_with_fp32(tiny_data, batch):
     fp32 = step_loss(spec, batch)
     compiled = step_loss(spec, batch, compile_mode="default")  # minutes on 2 cores: one compiled setting
     assert abs(compiled - fp32) / fp32 < 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_frozen_rollout_agrees_with_eager_and_keeps_its_weights(tiny_data, batch):
+    """The bench's ``frozen`` rollout: the same frames as the eager rollout (fp32), from graphs that
+    hold the weights they were compiled with (why it is for inference only)."""
+    spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
+    cpu = torch.device("cpu")
+    eager = bench.fresh_model(spec, cpu, True, None)
+    frozen = bench.fresh_model(spec, cpu, True, bench.FROZEN)
+    x, pose = batch
+    with device.frozen_weights():
+        out = rollout(frozen, x[:, 0], pose, 0, "fp32", True)
+    assert torch.allclose(out, rollout(eager, x[:, 0], pose, 0, "fp32", True), atol=1e-4)
+    with torch.no_grad():
+        for m in (eager, frozen):
+            m.generator[-1].bias.add_(1.0)
+    with device.frozen_weights():
+        stale = rollout(frozen, x[:, 0], pose, 0, "fp32", True)
+    moved = rollout(eager, x[:, 0], pose, 0, "fp32", True)
+    assert not torch.allclose(moved, out, atol=1e-2)  # the new bias changes the eager frames...
+    assert torch.allclose(stale, out, atol=1e-4)  # ...not the frozen ones
 
 
 def test_compile_model_keeps_checkpoint_keys(tiny_spec):
@@ -233,6 +257,9 @@ def test_bench_quick_json(tmp_path, tiny_data):
     assert "train/compile" in result["skipped"]  # --quick does not compile
     agree = result["agreement"]["rel_loss_diff_vs_fp32"]
     assert agree["reference"] < 1e-4 and agree["bf16+channels_last"] < 0.02
+    roll_diff = result["agreement"]["rollout_mean_abs_diff_vs_reference"]
+    assert roll_diff["batched_fp32"] < 1e-5  # batching changes no video's frames
+    assert roll_diff["batched_fp32+channels_last"] < 1e-4
     assert result["flops"]["per_trained_frame"] > 0 and result["matmul_flops_per_s"]["fp32"] > 0
 
 
