@@ -170,8 +170,8 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.M
 @contextlib.contextmanager
 def frozen_weights():
     """Compile with inductor's freezing inside this block: a graph compiled here (on its first call)
-    takes the model's weights as constants, folded and prepacked for oneDNN, its convolutions fused
-    with the activations and additions after them. For inference with weights that no longer
+    takes the model's weights as constants, which inductor's freezing passes may fold and prepack
+    (oneDNN on the CPU). For inference with weights that no longer
     change (a frozen graph keeps computing with the weights it was compiled with, measured); the
     bench's ``frozen`` rollout settings. ``torch.compile(options=...)`` does not apply freezing
     (measured), hence the config patch. Wrap every call: a recompilation outside the block would
