@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,15 +27,38 @@ def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=2)
 
 
-def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
-    """Write (T, H, W, 3) uint8 as a looping GIF, atomically. Encoded in memory first: a write that
-    fails (a full disk) then fails in our write, not later in imageio's writer finalizer."""
-    import imageio.v3 as iio
+GIF_PALETTE_SAMPLE = 16  # frames, spread over the video, whose colours make the shared palette
 
-    data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
+    """Write (T, H, W, 3) uint8 as a looping GIF, atomically.
+
+    All frames share one palette, the median cut (255 colours, plus pure white for the gaps
+    between videos) of up to 16 frames spread over the video, each frame mapped to it without
+    dithering: on a 120-frame validation GIF 12x faster to
+    encode than a palette per frame (imageio's default) and 40% smaller, for a mean error of 2
+    levels in 255 instead of 1.3 (docs/tracking.md). Encoded in memory first: a write that fails
+    (a full disk) then fails in our write, not in an encoder's finalizer."""
+    from PIL import Image
+
+    T, _, W, _ = frames.shape
+    sample = frames[np.linspace(0, T - 1, min(T, GIF_PALETTE_SAMPLE)).round().astype(int)]
+    palette = Image.fromarray(np.ascontiguousarray(sample).reshape(-1, W, 3)).quantize(255)
+    colours = palette.getpalette()[: 3 * 255]
+    colours += [0, 0, 0] * (255 - len(colours) // 3) + [255, 255, 255]  # index 255: pure white
+    palette.putpalette(colours)
+    images = []
+    for f in frames:
+        index = np.array(Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE))
+        index[(f == 255).all(-1)] = 255  # Pillow's lookup is approximate: keep white (the gaps) exact
+        image = Image.fromarray(index, "P")
+        image.putpalette(colours)
+        images.append(image)
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.gif")
-    tmp.write_bytes(data)
+    tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return path
 
