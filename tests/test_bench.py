@@ -6,6 +6,7 @@ object with the DESIGN.md section 4 groups.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -261,6 +262,30 @@ def test_bench_quick_json(tmp_path, tiny_data):
     assert roll_diff["batched_fp32"] < 1e-5  # batching changes no video's frames
     assert roll_diff["batched_fp32+channels_last"] < 1e-4
     assert result["flops"]["per_trained_frame"] > 0 and result["matmul_flops_per_s"]["fp32"] > 0
+
+
+@pytest.mark.parametrize("name", ["quickstart-cpu.json", "lab4_template-cpu.json"])
+def test_bench_tables_fit_a_narrow_terminal_without_cutting_names(name):
+    """The recorded bench outputs, printed as `cvae bench` prints them: on an 80-column terminal
+    long setting names wrap (nothing is cut off with an ellipsis), on a wide one every name and
+    figure is on its row."""
+    from rich.console import Console
+
+    result = json.loads((REPO / "docs" / "bench" / name).read_text())
+    tables, notes = bench.tables(result)
+    narrow = Console(width=80, record=True, file=io.StringIO())
+    for t in tables:
+        narrow.print(t)
+    text = narrow.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    wide = Console(width=200, record=True, file=io.StringIO())
+    for t in tables:
+        wide.print(t)
+    text = wide.export_text()
+    for group in ("train", "rollout", "loader"):
+        for setting, value in result[group].items():
+            assert any(f" {setting} " in line and f"{value:.1f}" in line for line in text.splitlines()), setting
+    assert any("% peak" in n for n in notes)
 
 
 def test_bench_missing_data_uses_synthetic(tmp_path):
