@@ -171,9 +171,9 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.M
 def frozen_weights():
     """Compile with inductor's freezing inside this block: a graph compiled here (on its first call)
     takes the model's weights as constants, which inductor's freezing passes may fold and prepack
-    (oneDNN on the CPU). For inference with weights that no longer
-    change (a frozen graph keeps computing with the weights it was compiled with, measured); the
-    bench's ``frozen`` rollout settings. ``torch.compile(options=...)`` does not apply freezing
+    (oneDNN on the CPU). For inference with weights that no longer change (a frozen graph keeps
+    computing with the weights it was compiled with, tested); the bench's ``frozen`` rollout
+    settings. ``torch.compile(options=...)`` does not apply freezing
     (measured), hence the config patch. Wrap every call: a recompilation outside the block would
     compile without freezing."""
     import torch._inductor.config

@@ -35,10 +35,10 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
 
     All frames share one palette, the median cut (255 colours, plus pure white for the gaps
     between videos) of up to 16 frames spread over the video, each frame mapped to it without
-    dithering: on a 120-frame validation GIF 12x faster to
-    encode than a palette per frame (imageio's default) and 40% smaller, for a mean error of 2
-    levels in 255 instead of 1.3 (docs/tracking.md). Encoded in memory first: a write that fails
-    (a full disk) then fails in our write, not in an encoder's finalizer."""
+    dithering: on a 120-frame validation GIF 8x faster to encode than a palette per frame
+    (imageio's default) and 40% smaller, for a mean error of 2 levels in 255 instead of 1.3
+    (docs/performance.md, "Tracking overhead"). Encoded in memory first: a write that fails (a
+    full disk) then fails in our write, not in an encoder's finalizer."""
     from PIL import Image
 
     T, _, W, _ = frames.shape
