@@ -270,6 +270,17 @@ def first_loss(step: Callable[[], torch.Tensor]) -> float:
 # --------------------------------------------------------------------------- groups
 
 
+def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device, bf16: bool) -> str | None:
+    """Why a setting is left out of this run, or None to time it."""
+    if mode is not None and not plan.compile:
+        return "not run with --quick (compilation takes minutes)"
+    if precision == "bf16" and not bf16:
+        # Emulated bf16 is many times slower than fp32 (measured 10x on an AVX2-only CPU, where the
+        # bf16 group would take hours), and train.precision: auto never picks it there.
+        return f"bf16 is not native on this {device.type} (train.precision auto picks fp32); --bf16 times it"
+    return None
+
+
 def bench_loader(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict[str, float]:
     """Seconds per batch of B clips: PNG decode per clip (reference) vs gather from memory."""
     B, T, size = spec.train.batch_size, spec.data.clip_len, spec.data.frame_size
@@ -298,9 +309,11 @@ def bench_train(
     tfr: float = TFR,
     settings: dict[str, tuple[str, bool, str | None]] | None = None,
     in_memory_reference: bool = True,
+    bf16: bool = True,
 ) -> dict:
     """Seconds per step of the reference and of each of our settings (default: all of them,
-    plus CUDA graphs on CUDA), the first step's loss of each, and the settings skipped."""
+    plus CUDA graphs on CUDA), the first step's loss of each, and the settings skipped (``bf16``:
+    time the bf16 settings, ``not_timed``)."""
     B, T, size = spec.train.batch_size, spec.data.clip_len, spec.data.frame_size
     g = torch.Generator().manual_seed(SEED)
     order = torch.randperm(len(data.starts), generator=g)
@@ -335,8 +348,8 @@ def bench_train(
     if settings is None:
         settings = dict(TRAIN_SETTINGS) | (CUDA_GRAPHS if device.type == "cuda" else {})
     for name, (precision, cl, mode) in settings.items():
-        if mode is not None and not plan.compile:
-            skipped[name] = "not run with --quick (compilation takes minutes)"
+        if reason := not_timed(precision, mode, plan, device, bf16):
+            skipped[name] = reason
             continue
         spec_s = with_settings(spec, precision, cl)
         try:
@@ -355,7 +368,7 @@ def bench_train(
     return {"seconds": seconds, "losses": losses, "skipped": skipped}
 
 
-def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict:
+def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device, bf16: bool = True) -> dict:
     L, V = data.rollout_frames, len(data.rollout_starts)
     starts = torch.tensor(data.rollout_starts, device=device)
     frames = gather(data.frames, starts, L)  # (V, L, 3, H, W) float
@@ -383,8 +396,8 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
     fns["reference"] = one_by_one(fresh_model(spec, device, False, None), "fp32", False)
     outputs = {"reference": fns["reference"]()}
     for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
-        if mode is not None and not plan.compile:
-            skipped[name] = "not run with --quick (compilation takes minutes)"
+        if reason := not_timed(precision, mode, plan, device, bf16):
+            skipped[name] = reason
             continue
         try:
             model = fresh_model(spec, device, cl, mode)
@@ -467,14 +480,18 @@ def loadavg() -> float | None:
 # --------------------------------------------------------------------------- the run
 
 
-def run(spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=None) -> dict[str, Any]:
+def run(
+    spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=None, bf16: bool | None = None
+) -> dict[str, Any]:
     """All groups; returns the JSON object of ``cvae bench --json`` (DESIGN.md section 4) with extra
     keys: ``flops``, ``matmul_flops_per_s``, ``achieved``, ``agreement``, ``seconds``, ``skipped``,
-    ``supports``, ``data``, ``load_avg``, ``max_rss_mb``."""
+    ``supports``, ``data``, ``load_avg``, ``max_rss_mb``. ``bf16``: time the bf16 settings (None:
+    where bf16 is native, ``fast_bf16``)."""
     from cvae.console import task
 
     load0 = loadavg()
     info = device_info(device)
+    info["bf16_timed"] = bf16 = fast_bf16(device) if bf16 is None else bf16
     # As `cvae train` does: every setting, the reference too, runs with the tuned allocator.
     info["malloc_tuned"] = device.type == "cpu" and tune_cpu_allocator()
     # oneDNN keeps its compiled convolution kernels in an LRU cache of 1,024 by default; the bench's
@@ -496,12 +513,12 @@ def run(spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=N
         with task(console, "bench: loader") as _:
             loader_s = bench_loader(spec, data, plan, device)
         with task(console, "bench: train steps (warm-up and compilation first)", total=plan.repeats) as update:
-            tr = bench_train(spec, data, plan, device, update)
+            tr = bench_train(spec, data, plan, device, update, bf16=bf16)
         with task(console, "bench: train steps with teacher forcing 1", total=plan.repeats) as update:
             forced = {k: v for k, v in TRAIN_SETTINGS.items() if k in ("fp32", "bf16+channels_last")}
-            tf1 = bench_train(spec, data, plan, device, update, 1.0, forced, in_memory_reference=False)
+            tf1 = bench_train(spec, data, plan, device, update, 1.0, forced, in_memory_reference=False, bf16=bf16)
         with task(console, "bench: rollout") as _:
-            ro = bench_rollout(spec, data, plan, device)
+            ro = bench_rollout(spec, data, plan, device, bf16)
     frames_per_step = B * (T - 1)
     train = {k: frames_per_step / s for k, s in tr["seconds"].items()}
     roll = {k: ro["frames"] / s for k, s in ro["seconds"].items()}

@@ -334,6 +334,15 @@ def bench(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     quick: Annotated[bool, typer.Option(help="Few repeats, no compilation: a smoke run.")] = False,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="Time the bf16 settings. Default: where bf16 is native (avx512_bf16 or AMX; CUDA 8.0+); "
+            "emulated bf16 runs many times slower than fp32.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Time the published loop against ours: train step, rollout, loader, FLOPs (docs/performance.md)."""
     import json
@@ -343,7 +352,7 @@ def bench(
     from cvae.spec import load_spec
 
     spec_obj = load_spec(spec, list(set_ or []))
-    result = b.run(spec_obj, resolve_device(device, "--device"), b.QUICK if quick else b.FULL, err_console)
+    result = b.run(spec_obj, resolve_device(device, "--device"), b.QUICK if quick else b.FULL, err_console, bf16)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

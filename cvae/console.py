@@ -68,7 +68,9 @@ class ConsoleTracker(Tracker):
     def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
         self._epochs = config["train"]["epochs"]
         verb = "Resuming" if resume else "Training"
-        self.console.print(f"{verb} [bold]{config['name']}[/] -> {run_dir}")
+        t = config["train"]
+        how = t["precision"] + (" + channels_last" if t["channels_last"] is True else "")
+        self.console.print(f"{verb} [bold]{config['name']}[/] -> {run_dir} ({how})")
 
     def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
         if self.console.quiet or not self.console.is_terminal:

@@ -9,7 +9,9 @@
   bf16 autocast + channels_last (oneDNN's bf16 convolutions run NHWC; on the 2-core Xeon with
   AMX of docs/performance.md the pair trained 1.6x faster than fp32 at quick-start widths, where
   bf16 alone gave 1.08x and channels_last alone 1.19x).
-- anything else (older CPUs emulate bf16 slower than fp32, MPS, CUDA before Ampere): fp32, contiguous.
+- anything else (MPS, CUDA before Ampere, CPUs without those instructions, which emulate bf16: on
+  an AVX2-only AMD EPYC a bf16 training step ran ~10x slower than fp32, and channels_last in fp32
+  was no faster than the default layout): fp32, contiguous.
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bo
     if channels_last == AUTO:
         return fast_bf16(device)
     return bool(channels_last)
+
+
+def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """A warning for an explicit ``train.precision: bf16`` where bf16 is not native (``fast_bf16``):
+    emulated, it ran ~10x slower than fp32 on an AVX2-only CPU (docs/performance.md)."""
+    if precision != "bf16" or fast_bf16(device):
+        return None
+    what = "CPU has no avx512_bf16 or AMX" if device.type == "cpu" else f"{device.type} device has no native bf16"
+    return (
+        f"train.precision is bf16 but this {what}: bf16 is emulated and runs many times slower than fp32 "
+        "(train.precision: auto picks fp32 here)"
+    )
 
 
 def resolve_spec(spec, device: torch.device):

@@ -30,6 +30,7 @@ from cvae.data import VideoSet, clip_starts, epoch_batches, gather, load_split, 
 from cvae.device import (
     autocast,
     compile_model,
+    emulated_bf16_warning,
     memory_format,
     resolve_device,
     resolve_spec,
@@ -343,6 +344,8 @@ def train(
     run_dir = Path(run_dir)
     device = resolve_device(spec.train.device)
     spec = resolve_spec(spec, device)  # train.precision / channels_last `auto` -> this device's choice
+    if console is not None and (warning := emulated_bf16_warning(spec.train.precision, device)):
+        console.print(f"warning: {warning}", style="yellow", markup=False)
     if device.type == "cpu":
         tune_cpu_allocator()
     torch.manual_seed(spec.seed)
