@@ -275,7 +275,7 @@ def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device
     if mode is not None and not plan.compile:
         return "not run with --quick (compilation takes minutes)"
     if precision == "bf16" and not bf16:
-        # Emulated bf16 is many times slower than fp32 (measured 10x on an AVX2-only CPU, where the
+        # Emulated bf16 is many times slower than fp32 (measured 13x on an AVX2-only CPU, where the
         # bf16 group would take hours), and train.precision: auto never picks it there.
         return f"bf16 is not native on this {device.type} (train.precision auto picks fp32); --bf16 times it"
     return None
@@ -506,7 +506,8 @@ def run(
         with task(console, "bench: matmul rate") as _:
             rates = {
                 "fp32": matmul_rate(device, torch.float32, plan.matmul_n),
-                "bf16": matmul_rate(device, torch.bfloat16, plan.matmul_n),
+                # Emulated bf16 matmuls ran at 0.9 GFLOP/s on an AVX2-only CPU: minutes at n = 2048.
+                "bf16": matmul_rate(device, torch.bfloat16, plan.matmul_n) if bf16 else None,
             }
         with task(console, "bench: FLOPs") as _:
             flops = flops_per_frame(spec, data, device)
@@ -660,8 +661,8 @@ def tables(result: dict[str, Any]):
         "x ref: speed over the reference; % peak: achieved FLOP/s as a share of the measured matmul rate of the "
         "setting's precision; |diff|: mean pixel difference of the rollout's frames from the reference's",
         f"device: {result['device']}; bf16 native: {sup.get('bf16_native')}",
-        f"matmul rate ({sup.get('threads', '')} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, "
-        f"bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s",
+        f"matmul rate ({sup.get('threads', '')} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
+        + (f"{rates['bf16'] / 1e9:.1f} GFLOP/s" if rates["bf16"] else "not measured (bf16 not timed)"),
         f"FLOPs: {fl['per_trained_frame'] / 1e9:.3f} GFLOP per trained frame (reference loop "
         f"{fl['per_trained_frame_reference'] / 1e9:.3f}), {fl['per_rollout_frame'] / 1e9:.3f} GFLOP per rollout frame",
         f"best train setting {sp['train_best']}: {sp['train_best_vs_reference']:.2f}x reference; rollout "

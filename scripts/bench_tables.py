@@ -31,7 +31,8 @@ def main(path: Path) -> None:
     print(
         f"FLOPs: {fl['per_trained_frame'] / 1e9:.2f} GFLOP per trained frame (reference loop "
         f"{fl['per_trained_frame_reference'] / 1e9:.2f}), {fl['per_rollout_frame'] / 1e9:.2f} GFLOP per rollout "
-        f"frame; matmul rate {rates['fp32'] / 1e9:,.0f} GFLOP/s fp32, {rates['bf16'] / 1e9:,.0f} GFLOP/s bf16\n"
+        f"frame; matmul rate {rates['fp32'] / 1e9:,.0f} GFLOP/s fp32, "
+        + (f"{rates['bf16'] / 1e9:,.0f} GFLOP/s bf16\n" if rates["bf16"] else "bf16 not measured\n")
     )
 
     def bold(name: str, best: str, text: str) -> str:
