@@ -10,7 +10,7 @@
   AMX of docs/performance.md the pair trained 1.6x faster than fp32 at quick-start widths, where
   bf16 alone gave 1.08x and channels_last alone 1.19x).
 - anything else (MPS, CUDA before Ampere, CPUs without those instructions, which emulate bf16: on
-  an AVX2-only AMD EPYC a bf16 training step ran ~13x slower than fp32, and channels_last in fp32
+  an AVX2-only AMD EPYC a bf16 training step ran ~12x slower than fp32, and channels_last in fp32
   trained 1.01x as fast as the default layout, rollouts 1.17x): fp32, contiguous.
 """
 
@@ -85,7 +85,7 @@ def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bo
 
 def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A warning for an explicit ``train.precision: bf16`` where bf16 is not native (``fast_bf16``):
-    emulated, it ran ~13x slower than fp32 on an AVX2-only CPU (docs/performance.md)."""
+    emulated, it ran ~12x slower than fp32 on an AVX2-only CPU (docs/performance.md)."""
     if precision != "bf16" or fast_bf16(device):
         return None
     what = "CPU has no avx512_bf16 or AMX" if device.type == "cpu" else f"{device.type} device has no native bf16"
