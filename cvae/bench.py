@@ -275,6 +275,8 @@ def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device
     if mode is not None and not plan.compile:
         return "not run with --quick (compilation takes minutes)"
     if precision == "bf16" and not bf16:
+        if fast_bf16(device):
+            return "left out by --no-bf16"
         # Emulated bf16 is many times slower than fp32 (measured 12x on an AVX2-only CPU, where the
         # bf16 group would take hours), and train.precision: auto never picks it there.
         return f"bf16 is not native on this {device.type} (train.precision auto picks fp32); --bf16 times it"

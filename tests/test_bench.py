@@ -330,6 +330,21 @@ def test_bench_missing_data_uses_synthetic(tmp_path):
     assert result["speedup"]["train_best"] in ("fp32", "channels_last")
 
 
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx512_bf16"}])
+def test_not_timed_says_why(monkeypatch, flags):
+    """A bf16 setting left out says whether the device lacks native bf16 or the flag asked for it."""
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    cpu = torch.device("cpu")
+    reason = bench.not_timed("bf16", None, bench.FULL, cpu, bf16=False)
+    if "avx512_bf16" in flags:
+        assert reason == "left out by --no-bf16"
+    else:
+        assert "not native" in reason and "--bf16" in reason
+    assert bench.not_timed("bf16", None, bench.FULL, cpu, bf16=True) is None
+    assert bench.not_timed("fp32", None, bench.FULL, cpu, bf16=False) is None
+    assert "--quick" in bench.not_timed("fp32", "default", bench.QUICK, cpu, bf16=True)
+
+
 def test_bench_help_and_spec_show_do_not_import_torch():
     r = cli_in_process(["bench", "--help"], ["spec", "show", str(REPO / "experiments/quickstart.yaml")])
     assert "HEAVY []" in r.stdout and "--quick" in r.stdout and "--no-bf16" in r.stdout
