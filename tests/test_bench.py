@@ -287,7 +287,9 @@ def test_bench_quick_json(tmp_path, tiny_data):
     assert result["flops"]["per_trained_frame"] > 0 and result["matmul_flops_per_s"]["fp32"] > 0
 
 
-@pytest.mark.parametrize("name", ["quickstart-cpu.json", "lab4_template-cpu.json", "quickstart-cpu-avx2.json"])
+@pytest.mark.parametrize(
+    "name", ["quickstart-cpu.json", "lab4_template-cpu.json", "quickstart-cpu-avx2.json", "lab4_template-cpu-avx2.json"]
+)
 def test_bench_tables_fit_a_narrow_terminal_without_cutting_names(name):
     """The recorded bench outputs, printed as `cvae bench` prints them: on an 80-column terminal
     long setting names wrap (nothing is cut off with an ellipsis), on a wide one every name and
