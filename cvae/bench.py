@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cvae.data import clip_starts, decode_png, gather, load_split, resize, scan_split
 from cvae.device import compile_model, cpu_flags, fast_bf16, frozen_weights, memory_format, tune_cpu_allocator
@@ -145,6 +146,41 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
         a @ b
     t = round_robin({"mm": lambda: a @ b}, repeats, device)["mm"]
     return 2 * n**3 / t
+
+
+def conv_kind(weight_shape) -> str:
+    """``1x1``, ``3x3``, ... or ``depthwise``, from a convolution weight's shape (out, in / groups, kh, kw)."""
+    if weight_shape[1] == 1 and weight_shape[0] > 1:
+        return "depthwise"
+    return "x".join(str(k) for k in weight_shape[2:])
+
+
+class OpTimes(TorchDispatchMode):
+    """Wall seconds spent inside each ATen op run under it, by op name, with the convolutions split
+    by direction and kind (``convolution forward 1x1``). Each op is timed around its own call, so
+    the sum leaves out the Python between ops; on the CPU ops are synchronous, so that is the op's
+    own time (on CUDA it would be the launch). Unlike torch.profiler it adds no per-op overhead to
+    what it reports: the profiler put ``cat`` at 14% of a training step whose cats take 2%."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        dt = time.perf_counter() - t0
+        name = func.overloadpacket.__name__
+        if name == "convolution":
+            name = f"convolution forward {conv_kind(args[1].shape)}"
+        elif name == "convolution_backward":
+            name = f"convolution backward {conv_kind(args[2].shape)}"
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        return out
+
+    def convolutions(self) -> float:
+        """Seconds inside convolutions, forward and backward."""
+        return sum(v for k, v in self.seconds.items() if k.startswith("convolution "))
 
 
 # --------------------------------------------------------------------------- data

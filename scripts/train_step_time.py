@@ -1,22 +1,33 @@
 """Seconds per training step of a spec at one precision and memory format, optionally profiled.
 
-Usage: python scripts/train_step_time.py SPEC [--precision fp32|bf16] [--channels-last] [--seconds S] [--profile]
+Usage: python scripts/train_step_time.py SPEC [--precision fp32|bf16] [--channels-last] [--seconds S]
+                                              [--profile] [--ops]
 
 The step is the bench's (``cvae.bench.our_step``: ``train_step``, grad clip, Adam; teacher forcing
 0, beta 1) on a random batch of the spec's shape, with the tuned CPU allocator. It times whole
-steps for at least S seconds after 3 warm-up steps; ``--profile`` then prints torch.profiler's
-table of 3 more. For one setting in isolation; ``cvae bench`` compares settings side by side.
+steps for at least S seconds after 3 warm-up steps. For one setting in isolation; ``cvae bench``
+compares settings side by side.
+
+``--profile`` then prints torch.profiler's table of 3 more steps. The profiler's per-op overhead
+inflates the many small ops (it put ``cat`` at 14% of a step whose cats take 2%).
+
+``--ops`` times the ops themselves: every ATen op of 3 steps, timed around its own call
+(``cvae.bench.OpTimes``; CPU ops are synchronous), with the convolutions by kind, and beside them
+the reference step (``cvae.bench.reference_step``: fp32, default layout, fed from memory), taken
+in turns. The convolutions' own time is a floor under the step with these kernels: it says how fast
+the step could get if everything else took no time (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from cvae.bench import fresh_model, our_step, with_settings
+from cvae.bench import OpTimes, conv_kind, fresh_model, our_step, reference_step, with_settings
 from cvae.device import tune_cpu_allocator
 from cvae.spec import load_spec
 from cvae.training import build_optimizer
@@ -29,6 +40,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ops", action="store_true", help="time each op, and the reference step")
     args = ap.parse_args()
     tune_cpu_allocator()
     spec = with_settings(load_spec(args.spec), args.precision, args.channels_last)
@@ -41,13 +53,7 @@ def main() -> None:
     def step():
         return our_step(model, opt, x, pose, spec, 1.0, 0.0)
 
-    for _ in range(3):
-        step()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < args.seconds:
-        step()
-        n += 1
-    s = (time.perf_counter() - t0) / n
+    s, n = timed_steps(step, args.seconds)
     layout = "channels_last" if args.channels_last else "default layout"
     print(f"{args.spec.name}, {args.precision}, {layout}: {1000 * s:,.0f} ms/step over {n} steps, "
           f"{B * (T - 1) / s:.1f} trained frames/s")  # fmt: skip
@@ -59,6 +65,51 @@ def main() -> None:
                 step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
         print_conv_kinds(prof, steps=3)
+    if args.ops:
+        print_op_floor(spec, x, pose, step)
+
+
+def timed_steps(step, seconds: float) -> tuple[float, int]:
+    """Mean seconds per step over at least ``seconds`` (after 3 warm-up steps), and the steps."""
+    for _ in range(3):
+        step()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return (time.perf_counter() - t0) / n, n
+
+
+def print_op_floor(spec, x, pose, step, rounds: int = 3) -> None:
+    """Our step's ops by own time, and the reference step beside the convolutions' own time.
+
+    Round-robin, ``rounds`` times: one reference step, one of ours alone, one of ours under the
+    timer (its Python hook per op makes the step itself slower, not the ops it times); medians."""
+    ref_spec = with_settings(spec, "fp32", False)
+    model = fresh_model(ref_spec, torch.device("cpu"), False, None)
+    opt = build_optimizer(ref_spec, model)[0]
+    ref_step = lambda: reference_step(model, opt, x, pose, ref_spec, 1.0, 0.0)  # noqa: E731
+    ref_step()  # warm-up
+    times: dict[str, list[float]] = {"reference": [], "ours": [], "convolutions": []}
+    per_op: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, fn in (("reference", ref_step), ("ours", step)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        with OpTimes() as ops:
+            step()
+        times["convolutions"].append(ops.convolutions())
+        for k, v in ops.seconds.items():
+            per_op[k] = per_op.get(k, 0.0) + v / rounds
+    ref, ours, conv = (statistics.median(times[k]) for k in ("reference", "ours", "convolutions"))
+    print(f"\nops of our step by own time (mean of {rounds} steps; the step alone: {1000 * ours:,.0f} ms):")
+    for name, sec in sorted(per_op.items(), key=lambda kv: -kv[1])[:14]:
+        print(f"  {name:32s} {1000 * sec:8,.0f} ms  {100 * sec / ours:5.1f}%")
+    print(f"convolutions: {1000 * conv:,.0f} ms of the step's {1000 * ours:,.0f} ms ({100 * conv / ours:.0f}%)")
+    print(f"reference step (fp32, default layout, from memory): {1000 * ref:,.0f} ms; ours is "
+          f"{ref / ours:.2f}x; with nothing but these convolutions it could be at most "
+          f"{ref / conv:.2f}x; 1.8x needs a step of {1000 * ref / 1.8:,.0f} ms (medians of {rounds})")  # fmt: skip
 
 
 def print_conv_kinds(prof, steps: int) -> None:
@@ -73,7 +124,7 @@ def print_conv_kinds(prof, steps: int) -> None:
         if e.key not in forward + backward or not e.input_shapes:
             continue
         w = e.input_shapes[1] if e.key in forward else e.input_shapes[2]  # the weight
-        kind = "depthwise" if len(w) == 4 and w[1] == 1 and w[0] > 1 else f"{w[2]}x{w[3]}" if len(w) == 4 else "?"
+        kind = conv_kind(w) if len(w) == 4 else "?"
         key = ("forward" if e.key in forward else "backward", kind)
         kinds[key] = kinds.get(key, 0.0) + e.self_cpu_time_total / steps
     print("convolutions by kind (self CPU time per step, share of all self time):")

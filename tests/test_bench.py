@@ -390,3 +390,28 @@ def test_tuned_allocator_keeps_freed_memory():
     assert released < 1000
     untuned, released_default = run(CVAE_MALLOC_TUNING="0")
     assert not untuned and released_default >= 16_000
+
+
+def test_op_times_split_convolutions_by_direction_and_kind():
+    """OpTimes (scripts/train_step_time.py --ops, scripts/profile_rollout.py --ops) names every
+    convolution it saw by direction and kind, and its times are the ops' own: positive, and
+    together no more than the wall time around them."""
+    import time
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        torch.nn.Conv2d(8, 4, 1),
+        torch.nn.Conv2d(4, 4, 7, padding=3),
+    )
+    x = torch.rand(2, 3, 16, 16)
+    t0 = time.perf_counter()
+    with bench.OpTimes() as ops:
+        net(x).square().mean().backward()
+    wall = time.perf_counter() - t0
+    convs = {k for k in ops.seconds if k.startswith("convolution ")}
+    assert convs == {f"convolution {d} {k}" for d in ("forward", "backward") for k in ("3x3", "depthwise", "1x1", "7x7")}
+    assert all(v > 0 for v in ops.seconds.values())
+    assert ops.convolutions() == pytest.approx(sum(ops.seconds[k] for k in convs))
+    assert ops.convolutions() < sum(ops.seconds.values()) <= wall
+    assert {"pow", "mean"} <= set(ops.seconds)  # the rest, by op name
