@@ -410,7 +410,8 @@ def test_op_times_split_convolutions_by_direction_and_kind():
         net(x).square().mean().backward()
     wall = time.perf_counter() - t0
     convs = {k for k in ops.seconds if k.startswith("convolution ")}
-    assert convs == {f"convolution {d} {k}" for d in ("forward", "backward") for k in ("3x3", "depthwise", "1x1", "7x7")}
+    kinds = ("3x3", "depthwise", "1x1", "7x7")
+    assert convs == {f"convolution {d} {k}" for d in ("forward", "backward") for k in kinds}
     assert all(v > 0 for v in ops.seconds.values())
     assert ops.convolutions() == pytest.approx(sum(ops.seconds[k] for k in convs))
     assert ops.convolutions() < sum(ops.seconds.values()) <= wall
