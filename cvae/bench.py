@@ -148,11 +148,13 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 / t
 
 
-def conv_kind(weight_shape) -> str:
-    """``1x1``, ``3x3``, ... or ``depthwise``, from a convolution weight's shape (out, in / groups, kh, kw)."""
-    if weight_shape[1] == 1 and weight_shape[0] > 1:
-        return "depthwise"
-    return "x".join(str(k) for k in weight_shape[2:])
+def conv_kind(weight_shape, groups: int | None = None) -> str:
+    """``1x1``, ``3x3``, ... or ``depthwise``, from a convolution weight's shape (out, in / groups,
+    kh, kw) and its groups; without the groups (torch.profiler records shapes only), one input
+    channel per group with several outputs is taken for depthwise, as in this model."""
+    one_in = weight_shape[1] == 1  # input channels per group
+    depthwise = one_in and (groups > 1 if groups is not None else weight_shape[0] > 1)
+    return "depthwise" if depthwise else "x".join(str(k) for k in weight_shape[2:])
 
 
 class OpTimes(TorchDispatchMode):
@@ -172,9 +174,9 @@ class OpTimes(TorchDispatchMode):
         dt = time.perf_counter() - t0
         name = func.overloadpacket.__name__
         if name == "convolution":
-            name = f"convolution forward {conv_kind(args[1].shape)}"
+            name = f"convolution forward {conv_kind(args[1].shape, args[8])}"  # (input, weight, ..., groups)
         elif name == "convolution_backward":
-            name = f"convolution backward {conv_kind(args[2].shape)}"
+            name = f"convolution backward {conv_kind(args[2].shape, args[9])}"  # (grad, input, weight, ...)
         self.seconds[name] = self.seconds.get(name, 0.0) + dt
         return out
 

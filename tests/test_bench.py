@@ -416,3 +416,5 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     assert ops.convolutions() == pytest.approx(sum(ops.seconds[k] for k in convs))
     assert ops.convolutions() < sum(ops.seconds.values()) <= wall
     assert {"pow", "mean"} <= set(ops.seconds)  # the rest, by op name
+    assert bench.conv_kind((8, 1, 3, 3), groups=1) == "3x3"  # one input channel, not grouped
+    assert bench.conv_kind((8, 1, 3, 3)) == "depthwise"  # shapes only (torch.profiler's): this model's case
