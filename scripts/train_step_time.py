@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cvae.bench import OpTimes, conv_kind, fresh_model, our_step, reference_step, with_settings
+from cvae.bench import OpTimes, conv_kind, fresh_model, our_step, reference_step, round_robin, with_settings
 from cvae.device import tune_cpu_allocator
 from cvae.spec import load_spec
 from cvae.training import build_optimizer
@@ -90,19 +90,18 @@ def print_op_floor(spec, x, pose, step, rounds: int = 3) -> None:
     opt = build_optimizer(ref_spec, model)[0]
     ref_step = lambda: reference_step(model, opt, x, pose, ref_spec, 1.0, 0.0)  # noqa: E731
     ref_step()  # warm-up
-    times: dict[str, list[float]] = {"reference": [], "ours": [], "convolutions": []}
+    convs: list[float] = []
     per_op: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, fn in (("reference", ref_step), ("ours", step)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+
+    def step_under_timer():
         with OpTimes() as ops:
             step()
-        times["convolutions"].append(ops.convolutions())
+        convs.append(ops.convolutions())
         for k, v in ops.seconds.items():
             per_op[k] = per_op.get(k, 0.0) + v / rounds
-    ref, ours, conv = (statistics.median(times[k]) for k in ("reference", "ours", "convolutions"))
+
+    t = round_robin({"reference": ref_step, "ours": step, "timed": step_under_timer}, rounds, torch.device("cpu"))
+    ref, ours, conv = t["reference"], t["ours"], statistics.median(convs)
     print(f"\nops of our step by own time (mean of {rounds} steps; the step alone: {1000 * ours:,.0f} ms):")
     for name, sec in sorted(per_op.items(), key=lambda kv: -kv[1])[:14]:
         print(f"  {name:32s} {1000 * sec:8,.0f} ms  {100 * sec / ours:5.1f}%")
