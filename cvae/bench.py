@@ -1,15 +1,15 @@
 """``cvae bench``: the published Lab4 loop and ours, side by side, in one process and one run.
 
-Three groups, each with a ``reference`` entry (DESIGN.md section 4, ``cvae bench --json``):
+Three groups, each with a ``reference`` entry (``cvae bench --json``, docs/performance.md):
 
 - ``train``: trained frames/s (B clips x (T-1) predicted frames per optimizer step) of a whole
   step: data, forward, backward, grad clip, Adam.
-  ``reference`` is the lab's loop as DESIGN.md section 1 writes it: fp32, default memory format,
+  ``reference`` is the lab's training loop (``reference_step``): fp32, default memory format,
   one FrameEncoder call for the previous frame and one for the target and one PoseEncoder call per
   time step, and every clip decoded from its PNGs (PIL, resize, to float) as the template's
   Dataset does; the decoding is counted in series with the step (on a small CPU the template's
   loader workers take their time from the same cores). ``reference_in_memory`` is the same loop
-  fed from memory, to separate the two effects. Ours is ``cvae.training.train_step`` on clips
+  fed from memory, to separate the two effects. Ours is ``cvae.step.train_step`` on clips
   gathered from the uint8 frame cache, in fp32, bf16 autocast, channels_last, torch.compile,
   alone and combined.
 - ``rollout``: predicted frames/s of the validation rollout (z from the prior, own outputs fed
@@ -43,15 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from cvae.data import clip_starts, decode_png, gather, load_split, resize, scan_split
+from cvae.data import clip_starts, gather, load_split, scan_split
 from cvae.device import compile_model, cpu_flags, fast_bf16, frozen_weights, memory_format, tune_cpu_allocator
-from cvae.model import CVAE, build_model, kl_divergence, reparameterize
+from cvae.model import CVAE, build_model
+from cvae.reference_loop import load_clips_from_png, reference_step
 from cvae.rollout import rollout
 from cvae.spec import ExperimentSpec
-from cvae.training import build_optimizer, train_step
+from cvae.step import forward_backward
+from cvae.training import build_optimizer
 
 BETA, TFR = 1.0, 0.0  # teacher forcing off: where most of a run is spent; ours then does the lab's arithmetic
 SEED = 1234
@@ -62,14 +62,19 @@ ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 class Plan:
     warmup: int  # untimed steps per setting (compilation happens here)
     repeats: int  # timed steps per setting (the median is reported)
+    rollout_repeats: int  # timed rollouts per setting (each is many steps long)
     rollout_frames: int  # frames per rolled-out video (frame 0 given)
     rollout_videos: int
     matmul_n: int
     compile: bool
 
 
-FULL = Plan(warmup=2, repeats=7, rollout_frames=64, rollout_videos=4, matmul_n=2048, compile=True)
-QUICK = Plan(warmup=1, repeats=2, rollout_frames=8, rollout_videos=4, matmul_n=256, compile=False)
+FULL = Plan(warmup=2, repeats=7, rollout_repeats=3, rollout_frames=64, rollout_videos=4, matmul_n=2048, compile=True)
+QUICK = Plan(warmup=1, repeats=2, rollout_repeats=2, rollout_frames=8, rollout_videos=4, matmul_n=256, compile=False)
+LOADER_MIN_REPEATS = 3  # PNG decoding is fast and noisy: at least this many samples
+GATHERS_PER_SAMPLE = 20  # a gather takes microseconds: time several per sample
+FLOP_ROLLOUT_FRAMES = 8  # a short rollout is enough to count the FLOPs of one rollout frame
+SYNTH_CLIPS_PER_VIDEO = 3  # the synthetic stand-in's videos hold at least this many clips
 
 # Our settings: name -> (precision, channels_last, compile mode or None).
 TRAIN_SETTINGS: dict[str, tuple[str, bool, str | None]] = {
@@ -148,43 +153,6 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 / t
 
 
-def conv_kind(weight_shape, groups: int | None = None) -> str:
-    """``1x1``, ``3x3``, ... or ``depthwise``, from a convolution weight's shape (out, in / groups,
-    kh, kw) and its groups; without the groups (torch.profiler records shapes only), one input
-    channel per group with several outputs is taken for depthwise, as in this model."""
-    one_in = weight_shape[1] == 1  # input channels per group
-    depthwise = one_in and (groups > 1 if groups is not None else weight_shape[0] > 1)
-    return "depthwise" if depthwise else "x".join(str(k) for k in weight_shape[2:])
-
-
-class OpTimes(TorchDispatchMode):
-    """Wall seconds spent inside each ATen op run under it, by op name, with the convolutions split
-    by direction and kind (``convolution forward 1x1``). Each op is timed around its own call, so
-    the sum leaves out the Python between ops; on the CPU ops are synchronous, so that is the op's
-    own time (on CUDA it would be the launch). Unlike torch.profiler it adds no per-op overhead to
-    what it reports: the profiler put ``cat`` at 14% of a training step whose cats take 2%."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: dict[str, float] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        t0 = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        dt = time.perf_counter() - t0
-        name = func.overloadpacket.__name__
-        if name == "convolution":
-            name = f"convolution forward {conv_kind(args[1].shape, args[8])}"  # (input, weight, ..., groups)
-        elif name == "convolution_backward":
-            name = f"convolution backward {conv_kind(args[2].shape, args[9])}"  # (grad, input, weight, ...)
-        self.seconds[name] = self.seconds.get(name, 0.0) + dt
-        return out
-
-    def convolutions(self) -> float:
-        """Seconds inside convolutions, forward and backward."""
-        return sum(v for k, v in self.seconds.items() if k.startswith("convolution "))
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -204,10 +172,10 @@ def bench_data(spec: ExperimentSpec, plan: Plan, tmp: Path, device: torch.device
     """The spec's training split, or a small synthetic one in ``tmp`` when it is not there."""
     root, synthetic = Path(spec.data.root), False
     if not (root / "train").is_dir():
-        from cvae.synth import synthesize
+        from cvae.synth import PRESETS, synthesize
 
         root, synthetic = tmp / "data", True
-        n = max(3 * spec.data.clip_len, plan.rollout_frames, 24)
+        n = max(SYNTH_CLIPS_PER_VIDEO * spec.data.clip_len, plan.rollout_frames, PRESETS["tiny"].train_frames)
         videos = max(plan.rollout_videos, math.ceil(spec.train.batch_size / (n // spec.data.clip_len)) + 1)
         synthesize(root, "tiny", seed=0, train_videos=videos, train_frames=n)
     train = load_split(root, "train", spec.data.frame_size)
@@ -228,64 +196,11 @@ def bench_data(spec: ExperimentSpec, plan: Plan, tmp: Path, device: torch.device
     )
 
 
-def load_clips_from_png(data: BenchData, starts: list[int], clip_len: int, size, device) -> tuple[torch.Tensor, ...]:
-    """The template's loader: every clip's frames and poses decoded from PNG, resized, to float.
-    -> x, pose (B, T, 3, H, W) float in [0, 1]."""
-    out = []
-    for which in (0, 1):
-        clips = []
-        for s in starts:
-            imgs = [decode_png(pair[which]) for pair in data.pairs[s : s + clip_len]]
-            clips.append(torch.stack([resize(torch.from_numpy(a).permute(2, 0, 1)[None], size)[0] for a in imgs]))
-        out.append((torch.stack(clips).float() / 255).to(device))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- the reference step
-
-
-def reference_step(
-    model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float
-):
-    """The lab's training_one_step (DESIGN.md section 1), fp32: per time step one FrameEncoder call
-    for the previous frame (real or the model's own), one for the target (posterior `target`)
-    and one PoseEncoder call. x, pose: (B, T, 3, H, W) in [0, 1]. Returns the loss per frame.
-
-    The teacher-forcing coin is drawn with the shape ours uses, so the two steps draw the same
-    random numbers in the same order (their losses agree up to rounding); the lab tosses one coin
-    per batch, so only the first is used. With ``model.context_frame`` (beyond the template) the
-    given first frame is encoded once per clip, as our step and the rollout do."""
-    B, T = x.shape[:2]
-    coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
-    forced = bool(torch.rand(coin_shape, device=x.device)[0, 0] < tfr)
-    mse = kl = 0.0
-    out = x[:, 0]
-    f_ctx = model.frame_encoder(x[:, 0]) if model.context_frame else None
-    for t in range(1, T):
-        prev = x[:, t - 1] if forced else out
-        f_prev = model.frame_encoder(prev)
-        l = model.pose_encoder(pose[:, t])  # noqa: E741
-        f_post = model.frame_encoder(x[:, t]) if spec.model.posterior == "target" else f_prev
-        mu, logvar = model.posterior(f_post, l)
-        z = reparameterize(mu, logvar)
-        out = model.decode(f_prev, l, z, f_ctx)
-        mse = mse + F.mse_loss(out, x[:, t])
-        kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
-    loss = mse + beta * kl
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf)
-    opt.step()
-    return loss.detach() / (T - 1)
-
-
 def our_step(model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float):
-    """The body of cvae.training.train's loop (without logging)."""
+    """The training loop's step (``cvae.step.forward_backward``, then Adam), without logging."""
     if x.device.type == "cuda":  # CUDA graphs (compile mode reduce-overhead): a new step's buffers
         torch.compiler.cudagraph_mark_step_begin()
-    opt.zero_grad(set_to_none=True)
-    out = train_step(model, x, pose, spec, beta, tfr)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf)
+    out = forward_backward(model, opt, x, pose, spec, beta, tfr)
     opt.step()
     return out["loss"]
 
@@ -326,17 +241,19 @@ def bench_loader(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torc
     B, T, size = spec.train.batch_size, spec.data.clip_len, spec.data.frame_size
     idx = data.starts[:B]
     host_starts = idx.tolist()
-    inner = 20  # gathers are microseconds: time several per sample
 
     def gather_batch():
-        for _ in range(inner):
+        for _ in range(GATHERS_PER_SAMPLE):
             gather(data.frames, idx, T), gather(data.poses, idx, T)
 
-    fns = {"reference": lambda: load_clips_from_png(data, host_starts, T, size, device), "in_memory": gather_batch}
+    fns = {
+        "reference": lambda: load_clips_from_png(data.pairs, host_starts, T, size, device),
+        "in_memory": gather_batch,
+    }
     for fn in fns.values():
         fn()
-    t = round_robin(fns, max(plan.repeats, 3), device)
-    t["in_memory"] /= inner
+    t = round_robin(fns, max(plan.repeats, LOADER_MIN_REPEATS), device)
+    t["in_memory"] /= GATHERS_PER_SAMPLE
     return t
 
 
@@ -369,7 +286,7 @@ def bench_train(
         return gather(data.frames, idx, T), gather(data.poses, idx, T)
 
     def batch_from_png(idx):
-        return load_clips_from_png(data, idx.tolist(), T, size, device)
+        return load_clips_from_png(data.pairs, idx.tolist(), T, size, device)
 
     first_idx = data.starts[order[:B].to(device)]
     steps: dict[str, Callable[[], torch.Tensor]] = {}
@@ -451,7 +368,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
             skipped[name] = failure(e)
     # Every video draws the same z alone or batched, so each setting's frames are comparable with the reference's.
     diff = {k: (v - outputs["reference"]).abs().mean().item() for k, v in outputs.items() if k != "reference"}
-    seconds = round_robin(fns, max(2, plan.repeats // 2), device)
+    seconds = round_robin(fns, plan.rollout_repeats, device)
     return {"seconds": seconds, "frames": V * (L - 1), "skipped": skipped, "mean_abs_diff": diff}
 
 
@@ -465,7 +382,7 @@ def flops_per_frame(spec: ExperimentSpec, data: BenchData, device: torch.device)
     opt = build_optimizer(fp32, model)[0]
     ours = count_flops(lambda: our_step(model, opt, x, p, fp32, BETA, TFR)) / (B * (T - 1))
     ref = count_flops(lambda: reference_step(model, opt, x, p, fp32, BETA, TFR)) / (B * (T - 1))
-    L = min(8, data.rollout_frames)
+    L = min(FLOP_ROLLOUT_FRAMES, data.rollout_frames)
     roll = count_flops(lambda: rollout(model, x[:, 0], p[:, :L], SEED)) / (B * (L - 1))
     return {"train_ours": ours, "train_reference": ref, "rollout": roll}
 
@@ -523,7 +440,7 @@ def loadavg() -> float | None:
 def run(
     spec: ExperimentSpec, device: torch.device, plan: Plan = FULL, console=None, bf16: bool | None = None
 ) -> dict[str, Any]:
-    """All groups; returns the JSON object of ``cvae bench --json`` (DESIGN.md section 4) with extra
+    """All groups; returns the JSON object of ``cvae bench --json`` (docs/performance.md) with extra
     keys: ``flops``, ``matmul_flops_per_s``, ``achieved``, ``agreement``, ``seconds``, ``skipped``,
     ``supports``, ``data``, ``load_avg``, ``max_rss_mb``. ``bf16``: time the bf16 settings (None:
     where bf16 is native, ``fast_bf16``)."""
@@ -632,84 +549,3 @@ def run(
         "load_avg": {"start": load0, "end": loadavg()},
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-# --------------------------------------------------------------------------- the table
-
-
-def tables(result: dict[str, Any]):
-    """rich renderables: one table per group, then notes."""
-    from rich.table import Table
-
-    def table(title: str, *columns: str) -> Table:
-        """A setting column that wraps long names rather than cutting them, then figures."""
-        t = Table(title=title)
-        t.add_column("setting", overflow="fold", min_width=12)
-        for col in columns:
-            t.add_column(col, justify="right", overflow="fold")
-        return t
-
-    out = []
-    rates = result["matmul_flops_per_s"]
-    ach = result["achieved"]
-    agree = result["agreement"]["rel_loss_diff_vs_fp32"]
-    secs = result["seconds"]
-
-    t = table(f"train: trained frames/s, batch {result['shape']['batch']} x clip {result['shape']['clip_len']}",
-              "frames/s", "x ref", "ms/step", "GFLOP/s", "% peak", "loss vs fp32")  # fmt: skip
-    ref = result["train"]["reference"]
-    for name, fps in result["train"].items():
-        a = ach["train"][name]
-        t.add_row(name, f"{fps:.1f}", f"{fps / ref:.2f}", f"{1000 * secs['train_step'][name]:.1f}",
-                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}",
-                  f"{100 * agree[name]:.2f}%" if name in agree else "")  # fmt: skip
-    for k in result["skipped"]:
-        if k.startswith("train/"):
-            t.add_row(k.split("/", 1)[1], "skipped")
-    out.append(t)
-
-    tf1 = result.get("train_teacher_forced", {})
-    if tf1:
-        t = table("train with teacher forcing 1 (the lab's first epochs): trained frames/s", "frames/s", "x ref")
-        for name, fps in tf1.items():
-            t.add_row(name, f"{fps:.1f}", f"{fps / tf1['reference']:.2f}")
-        out.append(t)
-
-    s = result["shape"]
-    t = table(f"rollout: predicted frames/s, {s['rollout_videos']} videos x {s['rollout_frames']} frames",
-              "frames/s", "x ref", "s/run", "GFLOP/s", "% peak", "|diff|")  # fmt: skip
-    ref = result["rollout"]["reference"]
-    roll_diff = result["agreement"].get("rollout_mean_abs_diff_vs_reference", {})
-    for name, fps in result["rollout"].items():
-        a = ach["rollout"][name]
-        t.add_row(name, f"{fps:.1f}", f"{fps / ref:.2f}", f"{secs['rollout'][name]:.3f}",
-                  f"{a['flops_per_s'] / 1e9:.1f}", f"{a['pct_of_matmul']:.1f}",
-                  f"{roll_diff[name]:.1e}" if name in roll_diff else "")  # fmt: skip
-    for k in result["skipped"]:
-        if k.startswith("rollout/"):
-            t.add_row(k.split("/", 1)[1], "skipped")
-    out.append(t)
-
-    t = table("loader: clips/s", "clips/s", "x ref", "ms/batch")
-    ref = result["loader"]["reference"]
-    for name, cps in result["loader"].items():
-        t.add_row(name, f"{cps:.1f}", f"{cps / ref:.1f}", f"{1000 * secs['loader_batch'][name]:.3f}")
-    out.append(t)
-
-    sp, fl, sup, load = result["speedup"], result["flops"], result["supports"], result["load_avg"]
-    notes = [
-        "x ref: speed over the reference; % peak: achieved FLOP/s as a share of the measured matmul rate of the "
-        "setting's precision; |diff|: mean pixel difference of the rollout's frames from the reference's",
-        f"device: {result['device']}; bf16 native: {sup.get('bf16_native')}",
-        f"matmul rate ({sup.get('threads', '')} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
-        + (f"{rates['bf16'] / 1e9:.1f} GFLOP/s" if rates["bf16"] else "not measured (bf16 not timed)"),
-        f"FLOPs: {fl['per_trained_frame'] / 1e9:.3f} GFLOP per trained frame (reference loop "
-        f"{fl['per_trained_frame_reference'] / 1e9:.3f}), {fl['per_rollout_frame'] / 1e9:.3f} GFLOP per rollout frame",
-        f"best train setting {sp['train_best']}: {sp['train_best_vs_reference']:.2f}x reference; rollout "
-        f"{sp['rollout_best_vs_reference']:.2f}x; loader {sp['loader_in_memory_vs_reference']:.0f}x, data "
-        f"{100 * sp['data_share_of_best_step']:.2f}% of the best step (PNG decode "
-        f"{100 * sp['png_share_of_reference_step']:.0f}% of the reference step)",
-        f"load average (1 min): {load['start']} at start, {load['end']} at end; peak RSS {result['max_rss_mb']:.0f} MB",
-    ]
-    notes += [f"skipped {k}: {v}" for k, v in result["skipped"].items()]
-    return out, notes

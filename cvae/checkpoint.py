@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts (no pickled objects), so
 loading it cannot run code. ``last.pt`` is written every epoch (the one before is kept as
-``prev.pt``), ``best.pt`` when the mean validation PSNR improves.
+``prev.pt``), ``best.pt`` when the mean validation PSNR improves. ``save_training`` and
+``restore_training`` put a training run's whole state in and out of one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from cvae.errors import CheckpointError
 
 FORMAT = "cvae-checkpoint/1"
+LAST, PREVIOUS, BEST = "last.pt", "prev.pt", "best.pt"  # in RUN/checkpoints/
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
@@ -50,7 +52,7 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
 
 def _keep_as_previous(path: Path) -> None:
     """``path`` -> ``prev.pt`` beside it, ``path`` staying in place until the new file replaces it."""
-    prev, link = path.with_name("prev.pt"), path.with_name("prev.pt.tmp")
+    prev, link = path.with_name(PREVIOUS), path.with_name(PREVIOUS + ".tmp")
     link.unlink(missing_ok=True)
     try:
         os.link(path, link)  # prev.pt.tmp and path: one file, two names
@@ -123,3 +125,46 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- a training run's state
+
+
+def save_training(path: Path, spec: dict[str, Any], model, opt, sched, counters: dict[str, Any], **kw) -> None:
+    """Everything a resume needs: weights, optimizer, LR scheduler, every RNG state, the spec (as a
+    dict, secrets masked by the caller) and the run's counters (epoch, step, best PSNR, ...)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng_state(),
+        "spec": spec,
+        **counters,
+    }
+    save(path, state, **kw)
+
+
+def read_resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any]:
+    """``last.pt``, or ``prev.pt`` (with a warning) when last.pt is missing or damaged; a
+    CheckpointError naming both when neither loads."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    try:
+        return load(ckpt_dir / LAST, device)
+    except CheckpointError as e:
+        if not (ckpt_dir / PREVIOUS).exists():
+            raise
+        try:
+            ck = load(ckpt_dir / PREVIOUS, device)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; the one before is no better: {e2}") from None
+        if console is not None:
+            console.print(f"warning: {e}; resuming from {ckpt_dir / PREVIOUS}", style="yellow", markup=False)
+        return ck
+
+
+def restore_training(ck: dict[str, Any], model, opt, sched) -> None:
+    """Put a checkpoint's weights, optimizer, scheduler and RNG states back."""
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    set_rng_state(ck["rng"])

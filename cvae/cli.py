@@ -7,17 +7,15 @@ that need them, so ``cvae --help`` answers fast.
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from cvae.console import err_console, handle_errors, make_console
 from cvae.errors import UserError
-from cvae.sweep_cli import sweep_app
+from cvae.sweep.cli import sweep_app
 
 app = typer.Typer(
     help="Train, track and search the Lab4 pose-conditioned video CVAE.",
@@ -32,8 +30,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(spec_app, name="spec")
 app.add_typer(sweep_app, name="sweep")
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a spec key: --set train.epochs=3 (repeatable).")
 ]
@@ -41,41 +37,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors
 DeviceOpt = Annotated[
     str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the run's train.device, as trained).")
 ]
-
-
-def _console(quiet: bool) -> Console:
-    return Console(quiet=quiet, highlight=False, soft_wrap=True)
-
-
-def handle_errors(fn):
-    """UserError -> one message, exit 2; any other exception -> message, exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            err_console.print(f"error: {_redacted(e)}", markup=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
-        except typer.Exit:
-            raise
-        except Exception as e:  # the run failed: say why, exit 1
-            if os.environ.get("CVAE_DEBUG"):
-                raise
-            err_console.print(f"failed: {e.__class__.__name__}: {_redacted(e)}", markup=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _redacted(e: Exception) -> str:
-    """An error message with URL passwords masked (a bad override may echo a storage URL)."""
-    from cvae.wandb_tracker import redact
-
-    return redact(str(e))
 
 
 # --------------------------------------------------------------------------- train
@@ -93,15 +54,12 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
-    from cvae.spec import load_spec, parse_override, split_cli_overrides
+    from cvae.spec import command_line_layers, load_spec
     from cvae.wandb_tracker import sweep_agent_overrides
 
-    # Later wins: the file, --set, then a W&B sweep agent's parameters (its file and its --key=value args).
-    agent = sweep_agent_overrides()
-    overrides = dict(parse_override(o) for o in list(set_ or [])) | agent
-    overrides |= dict(parse_override(o) for o in split_cli_overrides(ctx.args))
+    layers = command_line_layers(set_ or [], sweep_agent_overrides(), ctx.args)
     if resume is not None:
-        if spec is not None or overrides:
+        if spec is not None or any(values for _, values in layers):
             raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
         if not (resume / "spec.yaml").is_file():
             raise UserError(f"{resume}: no run to resume here (spec.yaml missing)")
@@ -110,23 +68,24 @@ def train(
     else:
         if spec is None:
             raise UserError("missing SPEC: cvae train experiments/quickstart.yaml (or --resume RUN_DIR)")
-        spec_obj = load_spec(spec, overrides)
+        spec_obj = load_spec(spec, layers=layers)
         folder = run_dir or Path("runs") / spec_obj.name
     run_training(spec_obj, folder, resume is not None, overwrite, quiet)
 
 
 def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool) -> dict:
+    from cvae import run_folder
     from cvae.console import ConsoleTracker
-    from cvae.training import prepare_run_dir, train
+    from cvae.training import train
     from cvae.wandb_tracker import from_spec
 
-    console = _console(quiet)
+    console = make_console(quiet)
     wandb_tracker = from_spec(spec_obj, console)
-    prepare_run_dir(folder, resume, overwrite)
+    run_folder.prepare(folder, resume, overwrite)
     summary = train(spec_obj, folder, [ConsoleTracker(console), wandb_tracker], resume=resume, console=console)
     if "best/val_psnr" in summary:
         console.print(
-            f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch'] + 1}; "
+            f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']}; "
             f"run folder {folder}"
         )
     return summary
@@ -147,7 +106,7 @@ def evaluate(
     """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
     from cvae.evaluate import evaluate_run
 
-    console = _console(quiet)
+    console = make_console(quiet)
     report = evaluate_run(run_dir, ckpt, pose_shift, console, device)
     console.print(report.table())
 
@@ -166,7 +125,7 @@ def predict(
     """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
     from cvae.evaluate import predict_run
 
-    console = _console(quiet)
+    console = make_console(quiet)
     written = predict_run(run_dir, data, out, ckpt, overwrite, console, device)
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
 
@@ -194,7 +153,7 @@ def score(
         table.add_column(col, justify="right")
     for name, s in scores.items():
         table.add_row(name, f"{s['psnr']:.2f}", f"{s['repeat_first']:.2f}", f"{s['mean_frame']:.2f}")
-    _console(False).print(table)
+    make_console(False).print(table)
 
 
 # --------------------------------------------------------------------------- compare / report
@@ -214,7 +173,7 @@ def compare(
     """Table of the settings that differ and the val PSNR of each run; curves and per-frame PSNR as PNG."""
     from cvae.compare import compare_runs
 
-    console = _console(quiet)
+    console = make_console(quiet)
     result = compare_runs(runs, out, console)
     console.print(result.table())
     for note in result.notes:
@@ -232,7 +191,7 @@ def report(
     """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
     from cvae.report import make_report
 
-    console = _console(quiet)
+    console = make_console(quiet)
     result = make_report(runs, out, console)
     console.print(result.table())
     for line in result.skipped:
@@ -254,15 +213,9 @@ def data_synth(
 ) -> None:
     """Generate the synthetic dancer dataset in the Lab4 layout."""
     from cvae.console import task
-    from cvae.synth import PRESETS, synthesize
+    from cvae.synth import synthesize
 
-    if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r}: unknown; allowed: {', '.join(PRESETS)}")
-    if appearance not in ("same", "varied"):
-        raise UserError(f"--appearance {appearance!r}: allowed: same, varied")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
-    console = _console(quiet)
+    console = make_console(quiet)
     with task(console, f"synthesizing {preset} -> {out}") as update:
         info = synthesize(out, preset, seed=seed, appearance=appearance, overwrite=overwrite, progress=update)
     console.print(f"wrote {out}: {info}")
@@ -276,19 +229,19 @@ def data_val_as_test(
     pose_shift: Annotated[int | None, typer.Option(help="Rotation of the shifted copy (default: a quarter).")] = None,
 ) -> None:
     """Write each val video as test videos: its first frame with its poses, and with rotated poses."""
-    from cvae.evaluate import val_as_test
+    from cvae.data_root import val_as_test
 
     names = val_as_test(root, out, pose_shift)
-    _console(False).print(f"wrote {out}/test: videos {', '.join(names)}")
+    make_console(False).print(f"wrote {out}/test: videos {', '.join(names)}")
 
 
 @data_app.command("check")
 @handle_errors
 def data_check(root: Annotated[Path, typer.Argument(help="Dataset root in the Lab4 layout.")]) -> None:
     """Count videos and frames per split and report any problem found (exit 2 if any)."""
-    from cvae.evaluate import check_dataset
+    from cvae.data_root import check_dataset
 
-    console = _console(False)
+    console = make_console(False)
     problems = check_dataset(root, console)
     if problems:
         raise UserError(f"{root}: {len(problems)} problem(s) found:\n  " + "\n  ".join(problems))
@@ -348,6 +301,7 @@ def bench(
     import json
 
     from cvae import bench as b
+    from cvae.bench_tables import tables
     from cvae.device import resolve_device
     from cvae.spec import load_spec
 
@@ -356,9 +310,9 @@ def bench(
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    console = _console(False)
-    tables, notes = b.tables(result)
-    for table in tables:
+    console = make_console(False)
+    rendered, notes = tables(result)
+    for table in rendered:
         console.print(table)
     for note in notes:
         console.print(note, markup=False)

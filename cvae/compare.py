@@ -18,13 +18,13 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvae.errors import RunDirError
+from cvae.history import REFERENCE_NAMES, TRIVIAL_REFERENCES
+from cvae.run_folder import RunRecord, is_run, read_run
 
 # Keys that never change what a run learns: left out of "settings that differ".
 _IGNORED_PREFIXES = ("tracking.",)
@@ -43,98 +43,19 @@ CURVE_PANELS = (
 # --------------------------------------------------------------------------- reading runs
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested spec dict -> dotted keys (the override names); lists become tuples (comparable)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
-def _number(v: Any) -> Any:
-    """history.jsonl writes non-finite floats as strings ("nan", "inf")."""
-    if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(v)
-    return v
-
-
-@dataclass
-class Run:
-    """One run folder as read from disk."""
-
-    path: Path
-    label: str
-    settings: dict[str, Any]  # flattened spec
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def epoch_rows(self) -> list[dict[str, Any]]:
-        """One row per finished epoch (the trainer logs ``epoch/*`` and ``perf/*`` there)."""
-        return [r for r in self.history if "epoch/loss" in r and "epoch" in r]
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(epochs, values) of ``key`` on epoch rows, epochs numbered from 1."""
-        pts = [(r["epoch"] + 1, float(r[key])) for r in self.epoch_rows if isinstance(r.get(key), int | float)]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    @property
-    def best_psnr(self) -> float | None:
-        if "best/val_psnr" in self.summary:
-            return float(self.summary["best/val_psnr"])
-        _, ys = self.series("val/psnr")
-        finite = [y for y in ys if math.isfinite(y)]
-        return max(finite) if finite else None
-
-    @property
-    def best_epoch(self) -> int | None:
-        """0-based, like ``best/epoch`` in summary.json."""
-        if "best/epoch" in self.summary:
-            return int(self.summary["best/epoch"])
-        xs, ys = self.series("val/psnr")
-        best = self.best_psnr
-        return next((x - 1 for x, y in zip(xs, ys, strict=True) if y == best), None)
-
-    @property
-    def final_psnr(self) -> float | None:
-        _, ys = self.series("val/psnr")
-        return ys[-1] if ys else None
-
-    @property
-    def epochs_done(self) -> int:
-        return int(self.summary.get("epochs_done", len(self.epoch_rows)))
-
-    @property
-    def train_s(self) -> float:
-        """Training plus validation time summed over the epochs (excludes data loading)."""
-        return sum(float(r.get("perf/epoch_s", 0)) + float(r.get("perf/val_s", 0)) for r in self.epoch_rows)
-
-    @property
-    def status(self) -> str:
-        return str(self.summary.get("status", "unfinished"))
-
-
 def _natural(path: Path) -> list:
     """trials/2 before trials/10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
-def _is_run(path: Path) -> bool:
-    return (path / "spec.yaml").is_file()
-
-
 def _runs_in(path: Path) -> list[Path]:
     """A run folder itself; a sweep folder's ``trials/*``; else the runs one level down."""
-    if _is_run(path):
+    if is_run(path):
         return [path]
     if not path.is_dir():
         return []
     parent = path / "trials" if (path / "trials").is_dir() else path
-    return sorted((p for p in parent.iterdir() if p.is_dir() and _is_run(p)), key=_natural)
+    return sorted((p for p in parent.iterdir() if p.is_dir() and is_run(p)), key=_natural)
 
 
 def resolve_runs(args: Sequence[str | Path]) -> list[Path]:
@@ -170,35 +91,12 @@ def _labels(paths: list[Path]) -> list[str]:
         depth += 1
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            rows.append({k: _number(v) for k, v in row.items()})
-    return rows
-
-
-def load_run(path: Path, label: str | None = None) -> Run:
-    try:
-        spec = yaml.safe_load((path / "spec.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f"{path / 'spec.yaml'}: unreadable: {e}") from None
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary = {k: _number(v) for k, v in summary.items()}
-    return Run(path, label or path.name, flatten(spec), read_history(path / "history.jsonl"), summary)
-
-
-def load_runs(args: Sequence[str | Path]) -> list[Run]:
+def load_runs(args: Sequence[str | Path]) -> list[RunRecord]:
     paths = resolve_runs(args)
-    return [load_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
+    return [read_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
 
 
-def differing_settings(runs: Sequence[Run]) -> list[str]:
+def differing_settings(runs: Sequence[RunRecord]) -> list[str]:
     """Spec keys whose value is not the same in every run (missing counts as a value)."""
     keys = sorted({k for r in runs for k in r.settings})
     out = []
@@ -220,15 +118,14 @@ class FrameCurve:
     metrics: dict[str, Any]  # eval/metrics.json: references, the checkpoint's epoch
 
 
-def best_frame_curve(run: Run, console=None) -> FrameCurve | None:
+def best_frame_curve(run: RunRecord, console=None) -> FrameCurve | None:
     """Per-frame PSNR of the run's best checkpoint (first val video). Reads ``eval/`` when it
     holds the best checkpoint's evaluation, else runs ``cvae evaluate RUN`` (which writes it)."""
     csv_path, metrics_path = run.path / "eval" / "psnr_per_frame.csv", run.path / "eval" / "metrics.json"
     best = run.best_epoch
     fresh = csv_path.is_file() and metrics_path.is_file()
-    if fresh and best is not None:
-        # The best checkpoint is saved after its epoch: it records best/epoch + 1 epochs done.
-        fresh = json.loads(metrics_path.read_text()).get("epoch") == best + 1
+    if fresh and best is not None:  # eval/ of the best checkpoint: saved after epoch best/epoch
+        fresh = json.loads(metrics_path.read_text()).get("epoch") == best
     if not fresh:
         if not (run.path / "checkpoints" / "best.pt").is_file():
             run.notes.append("no best checkpoint: no per-frame PSNR")
@@ -253,7 +150,7 @@ def best_frame_curve(run: Run, console=None) -> FrameCurve | None:
 
 
 def _fmt_value(v: Any) -> str:
-    if isinstance(v, tuple):
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(map(str, v)) + "]"
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -269,7 +166,7 @@ def _fmt_duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def table_rows(runs: Sequence[Run], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: Sequence[RunRecord], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (strings) of the comparison, best run first."""
     header = ["run", *keys, "best val PSNR", "best epoch", "final val PSNR", "epochs", "train time", "status"]
     order = sorted(runs, key=lambda r: -(r.best_psnr if r.best_psnr is not None else -math.inf))
@@ -281,7 +178,7 @@ def table_rows(runs: Sequence[Run], keys: Sequence[str]) -> tuple[list[str], lis
                 r.label,
                 *(_fmt_value(r.settings.get(k, "-")) for k in keys),
                 _fmt_db(r.best_psnr),
-                "-" if best_epoch is None else str(best_epoch + 1),
+                "-" if best_epoch is None else str(best_epoch),
                 _fmt_db(r.final_psnr),
                 str(r.epochs_done),
                 _fmt_duration(r.train_s),
@@ -309,48 +206,19 @@ def rich_table(header: list[str], rows: list[list[str]], title: str):
 # --------------------------------------------------------------------------- figures
 
 
-def _colors(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def plot_curves(path: Path, runs: Sequence[Run], panels=CURVE_PANELS) -> Path:
+def plot_curves(path: Path, runs: Sequence[RunRecord], panels=CURVE_PANELS) -> Path:
     """One panel per history key, every run overlaid, value per epoch."""
-    from cvae.media import _pyplot, _save
+    from cvae.media import plot_panels
 
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), dpi=110, squeeze=False)
-    colors = _colors(len(runs))
-    for ax, (key, title, log) in zip(axes[0], panels, strict=True):
-        values = []
-        for run, color in zip(runs, colors, strict=True):
-            xs, ys = run.series(key)
-            if xs:
-                ax.plot(xs, ys, color=color, lw=1.3, marker="." if len(xs) < 40 else None, label=run.label)
-                values += ys
-        if log and values and all(math.isfinite(v) and v > 0 for v in values):
-            ax.set_yscale("log")
-        ax.set(title=title, xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    handles = {}
-    for ax in axes[0]:
-        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, h)
-    if handles:  # one legend for all panels, right of the last one (tight_layout makes room)
-        axes[0][-1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
-    return _save(fig, path)
+    keys = [key for key, _, _ in panels]
+    return plot_panels(path, {r.label: {k: r.series(k) for k in keys} for r in runs}, panels)
 
 
 def shared_references(curves: dict[str, FrameCurve]) -> dict[str, float]:
     """The trivial predictors' PSNR when every run was scored on the same video, else none."""
-    refs = {"repeat first frame": "val/psnr_repeat_first", "mean frame": "val/psnr_mean_frame"}
     out = {}
-    for name, key in refs.items():
+    for key in TRIVIAL_REFERENCES:
+        name = REFERENCE_NAMES[key]
         values = {round(float(c.metrics[key]), 4) for c in curves.values() if key in c.metrics}
         if len(values) == 1 and all(key in c.metrics for c in curves.values()):
             out[name] = values.pop()
@@ -368,7 +236,7 @@ def plot_frame_curves(path: Path, curves: dict[str, FrameCurve], title: str) -> 
 
 @dataclass
 class Comparison:
-    runs: list[Run]
+    runs: list[RunRecord]
     keys: list[str]
     header: list[str]
     rows: list[list[str]]

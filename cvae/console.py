@@ -1,22 +1,62 @@
-"""The terminal side of a run: rich progress bars and one line per epoch.
+"""The terminal side: rich progress bars, one line per epoch, and errors turned into exit codes.
 
 ``ConsoleTracker`` is a Tracker, so the trainer reports to it exactly as to the history file
 and W&B. When output is not a terminal (CI logs), rich draws no live bars and the epoch lines
 stay plain text. ``quiet`` prints nothing but errors.
+
+Exit codes (``handle_errors``): 0 done, 1 the run failed (the message says why), 2 bad input
+(``UserError``: the message names the file, key or value and what is allowed), 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cvae.errors import UserError
+from cvae.history import REFERENCE_NAMES
+from cvae.redact import redact
 from cvae.tracking import Tracker
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def make_console(quiet: bool = False) -> Console:
+    return Console(quiet=quiet, highlight=False, soft_wrap=True)
+
+
+def handle_errors(fn):
+    """UserError -> one message, exit 2; Ctrl-C -> exit 130; any other exception -> message,
+    exit 1 (``CVAE_DEBUG=1`` shows the traceback instead). URL passwords are masked."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"error: {redact(str(e))}", markup=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # the run failed: say why, exit 1
+            if os.environ.get("CVAE_DEBUG"):
+                raise
+            err_console.print(f"failed: {e.__class__.__name__}: {redact(str(e))}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
 
 
 def make_progress(console: Console) -> Progress:
@@ -77,7 +117,7 @@ class ConsoleTracker(Tracker):
             return
         self._progress = make_progress(self.console)
         self._progress.start()
-        self._task = self._progress.add_task(f"epoch {epoch + 1}/{self._epochs}", total=steps, info="")
+        self._task = self._progress.add_task(f"epoch {epoch}/{self._epochs}", total=steps, info="")
         self._first_step = first_step
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -101,19 +141,11 @@ class ConsoleTracker(Tracker):
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """`epoch 3/10  loss .. mse .. kl .. beta .. tfr ..  |  val 24.1 dB (repeat-first 17.9, ...)`"""
-    parts = [f"epoch {row['epoch'] + 1}/{epochs}"]
+    parts = [f"epoch {row['epoch']}/{epochs}"]
     parts += [f"{k} {fmt(row['epoch/' + k], 3)}" for k in ("loss", "mse", "kl", "beta", "tfr") if "epoch/" + k in row]
     line = "  ".join(parts)
     if "val/psnr" in row:
-        refs = ", ".join(
-            f"{name} {row[key]:.2f}"
-            for name, key in (
-                ("repeat-first", "val/psnr_repeat_first"),
-                ("mean-frame", "val/psnr_mean_frame"),
-                ("shifted-pose", "val/psnr_shifted_pose"),
-            )
-            if key in row
-        )
+        refs = ", ".join(f"{name} {row[key]:.2f}" for key, name in REFERENCE_NAMES.items() if key in row)
         line += f"  |  val PSNR {row['val/psnr']:.2f} dB ({refs})"
     if "perf/frames_per_s" in row:
         line += f"  |  {row['perf/frames_per_s']:.0f} frames/s"

@@ -244,13 +244,28 @@ def clip_starts(videos: VideoSet, clip_len: int) -> torch.Tensor:
     return torch.tensor(starts, dtype=torch.long)
 
 
+EPOCH_SEED_STRIDE = 1_000_003  # a prime: the shuffle of (seed, epoch) is seeded by seed * stride + epoch
+
+
 def epoch_batches(n_clips: int, batch_size: int, partial: float, seed: int, epoch: int) -> torch.Tensor:
     """(n_batches, batch_size) clip indices for one epoch: a shuffle seeded by (seed, epoch), the
     first ``partial`` of it, last incomplete batch dropped (as the lab's DataLoader does)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
     order = torch.randperm(n_clips, generator=g)[: max(1, int(n_clips * partial))]
     n_batches = len(order) // batch_size
     return order[: n_batches * batch_size].view(n_batches, batch_size)
+
+
+def epoch_fraction(spec, epoch: int) -> float:
+    """The fraction of the training clips epoch ``epoch`` (from 0) uses: ``train.fast_partial``
+    during fast training, else ``data.partial``."""
+    t = spec.train
+    return t.fast_partial if t.fast_train and epoch < t.fast_epochs else spec.data.partial
+
+
+def steps_per_epoch(spec, n_clips: int) -> list[int]:
+    """Optimizer steps of every epoch, given ``n_clips`` training clips."""
+    return [max(1, int(n_clips * epoch_fraction(spec, e))) // spec.train.batch_size for e in range(spec.train.epochs)]
 
 
 def gather(images: torch.Tensor, starts: torch.Tensor, clip_len: int) -> torch.Tensor:

@@ -1,17 +1,16 @@
 """Device, precision and memory-format choices, shared by training, rollout and bench.
 
 ``train.precision: auto`` and ``train.channels_last: auto`` resolve here, per device, by this rule
-(measured with ``cvae bench``, figures in docs/performance.md):
+(measured with ``cvae bench``; the figures are in docs/performance.md):
 
 - CUDA with bf16 support (compute capability 8.0+: A100, H100, RTX 30xx and later):
   bf16 autocast + channels_last (tensor cores need bf16; NHWC is their native conv layout).
 - CPU with native bf16 instructions (``avx512_bf16`` or AMX ``amx_bf16`` in /proc/cpuinfo):
-  bf16 autocast + channels_last (oneDNN's bf16 convolutions run NHWC; on the 2-core Xeon with
-  AMX of docs/performance.md the pair trained 1.6x faster than fp32 at quick-start widths, where
-  bf16 alone gave 1.08x and channels_last alone 1.19x).
-- anything else (MPS, CUDA before Ampere, CPUs without those instructions, which emulate bf16: on
-  an AVX2-only AMD EPYC a bf16 training step ran ~12x slower than fp32, and channels_last in fp32
-  trained 1.01x as fast as the default layout, rollouts 1.17x): fp32, contiguous.
+  bf16 autocast + channels_last (oneDNN's bf16 convolutions run NHWC; the pair trained faster
+  than either alone).
+- anything else (MPS, CUDA before Ampere, CPUs without those instructions, which emulate bf16
+  many times slower than fp32; there channels_last gained next to nothing in fp32): fp32,
+  contiguous.
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bo
 
 def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A warning for an explicit ``train.precision: bf16`` where bf16 is not native (``fast_bf16``):
-    emulated, it ran ~12x slower than fp32 on an AVX2-only CPU (docs/performance.md)."""
+    emulated, it runs many times slower than fp32 (docs/performance.md)."""
     if precision != "bf16" or fast_bf16(device):
         return None
     what = "CPU has no avx512_bf16 or AMX" if device.type == "cpu" else f"{device.type} device has no native bf16"
@@ -131,16 +130,15 @@ def tune_cpu_allocator() -> bool:
 
     glibc serves every allocation over 32 MB (and smaller ones, below an adaptive threshold) with
     its own mmap and unmaps it on free, so each step's large activations come back as fresh
-    pages the kernel must fault in and zero: measured 322,593 minor page faults per step (about
-    1.3 GB zeroed) at the template's widths, 10% of the step (docs/performance.md). Here the
-    allocator takes everything from its heap (``M_MMAP_MAX`` 0), keeps up to 2 GB of free heap
-    top (``M_TRIM_THRESHOLD``), and gives threads created later the main heap too
-    (``M_ARENA_MAX`` 1; a thread's own heap would still map anything over 64 MB): 2 faults per
-    step remain. Freed memory stays resident for later steps; the price is heap fragmentation
-    (a freed block split by a small allocation no longer fits the next large one), which raised
-    the template run's peak RSS from 4.10 to 4.57 GB. A no-op (False) without glibc, or with the
-    environment variable CVAE_MALLOC_TUNING=0. Process-wide; training and the bench call it on
-    the CPU before their first large allocation.
+    pages the kernel must fault in and zero: at the template's widths a tenth of the step
+    (docs/notes/performance-investigations.md). Here the allocator takes everything from its heap
+    (``M_MMAP_MAX`` 0), keeps up to 2 GB of free heap top (``M_TRIM_THRESHOLD``), and gives threads
+    created later the main heap too (``M_ARENA_MAX`` 1; a thread's own heap would still map
+    anything over 64 MB). Freed memory stays resident for later steps; the price is heap
+    fragmentation (a freed block split by a small allocation no longer fits the next large one),
+    which raises the peak RSS somewhat. A no-op (False) without glibc, or with the environment
+    variable CVAE_MALLOC_TUNING=0. Process-wide; training and the bench call it on the CPU before
+    their first large allocation.
     """
     if os.environ.get(MALLOC_ENV, "1") == "0":
         return False

@@ -1,4 +1,4 @@
-"""What a finished run is used for: ``cvae evaluate``, ``cvae predict`` and ``cvae data check``."""
+"""What a trained run is used for: ``cvae evaluate``, ``cvae predict`` and ``cvae score``."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cvae import checkpoint
-from cvae.data import SPLITS, decode_many, load_split, load_test, scan_split
+from cvae.data import load_split, load_test
 from cvae.device import resolve_device, tune_cpu_allocator
 from cvae.errors import DataError, RunDirError, UserError
+from cvae.history import REFERENCE_NAMES, references_of
 from cvae.model import CVAE, build_model
 from cvae.rollout import batches_by_length, rollout
 from cvae.spec import ExperimentSpec, load_spec
-from cvae.training import VAL_SEED_OFFSET, reference_metrics, validate
+from cvae.validation import VAL_SEED_OFFSET, reference_metrics, validate_model, write_media
 
 
-def load_run(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[ExperimentSpec, CVAE, dict]:
+def load_trained(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[ExperimentSpec, CVAE, dict]:
     """The run's spec and its model with the weights of checkpoint ``best`` or ``last``, on
     ``device`` (``auto``, ``cpu``, ``cuda``...; None: the run's own ``train.device``)."""
     if ckpt not in ("best", "last"):
@@ -35,7 +35,7 @@ def load_run(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[Exper
     else:
         dev = resolve_device(device, "--device")
     if dev.type == "cpu":
-        tune_cpu_allocator()  # batched rollouts: 1.1x (docs/performance.md)
+        tune_cpu_allocator()  # batched rollouts run faster with it (docs/performance.md)
     state = checkpoint.load(run_dir / "checkpoints" / f"{ckpt}.pt", dev)
     model = build_model(spec).to(dev)
     try:
@@ -48,7 +48,9 @@ def load_run(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[Exper
 
 
 @dataclass
-class Report:
+class Evaluation:
+    """What ``cvae evaluate`` measured, and where it wrote it."""
+
     metrics: dict[str, float]
     pose_shift: int
     out_dir: Path
@@ -61,27 +63,30 @@ class Report:
         t.add_column("mean PSNR (dB)", justify="right")
         m = self.metrics
         t.add_row("model (z from the prior)", f"{m['val/psnr']:.2f}")
-        t.add_row(f"model, poses shifted by {self.pose_shift} frames", f"{m['val/psnr_shifted_pose']:.2f}")
-        t.add_row("repeat the first frame", f"{m['val/psnr_repeat_first']:.2f}")
-        t.add_row("mean of the video's frames", f"{m['val/psnr_mean_frame']:.2f}")
+        t.add_row(f"{REFERENCE_NAMES['val/psnr_shifted_pose']} (poses shifted by {self.pose_shift} frames)",
+                  f"{m['val/psnr_shifted_pose']:.2f}")  # fmt: skip
+        for name, value in references_of(m).items():
+            t.add_row(name, f"{value:.2f}")
         return t
 
 
-def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None, device: str | None = None) -> Report:
+def evaluate_run(
+    run_dir: Path, ckpt: str, pose_shift: int | None, console=None, device: str | None = None
+) -> Evaluation:
     """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF.
     ``device``: where to roll out (None: the run's ``train.device``)."""
     from cvae.console import task
-    from cvae.media import plot_psnr, side_by_side, write_gif
-    from cvae.training import ensure_data
+    from cvae.data_root import ensure_data
 
-    spec, model, state = load_run(run_dir, ckpt, device)
+    spec, model, state = load_trained(run_dir, ckpt, device)
     root = ensure_data(spec, console)
     with task(console, "loading val frames") as update:
         val_set = load_split(root, "val", spec.data.frame_size, update).truncated(spec.data.val_len)
     val_set = val_set.to(next(model.parameters()).device)
-    shift = pose_shift if pose_shift is not None else val_set.lengths[0] // 4
+    t = spec.train
     with task(console, "rolling out val videos"):
-        val = validate(model, val_set, spec, spec.seed + VAL_SEED_OFFSET, pose_shift=shift)
+        val = validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last, pose_shift)
+    shift = val.pose_shift
     refs = reference_metrics(val_set)
     metrics = val.metrics | refs | {"epoch": state["epoch"], "pose_shift": shift}
     out = run_dir / "eval"
@@ -92,16 +97,9 @@ def evaluate_run(run_dir: Path, ckpt: str, pose_shift: int | None, console=None,
         w.writerow(["frame", "psnr", "psnr_shifted_pose"])
         for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist(), strict=True), start=1):
             w.writerow([i, f"{a:.4f}", f"{b:.4f}"])
-    plot_psnr(
-        out / "psnr_per_frame.png",
-        {"prediction": val.curve.tolist(), f"poses shifted by {shift}": val.shifted_curve.tolist()},
-        {"repeat first frame": refs["val/psnr_repeat_first"], "mean frame": refs["val/psnr_mean_frame"]},
-        f"{spec.name} ({ckpt} checkpoint, epoch {state['epoch']}): per-frame PSNR",
-    )
-    frames, poses = val_set.video(0)
-    n = len(val.pred)
-    write_gif(out / "rollout.gif", side_by_side(frames[:n].cpu(), val.pred, poses[:n].cpu()))
-    return Report(metrics, shift, out)
+    title = f"{spec.name} ({ckpt} checkpoint, epoch {state['epoch']}): per-frame PSNR"
+    write_media(out / "rollout.gif", out / "psnr_per_frame.png", val, val_set, refs, title, len(val.pred))
+    return Evaluation(metrics, shift, out)
 
 
 def predict_run(
@@ -115,7 +113,7 @@ def predict_run(
 
     if (out / "submission.csv").exists() and not overwrite:
         raise RunDirError(f"{out / 'submission.csv'}: exists; pass --overwrite to replace it")
-    spec, model, _ = load_run(run_dir, ckpt, device)
+    spec, model, _ = load_trained(run_dir, ckpt, device)
     dev = next(model.parameters()).device
     videos = load_test(data, spec.data.frame_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,69 +158,6 @@ def read_submission(path: Path, size: tuple[int, int]) -> dict[str, torch.Tensor
             name = row[0].rsplit("_", 1)[0]
             videos.setdefault(name, []).append(np.asarray(row[1:], dtype=np.uint8))
     return {k: torch.from_numpy(np.stack(v)).view(len(v), 3, *size).float() / 255 for k, v in videos.items()}
-
-
-def check_dataset(root: Path, console) -> list[str]:
-    """Print counts per split; return the problems found (layout, pairing, unreadable or odd-size files)."""
-    from rich.table import Table
-
-    from cvae.console import task
-
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    table = Table(title=f"dataset {root}")
-    for col in ("split", "videos", "frames", "image size"):
-        table.add_column(col)
-    problems = []
-    for split in SPLITS:
-        try:
-            videos = scan_split(root, split)
-            paths = [p for v in videos for pair in v.pairs for p in pair]
-            with Image.open(paths[0]) as im:
-                w, h = im.size
-            with task(console, f"decoding {split}", total=len(paths)) as update:
-                decode_many(paths, (h, w), update)
-            table.add_row(split, str(len(videos)), str(len(paths) // 2), f"{h}x{w}")
-        except DataError as e:
-            problems.append(str(e))
-            table.add_row(split, "-", "-", "problem")
-    try:
-        tests = load_test(root, (32, 64))
-        table.add_row("test", str(len(tests)), f"{sum(len(t.poses) for t in tests)} poses", "")
-    except DataError as e:
-        problems.append(str(e))
-        table.add_row("test", "-", "-", "problem")
-    console.print(table)
-    return problems
-
-
-# --------------------------------------------------------------------------- val video as a test set
-
-
-def val_as_test(root: Path, out: Path, pose_shift: int | None = None) -> list[str]:
-    """Write the val videos in the test layout, to check ``cvae predict`` against real frames.
-
-    For val video i: ``test_img/i/`` holds its first frame and ``test_label/i/`` its poses;
-    ``i_shifted`` has the same first frame and the poses rotated by ``pose_shift`` frames
-    (default a quarter of the video). Files are copied byte for byte.
-    """
-    import shutil
-
-    if out.exists() and any(out.iterdir()):
-        raise RunDirError(f"{out}: folder exists and is not empty")
-    names = []
-    for i, video in enumerate(scan_split(root, "val")):
-        n = len(video.pairs)
-        shift = n // 4 if pose_shift is None else pose_shift
-        for name, k in ((str(i), 0), (f"{i}_shifted", shift)):
-            img_dir, label_dir = out / "test" / "test_img" / name, out / "test" / "test_label" / name
-            img_dir.mkdir(parents=True)
-            label_dir.mkdir(parents=True)
-            shutil.copyfile(video.pairs[0][0], img_dir / "frame0.png")
-            for t in range(n):
-                shutil.copyfile(video.pairs[(t + k) % n][1], label_dir / f"frame{t}.png")
-            names.append(name)
-    return names
 
 
 def score_submission(submission: Path, root: Path, size: tuple[int, int]) -> dict[str, dict[str, float]]:

@@ -1,11 +1,18 @@
-"""Media a run writes: the rollout GIF and PNG plots (matplotlib, headless)."""
+"""Media a run writes: the rollout GIF and PNG plots (matplotlib, headless).
+
+Every file is written through a tmp file beside it and renamed: a crash or a full disk never
+leaves half a GIF or PNG under its final name.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +42,10 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
 
     All frames share one palette, the median cut (255 colours, plus pure white for the gaps
     between videos) of up to 16 frames spread over the video, each frame mapped to it without
-    dithering: on a 120-frame validation GIF 8x faster to encode than a palette per frame
-    (imageio's default) and 40% smaller, for a mean error of 2 levels in 255 instead of 1.3
-    (docs/performance.md, "Tracking overhead"). Encoded in memory first: a write that fails (a
-    full disk) then fails in our write, not in an encoder's finalizer."""
+    dithering: much faster to encode than a palette per frame (imageio's default) and smaller,
+    for a slightly larger colour error (figures in docs/notes/performance-investigations.md).
+    Encoded in memory first: a write that fails (a full disk) then fails in our write, not in an
+    encoder's finalizer."""
     from PIL import Image
 
     T, _, W, _ = frames.shape
@@ -63,7 +70,22 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
     return path
 
 
-def _pyplot():
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Writing ``path`` (through a tmp file beside it): an OSError (a full disk) removes the tmp
+    file and is raised again naming ``path``; PIL and matplotlib often name no file or the tmp."""
+    try:
+        yield
+    except OSError as e:
+        for tmp in path.parent.glob(path.name + ".tmp*"):
+            tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise OSError(f"{e} (writing {path})") from None
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,36 +94,16 @@ def _pyplot():
     return plt
 
 
-def plot_psnr(path: Path, curves: dict[str, Sequence[float]], refs: dict[str, float], title: str) -> Path:
-    """Per-frame PSNR curves with the trivial references drawn as dashed lines."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
-    for label, ys in curves.items():
-        ax.plot(np.arange(1, len(ys) + 1), ys, lw=1.2, label=f"{label} (mean {np.mean(ys):.2f} dB)")
-    colors = ("tab:red", "tab:gray", "tab:purple", "tab:olive", "tab:brown", "tab:pink")
-    for (label, value), color in zip(refs.items(), colors[: len(refs)], strict=True):
-        ax.axhline(value, ls="--", lw=1, color=color, label=f"{label} ({value:.2f} dB)")
-    ax.set(xlabel="frame", ylabel="PSNR (dB)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+def colors(n: int) -> list:
+    """n distinguishable colours (tab10, tab20 past ten)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_history(path: Path, rows: list[dict], keys: Sequence[str], x: str = "epoch") -> Path:
-    """One panel per key, value against ``x``, from history rows that hold it."""
-    plt = _pyplot()
-    keys = [k for k in keys if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.8), dpi=110, squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        pts = [(r[x], r[key]) for r in rows if key in r and x in r and isinstance(r[key], int | float)]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 40 else None, lw=1.2)
-        ax.set(title=key, xlabel=x)
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically, close."""
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,3 +113,87 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+REFERENCE_COLORS = ("tab:red", "tab:gray", "tab:purple", "tab:olive", "tab:brown", "tab:pink")
+
+
+def plot_psnr(path: Path, curves: dict[str, Sequence[float]], refs: dict[str, float], title: str) -> Path:
+    """Per-frame PSNR curves (frames 1..T-1) with the trivial references as dashed lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
+    for label, ys in curves.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, lw=1.2, label=f"{label} (mean {np.mean(ys):.2f} dB)")
+    for (label, value), color in zip(refs.items(), REFERENCE_COLORS[: len(refs)], strict=True):
+        ax.axhline(value, ls="--", lw=1, color=color, label=f"{label} ({value:.2f} dB)")
+    ax.set(xlabel="frame", ylabel="PSNR (dB)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
+
+
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # history key -> (xs, ys)
+
+
+def plot_panels(
+    path: Path,
+    runs: dict[str, Series],
+    panels: Sequence[tuple[str, str, bool]],
+    *,
+    stacked: bool = False,
+    title: str | None = None,
+    xlabel: str = "epoch",
+) -> Path:
+    """One panel per ``(history key, panel title, log scale when every value is > 0)``, every run
+    overlaid in its own colour, one legend for all panels (none for a single unnamed run).
+    ``stacked``: panels one above the other sharing the x axis; else side by side."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    n = max(1, len(panels))
+    if stacked:
+        fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.2 * n + 0.6), dpi=110, sharex=True, squeeze=False)
+        axes = axes[:, 0]
+    else:
+        fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.2), dpi=110, squeeze=False)
+        axes = axes[0]
+    palette = colors(len(runs))
+    for ax, (key, panel_title, log) in zip(axes, panels, strict=False):
+        values: list[float] = []
+        for (label, series), color in zip(runs.items(), palette, strict=True):
+            xs, ys = series.get(key, ((), ()))
+            if len(xs):
+                ax.plot(xs, ys, color=color, lw=1.3, marker="." if len(xs) < 40 else None, label=label or None)
+                values += list(ys)
+        if log and values and all(math.isfinite(v) and v > 0 for v in values):
+            ax.set_yscale("log")
+        if stacked:
+            ax.set_ylabel(panel_title)
+        else:
+            ax.set(title=panel_title, xlabel=xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if stacked:
+        axes[-1].set_xlabel(xlabel)
+        if title:
+            axes[0].set_title(title)
+    elif title:
+        fig.suptitle(title)
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    if handles:  # right of the first (stacked) or last panel; tight_layout makes room
+        anchor = axes[0] if stacked else axes[-1]
+        anchor.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+    return save_figure(fig, path)
+
+
+def history_series(rows: list[dict], keys: Sequence[str], x: str = "epoch") -> Series:
+    """(xs, ys) of each key over the history rows that hold a number for it."""
+    out: Series = {}
+    for key in keys:
+        pts = [(r[x], r[key]) for r in rows if x in r and isinstance(r.get(key), int | float)]
+        if pts:
+            out[key] = ([p[0] for p in pts], [p[1] for p in pts])
+    return out

@@ -1,6 +1,6 @@
 """The Lab4 conditional VAE: two blocks and five modules, all at full frame resolution.
 
-Layer stacks follow the published template (DESIGN.md section 1); the template's class names are
+Layer stacks follow the published template (docs/model.md); the template's class names are
 in each docstring. This file knows nothing about training: the step and the rollout use the
 modules through ``CVAE``'s small methods.
 
@@ -17,8 +17,8 @@ class ResidualBlock(nn.Module):
     """3x3 conv, LeakyReLU, 3x3 conv, LeakyReLU, plus the input (1x1 conv when widths differ).
 
     The activations work in place on the convolutions' outputs, which nothing else reads: the same
-    function, one stored tensor fewer per activation for the backward pass (DESIGN.md's memory
-    target on the lab4 preset)."""
+    function, one stored tensor fewer per activation for the backward pass (less peak memory at
+    the template's widths)."""
 
     def __init__(self, cin: int, cout: int, slope: float = 0.01) -> None:
         super().__init__()

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvae.compare import Run, _colors, best_frame_curve, load_runs
+from cvae.compare import best_frame_curve, load_runs
 from cvae.errors import UserError
+from cvae.history import references_of
+from cvae.run_folder import RunRecord
 
 TF = "teacher_forcing."
 KL = "kl_annealing."
@@ -30,28 +32,28 @@ _IGNORED = ("tracking.",)
 KL_ORDER = {"monotonic": 0, "cyclical": 1, "none": 2}
 
 
-def _context(run: Run, varying: str) -> tuple:
+def _context(run: RunRecord, varying: str) -> tuple:
     """Every setting but the varying section (and those that do not change training)."""
     return tuple(
         sorted((k, repr(v)) for k, v in run.settings.items() if not k.startswith((varying, *_IGNORED)) and k != "name")
     )
 
 
-def _section(run: Run, prefix: str) -> tuple:
+def _section(run: RunRecord, prefix: str) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k.startswith(prefix)))
 
 
-def ablation(runs: Sequence[Run], varying: str) -> list[Run]:
+def ablation(runs: Sequence[RunRecord], varying: str) -> list[RunRecord]:
     """The largest group of runs that share every setting outside ``varying`` and differ in it
     (one run per distinct setting, the first given); [] when no two runs qualify."""
-    groups: dict[tuple, dict[tuple, Run]] = {}
+    groups: dict[tuple, dict[tuple, RunRecord]] = {}
     for r in runs:
         groups.setdefault(_context(r, varying), {}).setdefault(_section(r, varying), r)
     best = max(groups.values(), key=len, default={})
     return list(best.values()) if len(best) >= 2 else []
 
 
-def tf_label(run: Run) -> str:
+def tf_label(run: RunRecord) -> str:
     s = run.settings
     label = f"TF {s.get(TF + 'ratio', '?')}"
     if s.get(TF + "decay_step", 0):
@@ -64,7 +66,7 @@ def tf_label(run: Run) -> str:
     return label
 
 
-def kl_label(run: Run) -> str:
+def kl_label(run: RunRecord) -> str:
     s = run.settings
     kind = s.get(KL + "type", "?")
     if kind == "cyclical":
@@ -74,10 +76,10 @@ def kl_label(run: Run) -> str:
     return f"none (beta {s.get(KL + 'max_beta', 1.0)})"
 
 
-def psnr_run(runs: Sequence[Run]) -> Run | None:
+def psnr_run(runs: Sequence[RunRecord]) -> RunRecord | None:
     """The run behind the per-frame PSNR figure (see the module doc)."""
 
-    def score(r: Run) -> float:
+    def score(r: RunRecord) -> float:
         return r.best_psnr if r.best_psnr is not None and math.isfinite(r.best_psnr) else -math.inf
 
     validated = [r for r in runs if r.best_psnr is not None]
@@ -91,32 +93,14 @@ def psnr_run(runs: Sequence[Run]) -> Run | None:
 # --------------------------------------------------------------------------- figures
 
 
-def plot_ablation(path: Path, runs: Sequence[Run], labels: Sequence[str], panels, title: str) -> Path:
-    """Stacked panels sharing the epoch axis, one color per setting: the loss curves on top, the
+def plot_ablation(path: Path, runs: Sequence[RunRecord], labels: Sequence[str], panels, title: str) -> Path:
+    """Stacked panels sharing the epoch axis, one colour per setting: the loss curves on top, the
     schedule (teacher-forcing ratio or beta) at the bottom."""
-    from cvae.media import _pyplot, _save
+    from cvae.media import plot_panels
 
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 2.2 * len(panels) + 0.6), dpi=110, sharex=True)
-    colors = _colors(len(runs))
-    for ax, (key, ylabel, log) in zip(axes, panels, strict=True):
-        values = []
-        for run, label, color in zip(runs, labels, colors, strict=True):
-            xs, ys = run.series(key)
-            if xs:
-                ax.plot(xs, ys, color=color, lw=1.4, marker="." if len(xs) < 40 else None, label=label)
-                values += ys
-        if log and values and all(math.isfinite(v) and v > 0 for v in values):
-            ax.set_yscale("log")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("epoch")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_title(title)
-    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _save(fig, path)
+    keys = [key for key, _, _ in panels]
+    series = {label: {k: run.series(k) for k in keys} for run, label in zip(runs, labels, strict=True)}
+    return plot_panels(path, series, panels, stacked=True, title=title)
 
 
 TF_PANELS = (
@@ -135,11 +119,11 @@ KL_PANELS = (
 class Figure:
     path: Path
     what: str
-    runs: list[tuple[str, Run]]  # (label in the figure, run)
+    runs: list[tuple[str, RunRecord]]  # (label in the figure, run)
 
 
 @dataclass
-class Report:
+class ReportFigures:
     figures: list[Figure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -162,10 +146,10 @@ class Report:
         return t
 
 
-def make_report(args: Sequence[str | Path], out: Path, console=None) -> Report:
+def make_report(args: Sequence[str | Path], out: Path, console=None) -> ReportFigures:
     runs = load_runs(args)
     out.mkdir(parents=True, exist_ok=True)
-    report = Report()
+    report = ReportFigures()
 
     tf_runs = sorted(ablation(runs, TF), key=lambda r: -float(r.settings.get(TF + "ratio", 0)))
     if tf_runs:
@@ -194,15 +178,10 @@ def make_report(args: Sequence[str | Path], out: Path, console=None) -> Report:
 
         m = curve.metrics
         shift = m.get("pose_shift", "?")
-        refs = {
-            name: m[key]
-            for name, key in (("repeat first frame", "val/psnr_repeat_first"), ("mean frame", "val/psnr_mean_frame"))
-            if key in m
-        }
         path = plot_psnr(
             out / "psnr_per_frame.png",
             {"prediction": curve.psnr, f"poses shifted by {shift} frames": curve.shifted},
-            refs,
+            references_of(m),
             f"{best.label}: per-frame PSNR, best checkpoint (epoch {m.get('epoch', '?')})",
         )
         label = f"{kl_label(best)}; {tf_label(best)}"

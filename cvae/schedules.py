@@ -10,7 +10,7 @@ from __future__ import annotations
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec
 
 
-def beta(kl: KLAnnealingSpec, position: int, total: int) -> float:
+def kl_beta(kl: KLAnnealingSpec, position: int, total: int) -> float:
     """Beta at ``position`` of ``total`` units (Fu et al. 2019, "Cyclical Annealing Schedule").
 
     The run is split into M = ``cycles`` cycles of length L = total / M. Within a cycle,

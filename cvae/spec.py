@@ -6,8 +6,8 @@ A spec is a YAML file (``experiments/*.yaml``), optionally extending another one
 order, checks every key (unknown keys are errors with a did-you-mean), validates types and
 bounds with pydantic and returns a frozen ``ExperimentSpec``.
 
-Defaults are the published Lab4 template's (FACTS.md, last section) unless a field says
-otherwise; options that go beyond the template default to off.
+Defaults are the published Lab4 template's unless a field says otherwise; options that go
+beyond the template default to off (docs/model.md lists both).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cvae.errors import SpecError
+from cvae.redact import redact
 
 
 class _Section(BaseModel):
@@ -94,7 +96,7 @@ class TrainSpec(_Section):
     activation_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them (B images at a time): "
-        "same arithmetic, about 3.7x less peak memory for 40-55% more time on the CPU (docs/performance.md).",
+        "same arithmetic, much less peak memory for more time (docs/performance.md).",
     )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
@@ -211,6 +213,18 @@ def all_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> dict[
     return out
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested spec dict -> dotted keys, the override names (``{"optim": {"lr": 1}}`` ->
+    ``{"optim.lr": 1}``); also the names a W&B sweep's parameters have. Empty dicts stay ``{}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _section_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> set[str]:
     out = set()
     for name, field in model.model_fields.items():
@@ -221,7 +235,8 @@ def _section_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> 
     return out
 
 
-def _did_you_mean(key: str, candidates: list[str]) -> str:
+def did_you_mean(key: str, candidates: list[str]) -> str:
+    """`` (did you mean `x`?)`` for the closest candidate, or "" when none is close."""
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if not close:  # a misspelt last part: match on it alone
         leaf = key.rsplit(".", 1)[-1]
@@ -240,7 +255,7 @@ def _check_keys(data: dict[str, Any], source: str, prefix: str = "") -> None:
                 raise SpecError(f"{source}: `{dotted}` is a section and needs a mapping, got {value!r}")
             _check_keys(value, source, f"{dotted}.")
         elif dotted not in leaves:
-            hint = _did_you_mean(dotted, sorted(set(leaves) | sections))
+            hint = did_you_mean(dotted, sorted(set(leaves) | sections))
             raise SpecError(f"{source}: unknown key `{dotted}`{hint}")
 
 
@@ -302,7 +317,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     out = copy.deepcopy(data)  # never change the caller's nested dicts
     for key, value in items:
         if key not in leaves:
-            hint = _did_you_mean(key, sorted(leaves))
+            hint = did_you_mean(key, sorted(leaves))
             raise SpecError(f"override `{key}`: unknown key{hint}")
         node = out
         *parents, leaf = key.split(".")
@@ -312,7 +327,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     return out
 
 
-def _format_validation(e: ValidationError, source: str, data: dict[str, Any]) -> str:
+def format_validation(e: ValidationError, source: str, data: dict[str, Any]) -> str:
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(spec)"
@@ -324,19 +339,29 @@ def _format_validation(e: ValidationError, source: str, data: dict[str, Any]) ->
     return "\n".join(lines)
 
 
-def validate(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+def validate_spec(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+    """A spec dict, keys checked and values validated, as a frozen ExperimentSpec (SpecError naming
+    ``source`` and the key otherwise)."""
     _check_keys(data, source)
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_format_validation(e, source, data)) from None
+        raise SpecError(format_validation(e, source, data)) from None
 
 
-def load_spec(path: str | Path | None, overrides: list[str] | dict[str, Any] = ()) -> ExperimentSpec:
-    """File (with `extends`), then overrides, validated and frozen."""
+Layer = tuple[str, dict[str, Any]]  # (where the values come from, {dotted key: value})
+
+
+def load_spec(
+    path: str | Path | None, overrides: list[str] | dict[str, Any] = (), layers: Sequence[Layer] = ()
+) -> ExperimentSpec:
+    """File (with `extends`), then ``overrides``, then each of ``layers`` in order (later wins),
+    validated and frozen."""
     data = load_spec_dict(path) if path is not None else {}
     data = apply_overrides(data, overrides)
-    return validate(data, str(path) if path is not None else "spec")
+    for _, values in layers:
+        data = apply_overrides(data, values)
+    return validate_spec(data, str(path) if path is not None else "spec")
 
 
 def split_cli_overrides(args: list[str]) -> list[str]:
@@ -349,9 +374,20 @@ def split_cli_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def command_line_layers(
+    set_items: Sequence[str], agent_params: dict[str, Any], extra_args: Sequence[str]
+) -> list[Layer]:
+    """The override layers of ``cvae train``, later wins: ``--set key=value`` items, then a W&B
+    sweep agent's parameter file (``WANDB_SWEEP_PARAM_PATH``), then ``--key=value`` arguments (what
+    the agent's ``${args}`` expands to)."""
+    return [
+        ("--set", dict(parse_override(o) for o in set_items)),
+        ("the W&B sweep's parameter file", dict(agent_params)),
+        ("--key=value arguments", dict(parse_override(o) for o in split_cli_overrides(list(extra_args)))),
+    ]
+
+
 def dump_yaml(spec: ExperimentSpec) -> str:
     """The spec as YAML, passwords in URLs masked (``postgresql://u:***@host/db``): what a run
     folder keeps and ``cvae spec show`` prints (docs/reliability.md, secrets)."""
-    from cvae.wandb_tracker import redact  # no wandb import: the module imports it lazily
-
     return yaml.safe_dump(redact(spec.to_dict()), sort_keys=False)

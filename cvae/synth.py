@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cvae.errors import DataError, SpecError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -305,16 +307,16 @@ def _seed_rng(seed: int, *key: int) -> np.random.Generator:
 
 def _resolve(preset: str, overrides: dict) -> Preset:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        raise SpecError(f"preset {preset!r}: unknown; allowed: {', '.join(PRESETS)}")
     names = [f.name for f in fields(Preset)]
     for k, v in overrides.items():
         if k not in names:
-            raise ValueError(f"unknown preset field {k!r}; allowed: {', '.join(names)}")
+            raise SpecError(f"unknown preset field {k!r}; allowed: {', '.join(names)}")
         if k == "speed" and not (isinstance(v, (int, float)) and v > 0):
-            raise ValueError(f"speed must be a positive number, got {v!r}")
+            raise SpecError(f"speed must be a positive number, got {v!r}")
         lo = 0 if k.endswith("_videos") else 8 if k in ("height", "width") else 1
         if k != "speed" and not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-            raise ValueError(f"{k} must be an int >= {lo}, got {v!r}")
+            raise SpecError(f"{k} must be an int >= {lo}, got {v!r}")
     return replace(PRESETS[preset], **overrides)
 
 
@@ -335,10 +337,10 @@ def synthesize(
     """
     p = _resolve(preset, preset_overrides)
     if appearance not in APPEARANCES:
-        raise ValueError(f"unknown appearance {appearance!r}; allowed: {', '.join(APPEARANCES)}")
+        raise SpecError(f"appearance {appearance!r}: unknown; allowed: {', '.join(APPEARANCES)}")
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+        raise DataError(f"{out}: folder exists and is not empty; pass --overwrite (overwrite=True) to replace it")
     H, W = p.height, p.width
     splits = (("train", p.train_videos, p.train_frames), ("val", p.val_videos, p.val_frames),
               ("test", p.test_videos, p.test_frames))  # fmt: skip

@@ -8,10 +8,12 @@ folder. Other trackers (W&B) are added beside it through ``MultiTracker``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
+
+from cvae import history
+from cvae.run_folder import SUMMARY_FILE
 
 
 class Tracker:
@@ -21,7 +23,8 @@ class Tracker:
         """Open the run. ``config`` is the resolved spec as a nested dict."""
 
     def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
-        """An epoch of ``steps`` optimizer steps, numbered from ``first_step + 1``, begins."""
+        """Epoch ``epoch`` (counted from 1) of ``steps`` optimizer steps, numbered from
+        ``first_step + 1``, begins."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log scalar metrics at optimizer step ``step`` (never smaller than a previous step)."""
@@ -36,14 +39,8 @@ class Tracker:
         """Set summary values (best PSNR, its epoch, ...)."""
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
-        """Close the run. ``status`` is ``finished`` or ``failed`` (``reason`` says why)."""
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as strings so history.jsonl stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+        """Close the run. ``status``: ``finished``, ``pruned``, ``stopped`` or ``failed``
+        (cvae/run_folder.py); ``reason`` says why a run failed or stopped."""
 
 
 class LocalTracker(Tracker):
@@ -55,22 +52,16 @@ class LocalTracker(Tracker):
 
     def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
         self.run_dir = Path(run_dir)
-        path = self.run_dir / "summary.json"
+        path = self.run_dir / SUMMARY_FILE
         if resume and path.exists():
             self._summary = json.loads(path.read_text())
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         assert self.run_dir is not None
-        row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
-        path = self.run_dir / "history.jsonl"
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as e:  # a full disk names no file: say which one
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        history.append(self.run_dir / history.FILE, {"step": step, **metrics})
 
     def summary(self, values: dict[str, Any]) -> None:
-        self._summary.update({k: _json_safe(v) for k, v in values.items()})
+        self._summary.update({k: history.encode(v) for k, v in values.items()})
         self._write_summary()
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
@@ -83,7 +74,8 @@ class LocalTracker(Tracker):
 
     def _write_summary(self) -> None:
         assert self.run_dir is not None
-        path, tmp = self.run_dir / "summary.json", self.run_dir / "summary.json.tmp"
+        path = self.run_dir / SUMMARY_FILE
+        tmp = path.with_name(path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, path)

@@ -11,7 +11,6 @@ turns this tracker into a no-op; training (and the local history) goes on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import secrets
@@ -22,6 +21,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cvae import history
+from cvae.redact import redact
+from cvae.spec import flatten
 from cvae.tracking import Tracker
 
 DEFAULT_PROJECT = "cvae-sweeps"
@@ -37,56 +39,8 @@ _MODES = {
     "shared": "shared",
 }
 
-# Config keys whose (string) values are hidden; matched anywhere in the lower-cased dotted key.
-_SECRET_KEY_PARTS = ("password", "passwd", "api_key", "apikey", "token", "secret", "credential")
-# scheme://user:PASSWORD@host -- the password may itself hold "@", so match up to the last "@"
-# before the path.
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*:)(?P<pw>[^\s/]*)@")
 
-# Summary aggregates W&B writes for ``define_metric(summary=...)``: ``{"max": 14.0}``.
-_SUMMARY_AGGS = {"min", "max", "mean", "last", "first", "best"}
-
-
-# --- config helpers -------------------------------------------------------------------------
-
-
-def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"kl_annealing": {"cycles": 10}}`` -> ``{"kl_annealing.cycles": 10}``.
-
-    The dotted names are the spec's override names, which is also what a W&B sweep's parameters
-    are called, so sweep values land on the same config keys. Empty dicts are kept as ``{}``.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(part in lowered for part in _SECRET_KEY_PARTS)
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """Hide secrets in a config value (recursing into dicts, lists and tuples).
-
-    - strings under a key naming a secret (``password``, ``api_key``, ``token``, ``secret``, ...)
-      become ``"***"``; numbers and booleans there are kept (``num_tokens`` is no secret);
-    - passwords in URLs are masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``.
-    """
-    if isinstance(value, dict):
-        return {k: redact(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v, key) for v in value)
-    if isinstance(value, (str, bytes)) and value and _is_secret_key(key):
-        return "***"
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\g<head>***@", value)
-    return value
+# --- config -----------------------------------------------------------------------------------
 
 
 def _versions() -> dict[str, str]:
@@ -134,7 +88,7 @@ def _plain(value: Any) -> Any:
 
 def run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The flat, redacted config a W&B run gets: the spec plus where/what it ran with."""
-    flat = {k: _plain(v) for k, v in flatten_config(config).items()}
+    flat = {k: _plain(v) for k, v in flatten(config).items()}
     flat["run_dir"] = str(run_dir)
     if "device" not in flat and "train.device" in flat:
         flat["device"] = flat["train.device"]
@@ -291,17 +245,9 @@ class WandbTracker(Tracker):
         """Log again the rows of ``history.jsonl`` that W&B lost. A SIGKILL loses what wandb-core
         had not yet written (often the whole killed segment); the local history (already cut back
         to the checkpoint by the trainer) is complete, so rows past W&B's last step are re-sent."""
-        path = run_dir / "history.jsonl"
-        if not path.exists():
-            return
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
+        for row in history.read(run_dir / history.FILE):
             step = row.pop("step", None)
             if isinstance(step, int) and step >= self._min_step:
-                row = {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in row.items()}
                 self._run.log(row, step=self._step(step))
 
     def _step(self, step: int) -> int:
@@ -402,7 +348,7 @@ def _segment_key(folder: Path) -> tuple[str, int]:
     return stamp, n
 
 
-def _wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
+def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
     """The run's ``.wandb`` logs, oldest first (offline and online folders; not ``latest-run``)."""
     found = []
     for pattern in ("offline-run-*/run-*.wandb", "run-*/run-*.wandb"):
@@ -415,7 +361,7 @@ def _wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
     return sorted(found, key=lambda p: _segment_key(p.parent))
 
 
-def _inspect(path: Path, summary: bool, timeout: float = 120) -> str:
+def inspect_log(path: Path, summary: bool, timeout: float = 120) -> str:
     """``wandb leet inspect --json [--summary] PATH`` (the CLI of the installed wandb)."""
     args = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
     if summary:
@@ -428,114 +374,14 @@ def _inspect(path: Path, summary: bool, timeout: float = 120) -> str:
 
 def _last_logged_step(run_dir: Path, run_id: str) -> int | None:
     """The last history step written by earlier starts of this run (newest readable log)."""
-    for path in reversed(_wandb_files(run_dir, run_id)):
+    for path in reversed(wandb_files(run_dir, run_id)):
         try:
-            step = json.loads(_inspect(path, summary=True)).get("step")
+            step = json.loads(inspect_log(path, summary=True)).get("step")
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):
             continue
         if isinstance(step, int) and step > 0:
             return step
     return None
-
-
-# --- reading runs back (tests, ``cvae compare``) ----------------------------------------------
-
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def _number(value: Any) -> Any:
-    """leet writes non-finite floats as the strings ``"NaN"``, ``"Infinity"``."""
-    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
-
-
-def _nest_media(item: dict[str, Any]) -> dict[str, Any]:
-    """History rows come flat (``"val/sample._type"``, ``"val/sample.path"``): regroup media
-    into one dict per key (``{"val/sample": {"_type": "video-file", "path": ...}}``)."""
-    media = {k[: -len("._type")] for k in item if k.endswith("._type")}
-    row: dict[str, Any] = {}
-    for k, v in item.items():
-        owner = next((m for m in media if k.startswith(m + ".")), None)
-        if owner is None:
-            row[k] = _number(v)
-        else:
-            row.setdefault(owner, {})[k[len(owner) + 1 :]] = v
-    return row
-
-
-def _combine_summary(old: Any, new: Any) -> Any:
-    """Merge one key of two consecutive segments' summaries (aggregates over both)."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return new
-    if not (old.keys() <= _SUMMARY_AGGS and new.keys() <= _SUMMARY_AGGS):
-        return new
-    merged = {**old, **new}
-    for agg, pick in (("max", max), ("min", min)):
-        values = [_number(d[agg]) for d in (old, new) if agg in d]
-        values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-        if values:
-            merged[agg] = pick(values)
-    if "first" in old:
-        merged["first"] = old["first"]
-    return merged
-
-
-def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """Read a run folder's W&B logs back without a server.
-
-    Returns ``run_id``, ``config`` (the last start's config), ``summary`` (merged over every
-    start; a single-aggregate value such as ``{"max": 14}`` is given as ``14``), ``history``
-    (every row of every start, in order, media regrouped into dicts), ``files`` (the media files
-    W&B copied, as absolute paths), ``state`` (``finished``, ``failed``, or ``running`` for a
-    run that crashed) and ``segments`` (the ``.wandb`` files read, one per start).
-    """
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    paths = _wandb_files(run_dir, run_id or None)
-    if not paths:
-        raise FileNotFoundError(f"no W&B run logs (*.wandb) under {run_dir / 'wandb'}")
-
-    config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    files: list[Path] = []
-    state = None
-    for path in paths:
-        overview = json.loads(_inspect(path, summary=True))
-        run_id = run_id or overview.get("run_id")
-        config = overview.get("config") or config
-        state = overview.get("state", state)
-        for k, v in (overview.get("summary") or {}).items():
-            summary[k] = _combine_summary(summary.get(k), v)
-        for line in _inspect(path, summary=False).splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn last record of a crashed run
-            kind = record.get("type")
-            if kind == "history":
-                history.append(_nest_media(record["history"].get("item", {})))
-            elif kind == "files":
-                for entry in record["files"].get("files", []):
-                    rel = entry.get("path", "")
-                    media = path.parent / "files" / rel
-                    if rel.startswith("media/") and media.is_file() and media not in files:
-                        files.append(media)
-
-    for k, v in summary.items():
-        if isinstance(v, dict) and len(v) == 1 and v.keys() <= _SUMMARY_AGGS:
-            summary[k] = _number(next(iter(v.values())))
-        else:
-            summary[k] = _number(v)
-    return {
-        "run_id": run_id,
-        "config": config,
-        "summary": summary,
-        "history": history,
-        "files": files,
-        "state": state,
-        "segments": paths,
-    }
 
 
 # --- wiring from a spec -----------------------------------------------------------------------

@@ -12,17 +12,20 @@ CPU as ``cvae train`` would. The peak memory of a whole run is measured with the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from cvae.bench import round_robin
 from cvae.data import clip_starts, gather, load_split
+from cvae.data_root import ensure_data
 from cvae.device import memory_format, resolve_spec, tune_cpu_allocator
 from cvae.model import build_model
 from cvae.spec import load_spec
-from cvae.training import build_optimizer, ensure_data, train_step
+from cvae.step import train_step
+from cvae.training import build_optimizer
+
+WARMUP, REPEATS = 2, 5  # untimed steps per setting, then timed steps taken in turns (the median)
 
 
 def main() -> None:
@@ -47,17 +50,19 @@ def main() -> None:
         torch.manual_seed(s.seed)
         model = build_model(s).to(memory_format=memory_format(s.train.channels_last))
         models[on] = (model, build_optimizer(s, model)[0])
-    times: dict[str, list[float]] = {on: [] for on in specs}
-    for r in range(7):
-        for on, s in specs.items():
-            model, opt = models[on]
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            train_step(model, x, p, s, 1.0, args.tfr)
-            opt.step()
-            if r >= 2:
-                times[on].append(time.perf_counter() - t0)
-    plain, ckpt = (statistics.median(times[on]) for on in ("false", "true"))
+
+    def step(on: str) -> None:
+        model, opt = models[on]
+        opt.zero_grad(set_to_none=True)
+        train_step(model, x, p, specs[on], 1.0, args.tfr)
+        opt.step()
+
+    fns = {on: (lambda on=on: step(on)) for on in specs}
+    for _ in range(WARMUP):
+        for fn in fns.values():
+            fn()
+    seconds = round_robin(fns, REPEATS, cpu)
+    plain, ckpt = seconds["false"], seconds["true"]
     print(
         f"{args.spec} tfr {args.tfr}: {spec.train.precision}, channels_last {spec.train.channels_last}, "
         f"batch {B} x {T - 1} frames: {plain:.3f} s/step plain, {ckpt:.3f} s/step checkpointed "

@@ -6,7 +6,7 @@ Rolls out the bench's 4 videos (cvae.bench.bench_data: the spec's training split
 with the spec's widths and prints the ops by self CPU time (docs/performance.md, "Why the
 rollout is far from the FLOP limit").
 
-``--ops`` instead times each op around its own call (``cvae.bench.OpTimes``: no profiler
+``--ops`` instead times each op around its own call (``scripts/op_times.py``: no profiler
 overhead) and sets the rollout's FLOPs against the measured matmul rate of its precision: the
 share the rollout reaches, and the share it could reach at most if everything but its
 convolutions took no time.
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from op_times import OpTimes
 from torch.profiler import ProfilerActivity, profile
 
 from cvae import bench
@@ -66,7 +67,7 @@ def print_op_shares(run, frames: int, precision: str) -> None:
     run()
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with bench.OpTimes() as ops:
+    with OpTimes() as ops:
         run()
     wall = time.perf_counter() - t0  # under the timer: a little slower than the rollout alone
     for name, sec in sorted(ops.seconds.items(), key=lambda kv: -kv[1])[:10]:

@@ -12,7 +12,7 @@ compares settings side by side.
 inflates the many small ops (it put ``cat`` at 14% of a step whose cats take 2%).
 
 ``--ops`` times the ops themselves: every ATen op of 3 steps, timed around its own call
-(``cvae.bench.OpTimes``; CPU ops are synchronous), with the convolutions by kind, and beside them
+(``scripts/op_times.py``; CPU ops are synchronous), with the convolutions by kind, and beside them
 the reference step (``cvae.bench.reference_step``: fp32, default layout, fed from memory), taken
 in turns. The convolutions' own time is a floor under the step with these kernels: it says how fast
 the step could get if everything else took no time (docs/performance.md).
@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+from op_times import OpTimes, conv_kind
 
-from cvae.bench import OpTimes, conv_kind, fresh_model, our_step, reference_step, round_robin, with_settings
+from cvae.bench import fresh_model, our_step, reference_step, round_robin, with_settings
 from cvae.device import tune_cpu_allocator
 from cvae.spec import load_spec
 from cvae.training import build_optimizer

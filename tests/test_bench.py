@@ -1,7 +1,7 @@
 """cvae.bench and the speed settings: the reference loop is the same arithmetic as ours, bf16 /
 channels_last / compiled steps agree with fp32, `auto` resolves by the documented rule, the
 CUDA-style step never reads a value on the host, and `cvae bench --quick --json` prints one JSON
-object with the DESIGN.md section 4 groups.
+object with the groups docs/performance.md describes.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import pytest
 import torch
 from conftest import REPO, cli_in_process, poison_generator, subprocess_env, tiny_overrides, write_spec
 
-from cvae import bench, device
+from cvae import bench, bench_tables, device
 from cvae.data import clip_starts, gather, load_split
 from cvae.errors import TrainingDiverged
 from cvae.model import build_model
 from cvae.rollout import rollout
 from cvae.spec import load_spec
-from cvae.training import DivergenceGuard, build_optimizer, train, train_step
+from cvae.step import train_step
+from cvae.training import DivergenceGuard, build_optimizer, train
 
 SLIM = {"model.frame_dim": 32, "model.pose_dim": 16, "model.z_dim": 8, "model.fusion_dim": 48}
 
@@ -203,9 +204,11 @@ class HostRead(AssertionError):
 @pytest.fixture
 def cuda_style(monkeypatch):
     """Run the trainer's CUDA branches on the CPU: reading a value is treated as a costly sync."""
+    import cvae.step
     import cvae.training
 
-    monkeypatch.setattr(cvae.training, "syncs_are_free", lambda dev: False)
+    for module in (cvae.step, cvae.training):  # the step and the divergence guard
+        monkeypatch.setattr(module, "syncs_are_free", lambda dev: False)
 
 
 def test_step_reads_nothing_on_the_host(monkeypatch, cuda_style, tiny_spec, batch):
@@ -297,7 +300,7 @@ def test_bench_tables_fit_a_narrow_terminal_without_cutting_names(name):
     from rich.console import Console
 
     result = json.loads((REPO / "docs" / "bench" / name).read_text())
-    tables, notes = bench.tables(result)
+    tables, notes = bench_tables.tables(result)
     narrow = Console(width=80, record=True, file=io.StringIO())
     for t in tables:
         narrow.print(t)
@@ -398,6 +401,12 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     together no more than the wall time around them."""
     import time
 
+    sys.path.insert(0, str(REPO / "scripts"))  # a helper of the scripts, not of the package
+    try:
+        import op_times
+    finally:
+        sys.path.pop(0)
+
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
         torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
@@ -406,7 +415,7 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     )
     x = torch.rand(2, 3, 16, 16)
     t0 = time.perf_counter()
-    with bench.OpTimes() as ops:
+    with op_times.OpTimes() as ops:
         net(x).square().mean().backward()
     wall = time.perf_counter() - t0
     convs = {k for k in ops.seconds if k.startswith("convolution ")}
@@ -416,5 +425,5 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     assert ops.convolutions() == pytest.approx(sum(ops.seconds[k] for k in convs))
     assert ops.convolutions() < sum(ops.seconds.values()) <= wall
     assert {"pow", "mean"} <= set(ops.seconds)  # the rest, by op name
-    assert bench.conv_kind((8, 1, 3, 3), groups=1) == "3x3"  # one input channel, not grouped
-    assert bench.conv_kind((8, 1, 3, 3)) == "depthwise"  # shapes only (torch.profiler's): this model's case
+    assert op_times.conv_kind((8, 1, 3, 3), groups=1) == "3x3"  # one input channel, not grouped
+    assert op_times.conv_kind((8, 1, 3, 3)) == "depthwise"  # shapes only (torch.profiler's): this model's case

@@ -23,10 +23,10 @@ import yaml
 from conftest import REPO, cli_in_process, make_lab4, solid, subprocess_env, tiny_overrides, write_png, write_spec
 
 from cvae.data import load_test
-from cvae.evaluate import load_run
+from cvae.evaluate import load_trained
 from cvae.rollout import rollout
 from cvae.spec import load_spec
-from cvae.training import VAL_SEED_OFFSET
+from cvae.validation import VAL_SEED_OFFSET
 
 TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
 
@@ -343,7 +343,7 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     first = np.asarray(iio.imread(tiny_data / "test/test_img/1/frame0.png"))[..., :3]
     assert np.array_equal(values[40], first.transpose(2, 0, 1).reshape(-1))  # frame 0: the given first frame
     # the two test videos were rolled out as one batch; each is what it would be alone
-    _, model, _ = load_run(run, "best")
+    _, model, _ = load_trained(run, "best")
     for k, video in enumerate(load_test(tiny_data, (32, 64))):
         alone = rollout(model, video.first_frame[None].float() / 255, video.poses[None], saved.seed + VAL_SEED_OFFSET)
         expected = (alone[0].clamp(0, 1) * 255).round().flatten(1).numpy()

@@ -46,14 +46,14 @@ def fake_run(folder: Path, psnrs: list[float], status: str = "finished", spec: d
     folder.mkdir(parents=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec or nested(BASE | settings)))
     rows = []
-    for epoch, psnr in enumerate(psnrs):
-        step = 2 * epoch + 2
-        rows.append({"step": step - 1, "epoch": epoch, "train/loss": 1.0 / (epoch + 1)})
+    for epoch, psnr in enumerate(psnrs, start=1):  # epochs count from 1
+        step = 2 * epoch
+        rows.append({"step": step - 1, "epoch": epoch, "train/loss": 1.0 / epoch})
         rows.append(
             {
                 "step": step,
                 "epoch": epoch,
-                "epoch/loss": 1.0 / (epoch + 1),
+                "epoch/loss": 1.0 / epoch,
                 "epoch/kl": 2.0,
                 "epoch/beta": 0.5,
                 "epoch/tfr": 1.0,
@@ -64,7 +64,7 @@ def fake_run(folder: Path, psnrs: list[float], status: str = "finished", spec: d
         )
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     best = max(range(len(psnrs)), key=psnrs.__getitem__)
-    summary = {"status": status, "epochs_done": len(psnrs), "best/val_psnr": psnrs[best], "best/epoch": best}
+    summary = {"status": status, "epochs_done": len(psnrs), "best/val_psnr": psnrs[best], "best/epoch": best + 1}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -201,7 +201,7 @@ def test_compare_two_tiny_runs(tmp_path, tiny_runs):
         assert row["epochs"] == "2" and row["status"] == "finished"
         # the per-frame curve is the best checkpoint's
         metrics = json.loads((run.path / "eval" / "metrics.json").read_text())
-        assert metrics["epoch"] == summary["best/epoch"] + 1
+        assert metrics["epoch"] == summary["best/epoch"]
         assert metrics["val/psnr"] == pytest.approx(summary["best/val_psnr"], abs=1e-4)
     for name in ("curves.png", "psnr_per_frame.png"):
         image = iio.imread(out / name)

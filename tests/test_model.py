@@ -76,7 +76,7 @@ def test_blocks_keep_resolution_and_skip():
 
 
 def test_published_layer_stacks():
-    """Widest-first stacks of DESIGN.md section 1, with the template widths."""
+    """Widest-first stacks of the published template (docs/model.md), with the template widths."""
     fe = FrameEncoder(128)
     assert [type(b).__name__ for b in fe] == ["ResidualBlock", "DepthConvBlock"] * 3 + ["Conv2d"]
     assert (fe[0].conv1.out_channels, fe[2].conv1.out_channels, fe[4].conv1.out_channels) == (16, 32, 64)

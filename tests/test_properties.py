@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from cvae.cli import app
 from cvae.errors import SpecError
-from cvae.schedules import beta, teacher_forcing_ratio
+from cvae.redact import redact
+from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec, all_keys, load_spec
-from cvae.wandb_tracker import redact
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = all_keys()
@@ -237,12 +237,12 @@ def tf_specs(draw) -> TeacherForcingSpec:
 def test_beta_stays_in_zero_to_max_beta(kl, total, data):
     positions = data.draw(st.lists(st.integers(0, total - 1), min_size=1, max_size=20))
     for p in positions:
-        b = beta(kl, p, total)
+        b = kl_beta(kl, p, total)
         assert 0 <= b <= kl.max_beta
     if kl.type == "none":
-        assert {beta(kl, p, total) for p in positions} == {kl.max_beta}
+        assert {kl_beta(kl, p, total) for p in positions} == {kl.max_beta}
     if kl.type == "monotonic":  # one cycle: never decreases
-        values = [beta(kl, p, total) for p in sorted(positions)]
+        values = [kl_beta(kl, p, total) for p in sorted(positions)]
         assert values == sorted(values)
 
 

@@ -104,17 +104,18 @@ def kill():
 
 
 import cvae.checkpoint
+import cvae.step
 import cvae.training
 
 if where == "step":  # SIGKILL at the start of optimizer step n (inside an epoch)
-    step = cvae.training.train_step
+    step = cvae.step.train_step
 
     def train_step(*args, **kwargs):
         if nth():
             kill()
         return step(*args, **kwargs)
 
-    cvae.training.train_step = train_step
+    cvae.step.train_step = train_step
 elif where == "epoch_start":  # SIGKILL as epoch n begins (between epochs)
     batches = cvae.training.epoch_batches
 
@@ -143,7 +144,7 @@ elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp writte
 
     os.replace = replace_or_kill
 elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
-    step = cvae.training.train_step
+    step = cvae.step.train_step
 
     def train_step(model, x, *args, **kwargs):
         calls[0] += 1
@@ -151,7 +152,7 @@ elif where == "nan_from_step":  # the clips of step n and later are NaN: a real 
             x = x * math.nan
         return step(model, x, *args, **kwargs)
 
-    cvae.training.train_step = train_step
+    cvae.step.train_step = train_step
 else:
     sys.exit(f"unknown fault {where}")
 
@@ -232,12 +233,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert_same_training_state(run / "checkpoints/best.pt", uninterrupted / "checkpoints/best.pt")
     # The local history: every step and every epoch exactly once, the same values.
     assert without_perf(history(run)) == without_perf(history(uninterrupted))
-    assert [r["epoch"] for r in epoch_rows(history(run))] == [0, 1]
+    assert [r["epoch"] for r in epoch_rows(history(run))] == [1, 2]
     assert summary(run) == summary(uninterrupted) and summary(run)["status"] == "finished"
     assert leftovers(run) == []
 
     # W&B: one run id across both starts; its history ends with every epoch once, steps increasing.
-    from cvae.wandb_tracker import read_offline_run
+    from wandb_offline import read_offline_run
 
     assert (run / "wandb_run_id.txt").read_text().strip() == run_id
     wb = read_offline_run(run)
@@ -245,7 +246,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert len(wb["segments"]) == 2 and wb["state"] == "finished"
     steps = [row["_step"] for row in wb["history"]]
     assert steps == sorted(set(steps)) and steps[-1] == 2 * STEPS
-    assert [row["epoch"] for row in wb["history"] if "epoch/loss" in row] == [0, 1]
+    assert [row["epoch"] for row in wb["history"] if "epoch/loss" in row] == [1, 2]
     assert wb["summary"]["status"] == "finished" and wb["summary"]["epochs_done"] == 2
 
 
@@ -324,19 +325,19 @@ def test_cli_nan_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert s["status"] == "failed" and s["failure_reason"] == failed[0].removeprefix("failed: ")
     assert max(row["step"] for row in history(run)) == STEPS + 2  # the NaN step itself is not logged
     # The last good checkpoint (epoch 1) still loads, as evaluate loads it.
-    from cvae.evaluate import load_run
+    from cvae.evaluate import load_trained
 
     for name in ("last", "best"):
-        _, model, state = load_run(run, name)
+        _, model, state = load_trained(run, name)
         assert state["epoch"] == 1 and all(torch.isfinite(p).all() for p in model.parameters())
     assert leftovers(run) == []
 
 
 def poison(monkeypatch, bad_steps, first_step: int = 0) -> dict:
     """Make the clips of the given optimizer steps NaN (counted from ``first_step``)."""
-    import cvae.training
+    import cvae.step
 
-    real = getattr(cvae.training.train_step, "unpoisoned", cvae.training.train_step)
+    real = getattr(cvae.step.train_step, "unpoisoned", cvae.step.train_step)
     count = {"step": first_step}
 
     def train_step(model, x, *args, **kwargs):
@@ -346,7 +347,7 @@ def poison(monkeypatch, bad_steps, first_step: int = 0) -> dict:
         return real(model, x, *args, **kwargs)
 
     train_step.unpoisoned = real
-    monkeypatch.setattr(cvae.training, "train_step", train_step)
+    monkeypatch.setattr(cvae.step, "train_step", train_step)
     return count
 
 
@@ -401,7 +402,7 @@ def test_skip_batch_resume_is_exact(tmp_path, tiny_data, monkeypatch):
     train(spec, tmp_path / "A")
     poison(monkeypatch, bad)
     with pytest.raises(Stop):
-        train(spec, tmp_path / "B", callbacks=[StopAtEpochEnd(0)])
+        train(spec, tmp_path / "B", callbacks=[StopAtEpochEnd(1)])
     assert load_ckpt(tmp_path / "B/checkpoints/last.pt")["skipped_batches"] == 1
     poison(monkeypatch, bad, first_step=STEPS)  # the resumed run starts at step 7
     train(spec, tmp_path / "B", resume=True)
@@ -804,12 +805,12 @@ def _(ws, run):
     return ["score", _write(ws / "s.csv", "id\n"), "--data", ws / "data", "--frame-size", "3"]
 
 
-@case("synth-preset-huge", "--preset 'huge'", "tiny, small, lab4")
+@case("synth-preset-huge", "preset 'huge'", "tiny, small, lab4")
 def _(ws, run):
     return ["data", "synth", ws / "new", "--preset", "huge"]
 
 
-@case("synth-bad-appearance", "--appearance 'plaid'", "same, varied")
+@case("synth-bad-appearance", "appearance 'plaid'", "same, varied")
 def _(ws, run):
     return ["data", "synth", ws / "new", "--appearance", "plaid"]
 
@@ -915,7 +916,7 @@ def test_secrets_stay_out_of_every_file_and_the_console(tmp_path, tiny_data, wan
         "postgresql://alice:***@db.example.org:5432/optuna"
     ]
 
-    from cvae.wandb_tracker import read_offline_run
+    from wandb_offline import read_offline_run
 
     config = read_offline_run(run)["config"]
     assert config["tracking.wandb.group"] == "postgresql://alice:***@db.example.org:5432/optuna"
@@ -932,8 +933,8 @@ def test_checkpoints_load_weights_only(trained_run, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    from cvae.evaluate import load_run
+    from cvae.evaluate import load_trained
 
-    load_run(trained_run, "best")
+    load_trained(trained_run, "best")
     checkpoint.load(trained_run / "checkpoints/last.pt")
     assert calls == [True, True]

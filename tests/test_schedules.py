@@ -7,13 +7,13 @@ from itertools import pairwise
 
 import pytest
 
-from cvae.schedules import beta, teacher_forcing_ratio
+from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec
 
 
 def betas(total: int, **kw) -> list[float]:
     kl = KLAnnealingSpec(**kw)
-    return [beta(kl, e, total) for e in range(total)]
+    return [kl_beta(kl, e, total) for e in range(total)]
 
 
 # --------------------------------------------------------------------------- KL annealing (beta)
@@ -49,7 +49,7 @@ def test_max_beta_scales_the_schedule():
 def test_step_unit_counts_steps():
     # The trainer passes the step and the total steps when unit = step: 4 cycles over 40 steps.
     kl = KLAnnealingSpec(type="cyclical", cycles=4, ratio=0.5, unit="step")
-    got = [beta(kl, s, 40) for s in range(40)]
+    got = [kl_beta(kl, s, 40) for s in range(40)]
     per_cycle = [min(1.0, (i / 10) / 0.5) for i in range(10)]  # 0, .2, .4, .6, .8, 1, 1, 1, 1, 1
     assert got == pytest.approx(per_cycle * 4)
 

@@ -18,7 +18,7 @@ from cvae.spec import (
     load_spec_dict,
     parse_override,
     split_cli_overrides,
-    validate,
+    validate_spec,
 )
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -276,7 +276,7 @@ def test_round_trip_through_yaml(tmp_path):
     s = load_spec(EXPERIMENTS / "report_psnr.yaml", ["tracking.wandb.tags=[a,b]", "data.frame_size=[16,32]"])
     text = dump_yaml(s)
     assert yaml.safe_load(text) == s.to_dict()
-    assert validate(yaml.safe_load(text)) == s
+    assert validate_spec(yaml.safe_load(text)) == s
     assert load_spec(write(tmp_path / "resolved.yaml", text)) == s
     d = s.to_dict()
     assert d["data"]["frame_size"] == [16, 32] and d["optim"]["milestones"] == [2, 5]  # lists, not tuples

@@ -26,7 +26,10 @@ import yaml
 from conftest import REPO, nested, subprocess_env
 
 from cvae.errors import SpecError
-from cvae.sweep import epoch_rows, load_study, load_sweep, wandb_sweep_yaml
+from cvae.sweep.file import load_sweep
+from cvae.sweep.study import load_study
+from cvae.sweep.trial import epoch_rows
+from cvae.sweep.wandb_export import wandb_sweep_yaml
 
 SWEEPS = REPO / "sweeps"
 
@@ -131,7 +134,7 @@ def assert_clean_sweep(trials, n: int, n_epochs: int = 2, study: str = "sweep") 
         assert spec["tracking"]["wandb"]["group"] == study and spec["tracking"]["wandb"]["name"] == str(t.number)
         assert run_dir.name == str(t.number)
         epochs = [r["epoch"] for r in epoch_rows(run_dir)]
-        assert epochs == list(range(len(epochs))) and epochs
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs
         if t.state.name == "COMPLETE":
             assert len(epochs) == n_epochs
             assert t.value == pytest.approx(max(r["val/psnr"] for r in epoch_rows(run_dir)))
@@ -489,7 +492,7 @@ def _assert_resumed(trials, stopped_epochs: list[dict]) -> None:
     t = resumed[0]
     assert t.params == next(s.params for s in trials if s.number == t.user_attrs["resumed_from"])
     rows = epoch_rows(Path(t.user_attrs["run_dir"]))
-    assert [r["epoch"] for r in rows] == list(range(FAULT_EPOCHS))
+    assert [r["epoch"] for r in rows] == list(range(1, FAULT_EPOCHS + 1))
     kept = 0
     while kept < len(stopped_epochs) and rows[kept] == stopped_epochs[kept]:
         kept += 1
@@ -667,7 +670,8 @@ def test_journal_trial_of_a_dead_worker_is_queued_again(tmp_path):
     is failed (with the reason) and queued again with its values, to resume from its folder."""
     import optuna
 
-    from cvae.sweep import count_slots, open_storage, recover, this_worker
+    from cvae.sweep.study import open_storage
+    from cvae.sweep.workers import count_slots, recover, this_worker
 
     study = optuna.create_study(storage=open_storage(str(tmp_path / "j.journal")), study_name="s")
     dead = study.ask()
@@ -696,7 +700,7 @@ def test_one_wandb_run_per_trial(tmp_path, tiny_data):
     sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
     path = write_sweep(tmp_path, tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
     assert_ok(cvae("sweep", "run", path, "--dir", tmp_path / "out", "--study", "wb"))
-    from cvae.wandb_tracker import read_offline_run
+    from wandb_offline import read_offline_run
 
     trial = trials_of(str(tmp_path / "out" / "optuna.journal"), "wb")[0]
     run = read_offline_run(Path(trial.user_attrs["run_dir"]))

@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from cvae.errors import DataError, SpecError
 from cvae.synth import PRESETS, Appearance, dance, render_frame, render_pose, synthesize
 
 TINY = PRESETS["tiny"]
@@ -164,7 +165,7 @@ def test_overwrite(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     synthesize(out, preset="tiny", train_videos=1)  # an existing empty folder is fine
-    with pytest.raises(FileExistsError, match=str(out)):
+    with pytest.raises(DataError, match=str(out)):
         synthesize(out, preset="tiny")
     (out / "stale.txt").write_text("x")
     synthesize(out, preset="tiny", seed=2, overwrite=True)
@@ -175,14 +176,14 @@ def test_overwrite(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"'huge'.*tiny.*small.*lab4"):
+    with pytest.raises(SpecError, match=r"'huge'.*tiny.*small.*lab4"):
         synthesize(tmp_path / "x", preset="huge")
-    with pytest.raises(ValueError, match=r"'weird'.*same.*varied"):
+    with pytest.raises(SpecError, match=r"'weird'.*same.*varied"):
         synthesize(tmp_path / "x", preset="tiny", appearance="weird")
-    with pytest.raises(ValueError, match=r"'n_videos'.*train_videos.*speed"):
+    with pytest.raises(SpecError, match=r"'n_videos'.*train_videos.*speed"):
         synthesize(tmp_path / "x", preset="tiny", n_videos=3)
-    with pytest.raises(ValueError, match="train_frames"):
+    with pytest.raises(SpecError, match="train_frames"):
         synthesize(tmp_path / "x", preset="tiny", train_frames=0)
-    with pytest.raises(ValueError, match="speed"):
+    with pytest.raises(SpecError, match="speed"):
         synthesize(tmp_path / "x", preset="tiny", speed=-1.0)
     assert not list(tmp_path.iterdir())

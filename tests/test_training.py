@@ -21,9 +21,11 @@ from cvae.data import load_split
 from cvae.errors import CheckpointError, DataError, RunDirError, TrainingDiverged
 from cvae.model import build_model
 from cvae.rollout import reference_scores
-from cvae.schedules import beta, teacher_forcing_ratio
+from cvae.run_folder import prepare as prepare_run_dir
+from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import dump_yaml, load_spec
-from cvae.training import prepare_run_dir, train, train_step
+from cvae.step import train_step
+from cvae.training import train
 
 STEPS_PER_EPOCH = 12  # 4 videos x (24 // 4) clips / batch 2
 
@@ -63,7 +65,7 @@ class Stop(Exception):
 
 
 class StopAtEpochEnd:
-    """A callback that stops the run after epoch ``epoch`` (its checkpoint is already written)."""
+    """A callback that stops the run after epoch ``epoch`` (from 1; its checkpoint is already written)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,17 +95,17 @@ def test_history_rows(trained_run, tiny_spec):
     for r in steps:
         for key in ("train/loss", "train/mse", "train/kl", "train/beta", "train/tfr", "train/lr", "epoch"):
             assert key in r, key
-        e = r["epoch"]
-        assert e == (r["step"] - 1) // STEPS_PER_EPOCH
+        assert r["epoch"] == (r["step"] - 1) // STEPS_PER_EPOCH + 1  # epochs count from 1
+        e = r["epoch"] - 1  # the schedules' position
         # the logged schedules are the schedule functions' values (monotonic over 2 epochs: 0, 1/2)
-        assert r["train/beta"] == beta(tiny_spec.kl_annealing, e, tiny_spec.train.epochs) == [0.0, 0.5][e]
+        assert r["train/beta"] == kl_beta(tiny_spec.kl_annealing, e, tiny_spec.train.epochs) == [0.0, 0.5][e]
         assert r["train/tfr"] == pytest.approx(teacher_forcing_ratio(tiny_spec.teacher_forcing, e))
         assert r["train/tfr"] == pytest.approx([0.5, 0.3][e])
         assert r["train/lr"] == pytest.approx(1e-3)  # multistep [2, 5]: unchanged in epochs 0-1
         assert r["train/mse"] >= 0 and r["train/kl"] >= 0
         assert r["train/loss"] == pytest.approx(r["train/mse"] + r["train/beta"] * r["train/kl"], rel=1e-4)
     epochs = epoch_rows(rows)
-    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     assert [r["step"] for r in epochs] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     for r in epochs:
         for key in ("val/psnr", "val/psnr_repeat_first", "val/psnr_mean_frame", "val/psnr_shifted_pose"):
@@ -129,7 +131,7 @@ def test_summary_and_best(trained_run):
     assert s["status"] == "finished"
     assert (s["epochs_done"], s["steps"]) == (2, 2 * STEPS_PER_EPOCH)
     assert s["best/val_psnr"] == max(psnrs)
-    assert s["best/epoch"] == psnrs.index(max(psnrs))
+    assert s["best/epoch"] == psnrs.index(max(psnrs)) + 1  # epochs count from 1
     assert s["final/psnr"] == psnrs[-1]
 
 
@@ -139,7 +141,7 @@ def test_checkpoints_are_plain_state(trained_run, tiny_spec):
     assert last["format"] == checkpoint.FORMAT == best["format"]
     assert (last["epoch"], last["step"]) == (2, 2 * STEPS_PER_EPOCH)
     assert last["spec"] == tiny_spec.to_dict()
-    assert best["best_epoch"] == summary(trained_run)["best/epoch"] == best["epoch"] - 1
+    assert best["best_epoch"] == summary(trained_run)["best/epoch"] == best["epoch"]
     assert best["best_psnr"] == summary(trained_run)["best/val_psnr"]
     for ck in (last, best):
         model = build_model(tiny_spec)
@@ -190,11 +192,11 @@ def test_resume_after_an_epoch_is_exact(tmp_path, tiny_data, uninterrupted):
     spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3}))
     run = tmp_path / "B"
     with pytest.raises(Stop):
-        train(spec, run, callbacks=[StopAtEpochEnd(0)])
+        train(spec, run, callbacks=[StopAtEpochEnd(1)])
     s = summary(run)
     assert s["status"] == "failed" and "Stop" in s["failure_reason"]
     assert load_ckpt(run / "checkpoints/last.pt")["epoch"] == 1
-    assert [r["epoch"] for r in epoch_rows(history(run))] == [0]
+    assert [r["epoch"] for r in epoch_rows(history(run))] == [1]
 
     result = train(spec, run, resume=True)
 
@@ -206,7 +208,7 @@ def test_resume_after_an_epoch_is_exact(tmp_path, tiny_data, uninterrupted):
     assert a["scheduler"] == b["scheduler"]
     assert without_perf(history(run)) == without_perf(history(uninterrupted))
     lrs = {r["epoch"]: r["train/lr"] for r in step_rows(history(run))}
-    assert lrs == pytest.approx({0: 1e-3, 1: 1e-3, 2: 1e-4})  # the restored scheduler crossed milestone 2
+    assert lrs == pytest.approx({1: 1e-3, 2: 1e-3, 3: 1e-4})  # the restored scheduler crossed milestone 2
     assert summary(run) == summary(uninterrupted)
     assert summary(run)["status"] == "finished" and "failure_reason" not in summary(run)
     assert result["best/val_psnr"] == summary(uninterrupted)["best/val_psnr"]

@@ -17,8 +17,9 @@ import imageio.v3 as iio
 import pytest
 import yaml
 from conftest import REPO, subprocess_env, tiny_overrides, write_spec
+from wandb_offline import read_offline_run
 
-from cvae.wandb_tracker import RUN_ID_FILE, read_offline_run
+from cvae.wandb_tracker import RUN_ID_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +117,7 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
         assert row["train/loss"] == pytest.approx(expect, rel=1e-4)
     assert {row["train/beta"] for row in step_rows} == {0.0, 0.5}  # monotonic over 2 epochs
     wandb_epochs = [row for row in history if "val/psnr" in row]
-    assert [row["epoch"] for row in wandb_epochs] == [0, 1]
+    assert [row["epoch"] for row in wandb_epochs] == [1, 2]
     for row in wandb_epochs:
         assert row["perf/frames_per_s"] > 0 and row["perf/epoch_s"] > 0
         assert 0 < row["val/mse"] < 1 and math.isfinite(row["val/psnr"])
@@ -206,13 +207,14 @@ def test_simulated_sweep_agent_launch(tmp_path, tiny_data, wandb_env):
 
 class StopAfterFirstEpoch:
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        if epoch == 0:
+        if epoch == 1:
             raise RuntimeError("stopped by the test after epoch 1")
 
 
 def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wandb_env):
+    from cvae.run_folder import prepare as prepare_run_dir
     from cvae.spec import load_spec
-    from cvae.training import prepare_run_dir, train
+    from cvae.training import train
     from cvae.wandb_tracker import WandbTracker
 
     spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.wandb.mode": "offline"}))
@@ -239,8 +241,8 @@ def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wa
     assert run["state"] == "finished" and run["summary"]["status"] == "finished"
     steps = [row["_step"] for row in run["history"]]
     assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))  # increasing, none missing, none twice
-    assert [row["epoch"] for row in run["history"] if "val/psnr" in row] == [0, 1, 2]
-    assert [row["epoch"] for row in epoch_rows(local_history(run_dir))] == [0, 1, 2]
+    assert [row["epoch"] for row in run["history"] if "val/psnr" in row] == [1, 2, 3]
+    assert [row["epoch"] for row in epoch_rows(local_history(run_dir))] == [1, 2, 3]
     assert run["summary"]["epochs_done"] == 3
     assert run["summary"]["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in run["history"] if "val/psnr" in r))
 
@@ -262,7 +264,7 @@ def test_wandb_failure_never_stops_training(tmp_path, tiny_data, wandb_env):
     assert str(run_dir / "wandb") in output
     rows = local_history(run_dir)
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    assert [r["epoch"] for r in epoch_rows(rows)] == [0, 1]
+    assert [r["epoch"] for r in epoch_rows(rows)] == [1, 2]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert blocker.is_file() and not (run_dir / RUN_ID_FILE).exists()

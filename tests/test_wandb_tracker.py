@@ -11,8 +11,11 @@ from pathlib import Path
 import imageio.v2 as iio
 import numpy as np
 import pytest
+from wandb_offline import read_offline_run
 
-from cvae.wandb_tracker import RUN_ID_FILE, WandbTracker, flatten_config, read_offline_run, redact
+from cvae.redact import redact
+from cvae.spec import flatten as flatten_config
+from cvae.wandb_tracker import RUN_ID_FILE, WandbTracker
 
 CONFIG = {
     "name": "t",

@@ -1,6 +1,6 @@
 """Markdown tables of one ``cvae bench --json`` output, as docs/performance.md shows them.
 
-Usage: python scripts/bench_tables.py docs/bench/quickstart-cpu.json
+Usage: python scripts/bench_markdown.py docs/bench/quickstart-cpu.json
 
 Every figure comes from the JSON file, so the tables in the docs are the run's own numbers.
 """

@@ -1,11 +1,10 @@
-"""``cvae sweep ...``: run, inspect and export sweeps (logic in ``cvae.sweep``).
+"""``cvae sweep ...``: run, inspect and export sweeps (logic in the modules of ``cvae.sweep``).
 
 optuna, torch and wandb are imported inside the commands, so ``cvae --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cvae.console import handle_errors, make_console
 from cvae.errors import UserError
 
 sweep_app = typer.Typer(
@@ -35,41 +35,8 @@ DirOpt = Annotated[Path | None, typer.Option("--dir", help="Sweep folder (defaul
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
 
 
-def handled(fn):
-    """The CLI's error handling (exit 2 on bad input, 1 on failure, 130 on Ctrl-C)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from cvae.cli import handle_errors  # not at import time: cvae.cli imports this module
-
-        return handle_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _resolve(sweep_file: Path | None, storage: str | None, study: str | None, out_dir: Path | None):
-    """(storage URL, study name, Sweep or None) from a sweep file and/or the options."""
-    from cvae.sweep import load_sweep, storage_url
-
-    if sweep_file is not None:
-        sweep = load_sweep(sweep_file, study, out_dir)
-        return storage_url(sweep, storage), sweep.study, sweep
-    if storage is None:
-        raise UserError("give a SWEEP file, or --storage URL (and --study NAME)")
-    if study is None:
-        import optuna
-
-        from cvae.sweep import open_storage
-
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-        if len(names) != 1:
-            raise UserError(f"--study NAME needed: the storage holds {len(names)} studies ({', '.join(names)})")
-        study = names[0]
-    return storage, study, None
-
-
 @sweep_app.command("run")
-@handled
+@handle_errors
 def run(
     sweep_file: SweepArg,
     n_trials: Annotated[
@@ -84,20 +51,21 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run (or continue) a sweep: each trial trains the base spec with the trial's values."""
-    from cvae.sweep import RunOptions, budget, load_sweep, run_worker, run_workers, status, storage_url, trial_line
+    from cvae.redact import redact
+    from cvae.sweep.file import budget, load_sweep
+    from cvae.sweep.study import load_study, status, storage_url, trial_line
+    from cvae.sweep.workers import RunOptions, run_worker, run_workers
 
-    console = Console(quiet=quiet, highlight=False, soft_wrap=True)
+    console = make_console(quiet)
     sweep = load_sweep(sweep_file, study, out_dir)
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {n_trials}")
     opts = RunOptions(storage_url(sweep, storage), n_trials, timeout or sweep.spec.budget.timeout, worker_index)
-    from cvae.sweep import _redact, load_study
-
     if worker_index == 0:
         limit = budget(sweep, n_trials)
         console.print(
             f"sweep [bold]{sweep.study}[/]: {'up to ' + str(limit) if limit else 'unlimited'} trials, "
-            f"{workers} worker(s), storage {_redact(opts.url)}, trials in {sweep.trials_dir}"
+            f"{workers} worker(s), storage {redact(opts.url)}, trials in {sweep.trials_dir}"
         )
     try:
         if workers == 1:
@@ -126,7 +94,7 @@ def _print_summary(console: Console, st: dict) -> None:
 
 
 @sweep_app.command("status")
-@handled
+@handle_errors
 def status_cmd(
     sweep_file: OptSweepArg = None,
     storage: StorageOpt = None,
@@ -137,14 +105,14 @@ def status_cmd(
     """Trials by state, the best trial, and the running trials with their epoch."""
     from rich.table import Table
 
-    from cvae.sweep import _fmt, load_study, status
+    from cvae.sweep.study import fmt, load_study, resolve, status
 
-    url, name, _ = _resolve(sweep_file, storage, study, out_dir)
+    url, name, _ = resolve(sweep_file, storage, study, out_dir)
     st = status(load_study(url, name))
     if as_json:
         sys.stdout.write(json.dumps(st, default=str) + "\n")
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console(False)
     table = Table(title=f"study {st['study']} ({st['direction']})")
     table.add_column("state")
     table.add_column("trials", justify="right")
@@ -163,7 +131,7 @@ def status_cmd(
             run_table.add_column(col)
         for r in st["running"]:
             ep = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else str(r["epoch"])
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
+            params = ", ".join(f"{k}={fmt(v)}" for k, v in r["params"].items())
             run_table.add_row(str(r["number"]), ep, params, str(r["worker"] or ""))
         console.print(run_table)
     for f in st["failed"]:
@@ -172,7 +140,7 @@ def status_cmd(
 
 
 @sweep_app.command("best")
-@handled
+@handle_errors
 def best(
     sweep_file: OptSweepArg = None,
     storage: StorageOpt = None,
@@ -183,9 +151,9 @@ def best(
     ] = None,
 ) -> None:
     """The best trial's values merged into the base spec: a spec ready for `cvae train`."""
-    from cvae.sweep import best_spec_yaml, load_study
+    from cvae.sweep.study import best_spec_yaml, load_study, resolve
 
-    url, name, _ = _resolve(sweep_file, storage, study, out_dir)
+    url, name, _ = resolve(sweep_file, storage, study, out_dir)
     text = best_spec_yaml(load_study(url, name))
     if output is None:
         sys.stdout.write(text)
@@ -196,7 +164,7 @@ def best(
 
 
 @sweep_app.command("dashboard")
-@handled
+@handle_errors
 def dashboard(
     sweep_file: OptSweepArg = None,
     storage: StorageOpt = None,
@@ -210,30 +178,27 @@ def dashboard(
         import optuna_dashboard
     except ImportError:
         raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
-    from cvae.sweep import _redact, open_storage, storage_url
+    from cvae.redact import redact
+    from cvae.sweep.study import open_storage, resolve
 
-    if sweep_file is not None:
-        from cvae.sweep import load_sweep
-
-        url = storage_url(load_sweep(sweep_file, study, out_dir), storage)
-    elif storage is not None:
-        url = storage
-    else:
+    if sweep_file is None and storage is None:
         raise UserError("give a SWEEP file or --storage URL")
+    url = storage if sweep_file is None else resolve(sweep_file, storage, study, out_dir)[0]
     if not url.startswith(("sqlite", "postgres", "mysql")) and not Path(url).exists():
         raise UserError(f"{url}: no such journal file (run the sweep first)")
-    print(f"optuna-dashboard for {_redact(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     optuna_dashboard.run_server(open_storage(url), host=host, port=port)
 
 
 @sweep_app.command("export-wandb")
-@handled
+@handle_errors
 def export_wandb(
     sweep_file: SweepArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")] = None,
 ) -> None:
     """Write the sweep as a W&B sweep config (agents run `cvae train BASE --key=value ...`)."""
-    from cvae.sweep import load_sweep, wandb_sweep_yaml
+    from cvae.sweep.file import load_sweep
+    from cvae.sweep.wandb_export import wandb_sweep_yaml
 
     text = wandb_sweep_yaml(load_sweep(sweep_file))
     if output is None:

@@ -1,0 +1,123 @@
+"""One training step of the Lab4 CVAE: forward over a batch of clips, the loss, backward.
+
+On a clip x of T frames (B, T, 3, H, W), as in the lab:
+
+    out = x[0]; for t in 1..T-1: prev = x[t-1] if teacher forcing else out,
+    z ~ q(z | x_t or x_{t-1}, pose_t), out = G(Fusion(E(prev), P(pose_t), z)),
+    loss += MSE(out, x[t]) + beta * KL(q || N(0, I)).
+
+Frames that do not depend on the model's own outputs (the real frames, every pose) are encoded
+in one batched call per clip instead of one call per time step; the arithmetic is the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cvae.device import autocast, memory_format, syncs_are_free
+from cvae.model import CVAE, kl_divergence, reparameterize
+from cvae.spec import ExperimentSpec
+
+
+def forward_backward(
+    model: CVAE, opt: torch.optim.Optimizer, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta, tfr
+) -> dict[str, torch.Tensor]:
+    """Gradients of one batch, clipped to ``train.grad_clip``: ``train_step``'s values plus
+    ``grad_norm`` (before clipping). The caller decides whether to apply them (``opt.step()``)."""
+    opt.zero_grad(set_to_none=True)
+    out = train_step(model, x, pose, spec, beta, tfr)
+    clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
+    return out
+
+
+def train_step(
+    model: CVAE, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float
+) -> dict[str, torch.Tensor]:
+    """Forward and backward on one batch of clips x, pose: (B, T, 3, H, W) in [0, 1].
+
+    Returns the summed loss (optimized) and the per-predicted-frame mse and kl (logged), as
+    detached tensors (no host sync here).
+
+    What does not depend on the model's own outputs runs in one batched call over all time steps
+    (same arithmetic as the lab's per-step calls, in bigger convolutions): the real frames, the
+    poses, the posterior when it encodes the target, and with teacher forcing certain (tfr >= 1,
+    known on the host: the coins are uniform in [0, 1)) the whole clip.
+    """
+    B, T = x.shape[:2]
+    n = T - 1
+    fmt = memory_format(spec.train.channels_last)
+    frames = x.flatten(0, 1).contiguous(memory_format=fmt)  # (B*T, 3, H, W)
+    # train.activation_checkpointing: encoder, posterior and decoder calls recompute their
+    # activations in the backward pass, B images at a time (the PoseEncoder, whose BatchNorm
+    # statistics depend on its whole batch, keeps its activations).
+    run = checkpointed(B) if spec.train.activation_checkpointing else lambda fn, *args: fn(*args)
+    with autocast(x.device, spec.train.precision):
+        f_real = run(model.frame_encoder, frames).unflatten(0, (B, T))  # (B, T, F, H, W)
+        l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, n))
+        # Teacher forcing: one coin per clip (lab) or per clip and time step (scheduled sampling).
+        coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, n)
+        forced = (torch.rand(coin_shape, device=x.device) < tfr).expand(B, n)
+        all_forced = tfr >= 1.0
+        if spec.model.posterior == "target" or all_forced:  # q(z | x_t or x_{t-1}, p_t): real frames only
+            f_post = f_real[:, 1:] if spec.model.posterior == "target" else f_real[:, :-1]
+            q = run(model.posterior, f_post.flatten(0, 1), l_all.flatten(0, 1))
+            mu, logvar = (m.float().unflatten(0, (B, n)) for m in q)
+            z_all = reparameterize(mu, logvar)  # (B, T-1, N, H, W)
+            # Per-frame KL summed over the T-1 frames: both reductions are averages over equal frames.
+            kl = n * kl_divergence(mu.flatten(0, 1), logvar.flatten(0, 1), spec.loss.kl_reduction)
+        else:
+            z_all, kl = None, torch.zeros((), device=x.device)
+        # model.context_frame: the clip's first (given) frame, fused at every step
+        f_ctx = f_real[:, 0] if spec.model.context_frame else None
+        if all_forced:  # prev = x[t-1] for every clip and step: no step depends on another
+            ctx = None if f_ctx is None else f_ctx[:, None].expand(B, n, *f_ctx.shape[1:]).flatten(0, 1)
+            f_prev, l_flat = f_real[:, :-1].flatten(0, 1), l_all.flatten(0, 1)
+            out = run(model.decode, f_prev, l_flat, z_all.flatten(0, 1).to(f_real.dtype), ctx)
+            mse = n * F.mse_loss(out.float().unflatten(0, (B, n)), x[:, 1:])
+        else:
+            mse, out = torch.zeros((), device=x.device), x[:, 0]
+            for t in range(1, T):
+                f_prev = f_real[:, t - 1]
+                use_real = forced[:, t - 1]
+                # From t = 2 some clips may continue from the model's own output (at t = 1 it is the real
+                # x[0]). Skipping the encoder when none does needs the mask on the host: free on the
+                # CPU, a stall on CUDA (there: always compute, torch.where picks).
+                if t > 1 and (not syncs_are_free(x.device) or not bool(use_real.all())):
+                    f_out = run(model.frame_encoder, out.contiguous(memory_format=fmt))
+                    f_prev = torch.where(use_real[:, None, None, None], f_prev, f_out)
+                if z_all is None:  # posterior `previous`: q(z | prev, p_t) sees the model's output
+                    mu, logvar = (m.float() for m in run(model.posterior, f_prev, l_all[:, t - 1]))
+                    z = reparameterize(mu, logvar)
+                    kl = kl + kl_divergence(mu, logvar, spec.loss.kl_reduction)
+                else:
+                    z = z_all[:, t - 1]
+                out = run(model.decode, f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
+                mse = mse + F.mse_loss(out, x[:, t])
+    loss = mse + beta * kl
+    loss.backward()
+    return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n}
+
+
+def checkpointed(chunk: int):
+    """``run(fn, *args)``: fn on slices of ``chunk`` samples (dim 0; None args passed as is), each
+    under activation checkpointing (its activations recomputed in the backward pass), outputs
+    concatenated. Exact for per-sample modules (no BatchNorm); the noise is drawn outside."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(fn, *args):
+        n = next(a for a in args if a is not None).shape[0]
+        parts = [
+            checkpoint(fn, *(None if a is None else a[i : i + chunk] for a in args), use_reentrant=False)
+            for i in range(0, n, chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+        return torch.cat(parts)
+
+    return run

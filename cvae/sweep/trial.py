@@ -1,0 +1,162 @@
+"""One Optuna trial: the base spec plus the trial's values, trained by the same ``train()`` as
+``cvae train`` into ``<sweep folder>/trials/<trial number>``, reported to the pruner every epoch
+that validates, tracked as one W&B run (group = the study, name = the trial number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cvae import history
+from cvae.spec import validate_spec
+from cvae.sweep.file import Sweep, trial_spec_dict
+from cvae.sweep.study import resume_source, suggest
+from cvae.tracking import Tracker
+
+MAX_REASON_CHARS = 2000  # a trial's fail_reason attribute: the message, cut to a readable length
+
+
+def objective_value(rows: list[dict[str, Any]], metric: str, direction: str, which: str) -> float:
+    """The trial's score from its epoch rows: the best or the last value of ``metric``."""
+    values = [float(r[metric]) for r in rows if metric in r and isinstance(r[metric], (int, float))]
+    if not values:
+        raise RuntimeError(f"the run logged no {metric} on any epoch")
+    if which == "last":
+        return values[-1]
+    return max(values) if direction == "maximize" else min(values)
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return history.epoch_rows(history.read(Path(run_dir) / history.FILE))
+
+
+class PruningCallback:
+    """``trial.report(metric, epoch)`` after every epoch that logged the metric; raises TrialPruned
+    when the pruner says so. A resumed trial first reports the epochs its run folder already holds."""
+
+    def __init__(self, trial, metric: str, run_dir: Path) -> None:
+        self.trial, self.metric, self.run_dir = trial, metric, run_dir
+        self.reported: set[int] = set()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """``epoch``: the epoch just finished, counted from 1."""
+        import optuna
+
+        if not self.reported:  # backfill epochs trained before a resume
+            for row in epoch_rows(self.run_dir):
+                if row["epoch"] < epoch and self.metric in row:
+                    self._report(float(row[self.metric]), row["epoch"])
+        if self.metric not in metrics:
+            return
+        value = float(metrics[self.metric])
+        self._report(value, epoch)
+        if self.trial.should_prune():
+            self.trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
+
+    def _report(self, value: float, step: int) -> None:
+        if step not in self.reported:
+            self.trial.report(value, step)
+            self.reported.add(step)
+
+
+class TrialTracker(Tracker):
+    """The W&B tracker of one trial: its config also holds the study, trial number and params;
+    a pruned trial's W&B run ends as finished (state `pruned` in its summary), not failed."""
+
+    def __init__(self, inner: Tracker, study: str, number: int, params: dict[str, Any]) -> None:
+        self.inner, self.extra = inner, {"trial": {"study": study, "number": number, "params": dict(params)}}
+
+    def start(self, run_dir, config, resume):
+        self.inner.start(run_dir, {**config, **self.extra}, resume)
+
+    def on_epoch_start(self, epoch, steps, first_step):
+        self.inner.on_epoch_start(epoch, steps, first_step)
+
+    def log(self, metrics, step):
+        self.inner.log(metrics, step)
+
+    def log_media(self, key, path, step):
+        self.inner.log_media(key, path, step)
+
+    def log_curve(self, key, xs, ys, x_name, y_name, step):
+        self.inner.log_curve(key, xs, ys, x_name, y_name, step)
+
+    def summary(self, values):
+        self.inner.summary(values)
+
+    def finish(self, status="finished", reason=None):
+        if status == "failed" and (reason or "").startswith("TrialPruned"):
+            self.inner.summary({"trial_state": "pruned"})
+            status, reason = "finished", None
+        self.inner.finish(status, reason)
+
+
+def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
+    """The Optuna objective: one training run per trial. ``lock`` (held while the trial is created)
+    is released once the trial exists; ``worker`` is recorded on the trial."""
+
+    def objective(trial) -> float:
+        import optuna
+
+        from cvae.training import train
+        from cvae.wandb_tracker import from_spec
+
+        if lock is not None:
+            lock.release()  # the trial exists now: other workers may ask for theirs
+        params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
+        run_dir = sweep.trials_dir / str(trial.number)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("worker", worker)
+        try:
+            extra = {"tracking.wandb.group": study_name, "tracking.wandb.name": str(trial.number)}
+            data = trial_spec_dict(sweep, params, extra)
+            data["name"] = f"{data.get('name', 'experiment')}-t{trial.number}"
+            spec = validate_spec(data, f"trial {trial.number}")
+            resume = prepare_trial_dir(sweep, trial, run_dir)
+            trackers = [TrialTracker(from_spec(spec), study_name, trial.number, params)]
+            callbacks = [PruningCallback(trial, sweep.spec.objective.metric, run_dir)]
+            train(spec, run_dir, trackers, callbacks, resume=resume, console=None)
+            o = sweep.spec.objective
+            return objective_value(epoch_rows(run_dir), o.metric, o.direction, o.epoch)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); resumes on the next `cvae sweep run`")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{e.__class__.__name__}: {e}"[:MAX_REASON_CHARS])
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("epochs_done", len(epoch_rows(run_dir)))
+
+    return objective
+
+
+def prepare_trial_dir(sweep: Sweep, trial, run_dir: Path) -> bool:
+    """A fresh folder, or a copy of the replaced trial's folder to resume from (True)."""
+    from cvae import run_folder
+
+    # A running Trial shows no system attrs (where a heartbeat retry is marked): read them
+    # from the study's record of it.
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    src = resume_source(frozen)
+    if src is not None and src != trial.number:
+        source = sweep.trials_dir / str(src)
+        if (source / "checkpoints" / "last.pt").exists() and (source / "spec.yaml").exists():
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            shutil.copytree(source, run_dir)
+            # The retry is a W&B run of its own (name = its trial number).
+            for name in ("wandb", "wandb_run_id.txt"):
+                p = run_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            trial.set_user_attr("resumed_from", src)
+            return True
+    run_folder.prepare(run_dir, resume=False, overwrite=True)
+    return False
