@@ -44,8 +44,9 @@ from typing import Any
 
 import torch
 
-from cvae.data import clip_starts, gather, load_split, scan_split
+from cvae.data import clip_starts, gather, load_split
 from cvae.device import compile_model, cpu_flags, fast_bf16, frozen_weights, memory_format, tune_cpu_allocator
+from cvae.layout import scan_split
 from cvae.model import CVAE, build_model
 from cvae.reference_loop import load_clips_from_png, reference_step
 from cvae.rollout import rollout

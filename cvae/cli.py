@@ -184,14 +184,35 @@ def compare(
 @app.command()
 @handle_errors
 def report(
-    runs: RunsArg,
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run folders, globs (runs/report_*) or sweep folders; none with --reproduce."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG figures.")] = Path("report"),
+    reproduce: Annotated[
+        str | None,
+        typer.Option(help="Train the report's seven settings at this scale first: cpu (minutes) or full (a GPU job)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="--reproduce: runs trained at a time.")] = 2,
+    set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
     from cvae.report import make_report
 
     console = make_console(quiet)
+    if reproduce is not None:
+        from cvae.reproduce import scaled_specs, train_all
+        from cvae.spec import parse_override
+
+        if runs:
+            raise UserError("--reproduce trains the report's runs itself; give no RUNS with it")
+        specs = scaled_specs(reproduce, dict(parse_override(o) for o in set_ or []))
+        runs = [str(p) for p in train_all(specs, Path("runs") / f"report-{reproduce}", workers, console)]
+    elif not runs:
+        raise UserError("give the report's run folders (RUNS), or --reproduce cpu|full to train them")
+    elif set_:
+        raise UserError("--set goes with --reproduce")
     result = make_report(runs, out, console)
     console.print(result.table())
     for line in result.skipped:
@@ -256,11 +277,64 @@ def spec_show(
     ctx: typer.Context,
     spec: Annotated[Path, typer.Argument(help="Experiment spec YAML.")],
     set_: SetOpt = None,
+    schedule: Annotated[
+        bool, typer.Option("--schedule", help="Print beta and the teacher-forcing ratio of every epoch instead.")
+    ] = False,
+    plot: Annotated[Path | None, typer.Option(help="With --schedule: also draw it into this PNG.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="With --schedule: one JSON list, an object per epoch.")] = False,
 ) -> None:
-    """Print the resolved spec (file, extends, overrides) as YAML."""
+    """Print the resolved spec (file, extends, overrides) as YAML, or with --schedule the KL and
+    teacher-forcing schedules it would train with (no training, no data loading)."""
     from cvae.spec import dump_yaml, load_spec
 
-    sys.stdout.write(dump_yaml(load_spec(spec, list(set_ or []))))
+    spec_obj = load_spec(spec, list(set_ or []))
+    if not schedule:
+        if plot is not None or json_:
+            raise UserError("--plot and --json go with --schedule")
+        sys.stdout.write(dump_yaml(spec_obj))
+        return
+    import json
+
+    from cvae.layout import steps_per_epoch_of
+    from cvae.schedules import run_schedule
+
+    steps, where = steps_per_epoch_of(spec_obj)
+    rows = run_schedule(spec_obj, steps)
+    if plot is not None:
+        from cvae.media import plot_schedule
+
+        plot_schedule(plot, rows, f"{spec_obj.name}: KL weight and teacher forcing per epoch")
+    if json_:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    console = make_console(False)
+    console.print(schedule_table(spec_obj, rows, where))
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+def schedule_table(spec_obj, rows: list[dict], where: str):
+    """The rich table of ``cvae spec show --schedule``."""
+    from rich.table import Table
+
+    kl, tf = spec_obj.kl_annealing, spec_obj.teacher_forcing
+    title = (
+        f"{spec_obj.name}: KL {kl.type} ({kl.cycles} cycles, ratio {kl.ratio:g}, per {kl.unit}); teacher forcing "
+        f"{tf.ratio:g}, -{tf.decay_step:g}/{tf.unit} from {tf.unit} {tf.decay_start}, coin per {tf.mode}; {where}"
+    )
+    table = Table(title=title)
+    columns = ["epoch", "steps", "beta", "tfr"] + (["beta at end", "tfr at end"] if "beta_last" in rows[0] else [])
+    columns += ["coin", "teacher-forced"] if "coin" in rows[0] else []
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in rows:
+        cells = [str(r["epoch"]), str(r["steps"]), f"{r['beta']:.4g}", f"{r['tfr']:.4g}"]
+        if "beta_last" in r:
+            cells += [f"{r['beta_last']:.4g}", f"{r['tfr_last']:.4g}"]
+        if "coin" in r:
+            cells += [f"{r['coin']:.3f}", "yes" if r["teacher_forced"] else "no"]
+        table.add_row(*cells)
+    return table
 
 
 @spec_app.command("schema")

@@ -1,14 +1,6 @@
-"""The Lab4 dataset layout, the decoded-frame cache, and clips gathered from memory.
+"""Frames in memory: decoding a split of the Lab4 layout (cvae/layout.py), the decoded-frame cache,
+and clips gathered from memory.
 
-Layout (the lab's contract)::
-
-    ROOT/train/train_img/*.png     frames; the pose image of the same name is in train_label/
-    ROOT/val/val_img, val/val_label
-    ROOT/test/test_img/<k>/        one first frame per test video k
-    ROOT/test/test_label/<k>/      that video's poses
-
-A flat image folder is one long sequence (lab semantics); subfolders are separate videos and
-clips never cross them. Files sort by the number in their name (frame2 < frame10).
 Every split is decoded once, resized to ``frame_size`` with antialiasing, and cached as uint8
 arrays in ``ROOT/.cvae-cache/`` (rebuilt when any file's name, size or mtime changes).
 Training then gathers clips from those tensors: no PNG is decoded in the training loop.
@@ -18,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,62 +21,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from cvae.errors import DataError
+from cvae.layout import VideoFiles, number_key, pngs, scan_split
 
 Progress = Callable[[int, int], None] | None
-SPLITS = {"train": ("train_img", "train_label"), "val": ("val_img", "val_label")}
 _CACHE_VERSION = 1
-
-
-def _number_key(path: Path) -> tuple:
-    """Sort key: the numbers in the name, as numbers (frame2 before frame10)."""
-    parts = re.split(r"(\d+)", path.name)
-    return tuple(int(p) if p.isdigit() else p for p in parts)
-
-
-def _pngs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=_number_key)
-
-
-@dataclass
-class VideoFiles:
-    """One video: its name ("" for a flat folder) and its (frame, pose) file pairs in order."""
-
-    name: str
-    pairs: list[tuple[Path, Path]]
-
-
-def _pair(img_dir: Path, label_dir: Path) -> list[tuple[Path, Path]]:
-    """Pair every frame with the pose image of the same name; a missing or extra file is an error."""
-    if not label_dir.is_dir():
-        raise DataError(f"{label_dir}: pose folder missing (every frame folder needs one beside it)")
-    imgs, labels = _pngs(img_dir), _pngs(label_dir)
-    img_names, label_names = {p.name for p in imgs}, {p.name for p in labels}
-    missing = sorted(img_names - label_names, key=lambda n: _number_key(Path(n)))
-    extra = sorted(label_names - img_names, key=lambda n: _number_key(Path(n)))
-    if missing:
-        raise DataError(f"{img_dir / missing[0]}: no pose image {label_dir / missing[0]} ({len(missing)} unpaired)")
-    if extra:
-        raise DataError(f"{label_dir / extra[0]}: pose image without a frame in {img_dir} ({len(extra)} unpaired)")
-    return [(p, label_dir / p.name) for p in imgs]
-
-
-def scan_split(root: Path, split: str) -> list[VideoFiles]:
-    """The videos of ``train`` or ``val`` under ROOT, frames paired with poses."""
-    img_sub, label_sub = SPLITS[split]
-    img_dir, label_dir = Path(root) / split / img_sub, Path(root) / split / label_sub
-    if not img_dir.is_dir():
-        raise DataError(f"{img_dir}: folder missing (expected the Lab4 layout ROOT/{split}/{img_sub}/)")
-    subdirs = sorted((d for d in img_dir.iterdir() if d.is_dir()), key=_number_key)
-    if subdirs and _pngs(img_dir):
-        raise DataError(f"{img_dir}: holds both PNG files and video subfolders; use one or the other")
-    if subdirs:
-        videos = [VideoFiles(d.name, _pair(d, label_dir / d.name)) for d in subdirs]
-    else:
-        videos = [VideoFiles("", _pair(img_dir, label_dir))]
-    videos = [v for v in videos if v.pairs]
-    if not videos:
-        raise DataError(f"{img_dir}: no PNG frames found")
-    return videos
 
 
 def decode_png(path: Path) -> np.ndarray:
@@ -216,12 +155,12 @@ def load_test(root: str | Path, size: tuple[int, int]) -> list[TestVideo]:
     for d in (img_dir, label_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder missing (expected the Lab4 layout ROOT/test/test_img|test_label/<k>/)")
-    names = sorted((d.name for d in img_dir.iterdir() if d.is_dir()), key=lambda n: _number_key(Path(n)))
+    names = sorted((d.name for d in img_dir.iterdir() if d.is_dir()), key=lambda n: number_key(Path(n)))
     if not names:
         raise DataError(f"{img_dir}: no test video folders")
     out = []
     for name in names:
-        firsts, poses = _pngs(img_dir / name), (_pngs(label_dir / name) if (label_dir / name).is_dir() else [])
+        firsts, poses = pngs(img_dir / name), (pngs(label_dir / name) if (label_dir / name).is_dir() else [])
         if not firsts:
             raise DataError(f"{img_dir / name}: no first frame (PNG) found")
         if len(poses) < 2:
@@ -247,25 +186,19 @@ def clip_starts(videos: VideoSet, clip_len: int) -> torch.Tensor:
 EPOCH_SEED_STRIDE = 1_000_003  # a prime: the shuffle of (seed, epoch) is seeded by seed * stride + epoch
 
 
-def epoch_batches(n_clips: int, batch_size: int, partial: float, seed: int, epoch: int) -> torch.Tensor:
-    """(n_batches, batch_size) clip indices for one epoch: a shuffle seeded by (seed, epoch), the
-    first ``partial`` of it, last incomplete batch dropped (as the lab's DataLoader does)."""
-    g = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
-    order = torch.randperm(n_clips, generator=g)[: max(1, int(n_clips * partial))]
+def epoch_batches(
+    n_clips: int, batch_size: int, partial: float, seed: int, epoch: int, shuffle: bool = True
+) -> torch.Tensor:
+    """(n_batches, batch_size) clip indices for one epoch: the first ``partial`` of the clips, in a
+    shuffle seeded by (seed, epoch) or (``shuffle`` false, the template's loader) in order; the
+    last incomplete batch dropped (as the lab's DataLoader does)."""
+    if shuffle:
+        order = torch.randperm(n_clips, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch))
+    else:
+        order = torch.arange(n_clips)
+    order = order[: max(1, int(n_clips * partial))]
     n_batches = len(order) // batch_size
     return order[: n_batches * batch_size].view(n_batches, batch_size)
-
-
-def epoch_fraction(spec, epoch: int) -> float:
-    """The fraction of the training clips epoch ``epoch`` (from 0) uses: ``train.fast_partial``
-    during fast training, else ``data.partial``."""
-    t = spec.train
-    return t.fast_partial if t.fast_train and epoch < t.fast_epochs else spec.data.partial
-
-
-def steps_per_epoch(spec, n_clips: int) -> list[int]:
-    """Optimizer steps of every epoch, given ``n_clips`` training clips."""
-    return [max(1, int(n_clips * epoch_fraction(spec, e))) // spec.train.batch_size for e in range(spec.train.epochs)]
 
 
 def gather(images: torch.Tensor, starts: torch.Tensor, clip_len: int) -> torch.Tensor:

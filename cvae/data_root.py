@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from cvae.console import task
-from cvae.data import SPLITS, VideoSet, decode_many, load_split, load_test, scan_split, steps_per_epoch
+from cvae.data import VideoSet, decode_many, load_split, load_test
 from cvae.errors import DataError, RunDirError
+from cvae.layout import SPLITS, count_clips, scan_split, steps_per_epoch
 from cvae.spec import ExperimentSpec
 
 LAB_FRAME_SIZE = (32, 64)  # (H, W) the lab resizes frames to; `data check` decodes the test split at it
@@ -41,7 +42,7 @@ def ensure_data(spec: ExperimentSpec, console=None) -> Path:
 
 def check_clips(spec: ExperimentSpec, lengths: list[int]) -> None:
     """Every epoch gets at least one batch of clips from training videos of these lengths."""
-    n_clips = sum(n // spec.data.clip_len for n in lengths)
+    n_clips = count_clips(lengths, spec.data.clip_len)
     if n_clips == 0:
         raise DataError(
             f"{spec.data.root}: no training clip fits: data.clip_len {spec.data.clip_len} exceeds the longest "

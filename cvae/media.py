@@ -12,14 +12,18 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(T, 3, H, W) float in [0, 1] or uint8 -> (T, H, W, 3) uint8."""
+    import torch  # here: the plots of `cvae spec show --schedule` need no torch
+
     if images.dtype != torch.uint8:
         images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
@@ -197,3 +201,26 @@ def history_series(rows: list[dict], keys: Sequence[str], x: str = "epoch") -> S
         if pts:
             out[key] = ([p[0] for p in pts], [p[1] for p in pts])
     return out
+
+
+def plot_schedule(path: Path, rows: list[dict], title: str) -> Path:
+    """Beta and the teacher-forcing ratio over the epochs (``cvae.schedules.run_schedule``'s rows);
+    epoch e spans [e - 1, e], and the epochs an epoch coin forces are shaded."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    for key, label, color in (("beta", "beta (KL weight)", "tab:blue"), ("tfr", "teacher-forcing ratio", "tab:orange")):
+        xs, ys = [], []
+        for r in rows:  # each epoch from its first step's value to its last step's (equal per epoch)
+            xs += [r["epoch"] - 1, r["epoch"]]
+            ys += [r[key], r.get(f"{key}_last", r[key])]
+        ax.plot(xs, ys, color=color, lw=1.4, label=label)
+    forced = [r["epoch"] for r in rows if r.get("teacher_forced")]
+    for e in forced:
+        ax.axvspan(e - 1, e, color="tab:orange", alpha=0.15, lw=0)
+    if forced:
+        ax.plot([], [], color="tab:orange", alpha=0.3, lw=6, label="teacher-forced epoch (its coin)")
+    top = max([1.0] + [r["beta"] for r in rows])
+    ax.set(xlabel="epoch", xlim=(0, rows[-1]["epoch"]), ylim=(-0.05, 1.05 * top), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    return save_figure(fig, path)

@@ -118,9 +118,16 @@ class Fusion(nn.Sequential):
 
 
 class Generator(nn.Sequential):
-    """Generator: (B, D, H, W) -> RGB frame (B, 3, H, W), squashed to [0, 1] by a sigmoid."""
+    """Generator: (B, D, H, W) -> RGB frame (B, 3, H, W).
 
-    def __init__(self, d: int) -> None:
+    The template returns its last 1x1 convolution's output as it is (``output="linear"``): frames
+    are not bounded to [0, 1], the MSE pulls them there. ``"sigmoid"`` (an option beyond the
+    template) squashes them into [0, 1].
+    """
+
+    def __init__(self, d: int, output: str = "linear") -> None:
+        if output not in ("linear", "sigmoid"):
+            raise ValueError(f"output must be linear or sigmoid, got {output!r}")
         super().__init__(
             DepthConvBlock(d, d),
             ResidualBlock(d, d // 2),
@@ -131,9 +138,11 @@ class Generator(nn.Sequential):
             DepthConvBlock(d // 8, d // 8),
             nn.Conv2d(d // 8, 3, 1),
         )
+        self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(super().forward(x))
+        out = super().forward(x)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
 
 
 class CVAE(nn.Module):
@@ -146,6 +155,7 @@ class CVAE(nn.Module):
         z_dim: int = 12,
         fusion_dim: int = 192,
         context_frame: bool = False,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         self.z_dim = z_dim
@@ -155,7 +165,7 @@ class CVAE(nn.Module):
         self.posterior = Posterior(frame_dim + pose_dim, z_dim)
         context = frame_dim if context_frame else 0
         self.fusion = Fusion(frame_dim + context + pose_dim + z_dim, fusion_dim)
-        self.generator = Generator(fusion_dim)
+        self.generator = Generator(fusion_dim, output)
 
     def decode(
         self, f_prev: torch.Tensor, l: torch.Tensor, z: torch.Tensor, f_context: torch.Tensor | None = None
@@ -194,4 +204,4 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str) -> tor
 def build_model(spec) -> CVAE:
     """The CVAE with the widths of ``spec.model`` (an ExperimentSpec)."""
     m = spec.model
-    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame)
+    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame, m.output)

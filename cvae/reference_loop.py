@@ -38,12 +38,13 @@ def reference_step(
     for the previous frame (real or the model's own), one for the target (posterior `target`)
     and one PoseEncoder call. x, pose: (B, T, 3, H, W) in [0, 1]. Returns the loss per frame.
 
-    The teacher-forcing coin is drawn with the shape ours uses, so the two steps draw the same
-    random numbers in the same order (their losses agree up to rounding); the lab tosses one coin
-    per batch, so only the first is used. With ``model.context_frame`` (beyond the template) the
+    The lab's trainer tosses one teacher-forcing coin per epoch and hands the step its outcome;
+    here ``tfr`` is that outcome's probability, and the coin is drawn with the shape our step
+    draws, so the two draw the same random numbers in the same order (their losses agree up to
+    rounding); the first decides the whole batch. With ``model.context_frame`` (beyond the template) the
     given first frame is encoded once per clip, as our step and the rollout do."""
     B, T = x.shape[:2]
-    coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, T - 1)
+    coin_shape = (B, T - 1) if spec.teacher_forcing.mode == "frame" else (B, 1)
     forced = bool(torch.rand(coin_shape, device=x.device)[0, 0] < tfr)
     mse = kl = 0.0
     out = x[:, 0]
@@ -64,5 +65,3 @@ def reference_step(
     torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf)
     opt.step()
     return loss.detach() / (T - 1)
-
-

@@ -103,14 +103,23 @@ def plot_ablation(path: Path, runs: Sequence[RunRecord], labels: Sequence[str], 
     return plot_panels(path, series, panels, stacked=True, title=title)
 
 
+# The report compares training and validation curves per setting: train panels, then the validation
+# rollout's (on the epochs that validate), then the schedule.
+VAL_PANELS = (
+    ("val/mse", "val MSE (rollout)", True),
+    ("val/psnr", "val PSNR (dB)", False),
+)
 TF_PANELS = (
     ("epoch/loss", "train loss", True),
     ("epoch/mse", "train MSE", True),
+    *VAL_PANELS,
+    ("epoch/teacher_forced", "teacher-forced share", False),
     ("epoch/tfr", "teacher-forcing ratio", False),
 )
 KL_PANELS = (
     ("epoch/loss", "train loss", True),
     ("epoch/kl", "train KL", True),
+    *VAL_PANELS,
     ("epoch/beta", "beta", False),
 )
 

@@ -43,6 +43,11 @@ class DataSpec(_Section):
     frame_size: tuple[int, int] = Field((32, 64), description="Frames are resized to (H, W) with antialiasing.")
     clip_len: int = Field(16, ge=2, description="Frames per training clip (the first one is given).")
     partial: float = Field(1.0, gt=0, le=1, description="Fraction of the training clips used each epoch.")
+    shuffle: bool = Field(
+        False,
+        description="A new seeded order of the clips every epoch; false: the clips in order, the first `partial` "
+        "of them (the template's unshuffled loader).",
+    )
     val_len: int | None = Field(
         None, ge=2, description="Roll out only the first N frames of each val video; null: all (lab: 630)."
     )
@@ -65,6 +70,10 @@ class ModelSpec(_Section):
     )
     context_frame: bool = Field(
         False, description="Beyond the template: also fuse the given first frame's features at every step."
+    )
+    output: Literal["linear", "sigmoid"] = Field(
+        "linear",
+        description="The Generator's last layer as it is (`linear`, the template) or squashed into [0, 1] (`sigmoid`).",
     )
 
     @model_validator(mode="after")
@@ -101,7 +110,11 @@ class TrainSpec(_Section):
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
     fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")
-    fast_epochs: int = Field(5, ge=0, description="Epochs of fast training when `fast_train` is on.")
+    fast_epochs: int = Field(
+        7,
+        ge=0,
+        description="Epochs of fast training when `fast_train` is on (the template's --fast_train_epoch 5 gives 7).",
+    )
     val_every: int = Field(1, ge=1, description="Validate (rollout + checkpoint best) every N epochs.")
     on_nan: Literal["stop", "skip_batch"] = Field(
         "stop",
@@ -143,8 +156,10 @@ class TeacherForcingSpec(_Section):
     decay_start: int = Field(10, ge=0, description="Units (epochs/steps) trained before the ratio first drops.")
     decay_step: float = Field(0.1, ge=0, le=1, description="Drop of the ratio per unit after decay_start.")
     floor: float = Field(0.0, ge=0, le=1, description="The ratio never goes below this.")
-    mode: Literal["sequence", "frame"] = Field(
-        "sequence", description="One coin per clip (lab) or per time step (scheduled sampling)."
+    mode: Literal["epoch", "sequence", "frame"] = Field(
+        "epoch",
+        description="Teacher-forcing coin: one per epoch (the lab: a whole epoch is forced or none of it), "
+        "one per clip, or one per clip and time step (scheduled sampling).",
     )
     unit: Literal["epoch", "step"] = Field("epoch", description="Decay counted in epochs (lab) or steps.")
 

@@ -39,8 +39,11 @@ def train_step(
 ) -> dict[str, torch.Tensor]:
     """Forward and backward on one batch of clips x, pose: (B, T, 3, H, W) in [0, 1].
 
-    Returns the summed loss (optimized) and the per-predicted-frame mse and kl (logged), as
-    detached tensors (no host sync here).
+    ``tfr`` is the probability that a clip (``teacher_forcing.mode: sequence``) or a clip's time
+    step (``frame``) feeds the real previous frame; in ``mode: epoch`` the trainer passes the
+    epoch's coin, 1 (forced) or 0. Returns the summed loss (optimized) and the per-predicted-frame
+    mse and kl, and ``teacher_forced``, the share of teacher-forced frames (logged), as detached
+    tensors (no host sync here).
 
     What does not depend on the model's own outputs runs in one batched call over all time steps
     (same arithmetic as the lab's per-step calls, in bigger convolutions): the real frames, the
@@ -58,8 +61,9 @@ def train_step(
     with autocast(x.device, spec.train.precision):
         f_real = run(model.frame_encoder, frames).unflatten(0, (B, T))  # (B, T, F, H, W)
         l_all = model.pose_encoder(pose[:, 1:].flatten(0, 1).contiguous(memory_format=fmt)).unflatten(0, (B, n))
-        # Teacher forcing: one coin per clip (lab) or per clip and time step (scheduled sampling).
-        coin_shape = (B, 1) if spec.teacher_forcing.mode == "sequence" else (B, n)
+        # Teacher forcing: one coin per clip, or per clip and time step (scheduled sampling); in
+        # `epoch` mode the epoch's coin came as tfr 0 or 1 (the clip coins then decide nothing).
+        coin_shape = (B, n) if spec.teacher_forcing.mode == "frame" else (B, 1)
         forced = (torch.rand(coin_shape, device=x.device) < tfr).expand(B, n)
         all_forced = tfr >= 1.0
         if spec.model.posterior == "target" or all_forced:  # q(z | x_t or x_{t-1}, p_t): real frames only
@@ -99,7 +103,8 @@ def train_step(
                 mse = mse + F.mse_loss(out, x[:, t])
     loss = mse + beta * kl
     loss.backward()
-    return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n}
+    share = forced.float().mean()
+    return {"loss": loss.detach() / n, "mse": mse.detach() / n, "kl": kl.detach() / n, "teacher_forced": share}
 
 
 def checkpointed(chunk: int):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from cvae import checkpoint, history, run_folder
-from cvae.data import VideoSet, clip_starts, epoch_batches, epoch_fraction, gather, steps_per_epoch
+from cvae.data import VideoSet, clip_starts, epoch_batches, gather
 from cvae.data_root import load_data
 from cvae.device import (
     compile_model,
@@ -32,9 +32,10 @@ from cvae.device import (
     tune_cpu_allocator,
 )
 from cvae.errors import TrainingDiverged
+from cvae.layout import epoch_fraction, steps_per_epoch
 from cvae.model import CVAE, build_model
 from cvae.redact import redact
-from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.schedules import schedule_values, step_tfr
 from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.step import forward_backward
 from cvae.tracking import LocalTracker, MultiTracker, Tracker
@@ -165,14 +166,15 @@ def train_epoch(
     t0, step0, skipped0 = time.perf_counter(), state.step, guard.skipped
     skipping = spec.train.on_nan == "skip_batch"
     lr = opt.param_groups[0]["lr"]  # the scheduler steps after the epoch
-    batches = epoch_batches(len(starts), spec.train.batch_size, epoch_fraction(spec, index), spec.seed, index)
+    fraction = epoch_fraction(spec, index)
+    batches = epoch_batches(len(starts), spec.train.batch_size, fraction, spec.seed, index, spec.data.shuffle)
     tracker.on_epoch_start(index + 1, len(batches), state.step)
     sums: dict[str, torch.Tensor] = {}
     for idx in batches.to(starts.device):
         b, tfr = schedule_values(spec, index, state.step, total_steps)
         x = gather(train_set.frames, starts[idx], spec.data.clip_len)
         p = gather(train_set.poses, starts[idx], spec.data.clip_len)
-        out = forward_backward(model, opt, x, p, spec, b, tfr)
+        out = forward_backward(model, opt, x, p, spec, b, step_tfr(spec, index, tfr))
         state.step += 1
         applied = guard.step(out, state.step, b, opt)
         if applied:
@@ -200,14 +202,6 @@ def train_epoch(
     row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
     row["perf/epoch_s"] = train_s
     return row
-
-
-def schedule_values(spec: ExperimentSpec, epoch: int, step: int, total_steps: int) -> tuple[float, float]:
-    """(beta, teacher-forcing ratio) for the step about to run, ``epoch`` counted from 0; each
-    schedule counts its own unit."""
-    kl, tf = spec.kl_annealing, spec.teacher_forcing
-    b = kl_beta(kl, step, total_steps) if kl.unit == "step" else kl_beta(kl, epoch, spec.train.epochs)
-    return b, teacher_forcing_ratio(tf, step if tf.unit == "step" else epoch)
 
 
 # --------------------------------------------------------------------------- validation, checkpoints

@@ -92,8 +92,8 @@ def test_activation_checkpointing_is_the_same_arithmetic(tiny_data, batch, tfr, 
     loss_plain, grads_plain = grads_of_step(plain, batch, tfr, saved_plain)
     loss_ckpt, grads_ckpt = grads_of_step(ckpt, batch, tfr, saved_ckpt)
     assert loss_ckpt == pytest.approx(loss_plain, rel=1e-6)
-    for k, g in grads_plain.items():
-        torch.testing.assert_close(grads_ckpt[k], g, rtol=1e-4, atol=1e-6, msg=k)
+    for k, g in grads_plain.items():  # summation order: differences scale with the gradient's size
+        torch.testing.assert_close(grads_ckpt[k], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=k)
     assert sum(saved_ckpt) < sum(saved_plain) / 3, (sum(saved_ckpt), sum(saved_plain))
 
 

@@ -357,3 +357,47 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     assert_ok(cvae("train", "--resume", run, "-q", cwd=tmp_path))
     assert {p: (run / p).read_bytes() for p in keep} == keep
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- spec show --schedule
+
+
+def test_spec_show_schedule_prints_the_reports_beta_and_the_labs_coins(tmp_path):
+    """The report's cyclical beta (epoch mod 10) / 10 and the template's teacher forcing (1.0, from
+    epoch 10, -0.1 an epoch), one object per epoch, with each epoch's coin; no training, no data
+    loading: torch is not even imported."""
+    from cvae.schedules import epoch_coin
+
+    plot = tmp_path / "schedule.png"
+    spec = REPO / "experiments" / "report_kl_cyclical.yaml"
+    r = cli_in_process(["spec", "show", str(spec), "--schedule", "--json", "--plot", str(plot)])
+    rows = json.loads(r.stdout.splitlines()[0])
+    assert [row["epoch"] for row in rows] == list(range(1, 71))
+    assert [row["beta"] for row in rows] == pytest.approx([(e % 10) / 10 for e in range(70)])
+    tfr = [1.0] * 10 + [round(0.9 - 0.1 * k, 10) for k in range(9)] + [0.0] * 51
+    assert [row["tfr"] for row in rows] == pytest.approx(tfr)
+    seed = load_spec(spec).seed
+    assert [row["teacher_forced"] for row in rows] == [epoch_coin(seed, e) < t for e, t in enumerate(tfr)]
+    assert all(row["teacher_forced"] for row in rows[:10]) and not any(row["teacher_forced"] for row in rows[19:])
+    assert "HEAVY []" in r.stdout  # nothing of torch, wandb or optuna
+    image = iio.imread(plot)
+    assert image.ndim == 3 and image.shape[1] > 500 and image.std() > 0
+    # the table: one line per epoch, the coin's outcome spelled out
+    table = cli_in_process(["spec", "show", str(spec), "--schedule"]).stdout
+    assert "coin per epoch" in table
+    cells = next(c for li in table.splitlines() if (c := [x.strip() for x in li.strip("│").split("│")])[0] == "11")
+    assert (cells[2], cells[3]) == ("0", "0.9")  # epoch 11: a new KL cycle (beta 0), the first drop of the ratio
+
+
+def test_spec_show_schedule_counts_steps_for_a_step_schedule(lab4_factory, tmp_path):
+    """Teacher forcing per step: the ratio at each epoch's first and last step, from the clips of the
+    dataset's file index (a hand-made 2 x 12-frame train split, clips of 4: 6 clips, 3 steps)."""
+    root = lab4_factory(tmp_path / "data")
+    over = ["--set", f"data.root={root}", "--set", "data.clip_len=4", "--set", "train.epochs=2"]
+    over += ["--set", "teacher_forcing.unit=step", "--set", "teacher_forcing.decay_start=0"]
+    over += ["--set", "teacher_forcing.decay_step=0.2", "--set", "teacher_forcing.mode=sequence"]
+    r = cli_in_process(["spec", "show", str(REPO / "experiments/lab4_template.yaml"), "--schedule", "--json", *over])
+    rows = json.loads(r.stdout.splitlines()[0])
+    got = [(row["steps"], row["tfr"], row["tfr_last"]) for row in rows]
+    assert got == [(3, 1.0, pytest.approx(0.6)), (3, pytest.approx(0.4), 0.0)]
+    assert "coin" not in rows[0]  # coins per clip are tossed in the step, not before

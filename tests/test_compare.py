@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -209,7 +210,17 @@ def test_compare_two_tiny_runs(tmp_path, tiny_runs):
 
 
 @pytest.mark.slow
-def test_report_from_tiny_runs(tmp_path, tiny_runs):
+def test_report_from_tiny_runs(tmp_path, tiny_runs, monkeypatch):
+    import cvae.media
+
+    drawn = {}  # figure name -> the series each run's panels got
+    real = cvae.media.plot_panels
+
+    def spy(path, runs, panels, **kw):
+        drawn[path.name] = (runs, [key for key, _, _ in panels])
+        return real(path, runs, panels, **kw)
+
+    monkeypatch.setattr(cvae.media, "plot_panels", spy)
     out = tmp_path / "report"
     report = make_report([str(tiny_runs["mono"].parent / "*")], out)
     assert report.skipped == []
@@ -221,3 +232,11 @@ def test_report_from_tiny_runs(tmp_path, tiny_runs):
         image = iio.imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 300 and image.std() > 0
     assert (tiny_runs["psnr"] / "eval" / "psnr_per_frame.csv").is_file()
+    # the training and the validation curves of every setting, as the report compares them
+    for name, schedule in (("teacher_forcing.png", "epoch/tfr"), ("kl_annealing.png", "epoch/beta")):
+        runs, keys = drawn[name]
+        assert {"epoch/loss", "val/psnr", "val/mse", schedule} <= set(keys)
+        for series in runs.values():
+            for key in ("epoch/loss", "val/psnr", "val/mse", schedule):
+                xs, ys = series[key]
+                assert list(xs) == [1, 2] and all(math.isfinite(y) for y in ys), (name, key)

@@ -63,7 +63,12 @@ def test_module_chain_shapes_and_range(H, W):
     assert fused.shape == (B, D, H, W)
     assert out.shape == (B, 3, H, W)
     assert torch.equal(out, decoded)
-    assert out.min() >= 0 and out.max() <= 1
+    # the template's output is the last convolution as it is; the sigmoid option bounds it to [0, 1]
+    m.generator.output = "sigmoid"
+    with torch.no_grad():
+        squashed = m.generator(fused)
+    assert torch.allclose(squashed, torch.sigmoid(out))
+    assert squashed.min() >= 0 and squashed.max() <= 1
 
 
 def test_blocks_keep_resolution_and_skip():

@@ -19,7 +19,9 @@ OFF = {
     "kl_annealing.max_beta": 1.0,
     "kl_annealing.unit": "epoch",
     "teacher_forcing.unit": "epoch",
-    "teacher_forcing.mode": "sequence",
+    "teacher_forcing.mode": "epoch",
+    "model.output": "linear",
+    "data.shuffle": False,
     "teacher_forcing.floor": 0.0,
     "data.appearance": "same",
     "data.val_len": None,
@@ -52,6 +54,7 @@ def test_published_spec_has_every_new_option_off(name):
 def test_quickstart_uses_the_measured_options():
     spec = load_spec(EXPERIMENTS / "quickstart.yaml")
     assert spec.loss.kl_reduction == "mean" and spec.teacher_forcing.unit == "step"
+    assert (spec.model.output, spec.data.shuffle, spec.teacher_forcing.mode) == ("sigmoid", True, "sequence")
 
 
 def test_context_frame_adds_only_fusion_inputs():

@@ -113,7 +113,7 @@ def test_rollout_shape_first_frame_and_seed(tiny_model):
     out = rollout(tiny_model, first, poses, seed=3)
     assert out.shape == (B, T, 3, H, W)
     assert torch.equal(out[:, 0], first)
-    assert out.min() >= 0 and out.max() <= 1
+    assert torch.isfinite(out).all()
     assert torch.equal(out, rollout(tiny_model, first, poses, seed=3))
     assert not torch.equal(out[:, 1:], rollout(tiny_model, first, poses, seed=4)[:, 1:])
     # uint8 poses are scaled to [0, 1]: the same poses given as floats roll out the same

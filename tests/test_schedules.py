@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from itertools import pairwise
 
 import pytest
 
-from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.schedules import epoch_coin, kl_beta, teacher_forced_epoch, teacher_forcing_ratio
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec
 
 
@@ -63,14 +62,54 @@ def test_lab_pitfall_never_reaches_one():
     assert got == pytest.approx(got[:7] * 10)
 
 
-def test_cycle_starts_are_exact_when_the_cycle_length_is_not_a_float():
-    """20 epochs, M = 6: cycles start at 0, 10/3, 20/3, 10, 40/3, 50/3. Epoch 10 starts a cycle,
-    so beta(10) = 0 (a float modulo 10 % 3.333... gives 3.333... and beta ~1 there)."""
-    got = betas(20, type="cyclical", cycles=6, ratio=1.0)
-    # tau = frac(e * M / total) = frac(3e / 10), exactly
-    expected = [float(Fraction(3 * e, 10) % 1) for e in range(20)]
-    assert got == pytest.approx(expected, abs=1e-12)
-    assert got[10] == 0.0
+def frange_cycle_linear(n_iter: int, start: float = 0.0, stop: float = 1.0, n_cycle: int = 4, ratio: float = 0.5):
+    """Fu et al.'s reference schedule (github.com/haofuml/cyclical_annealing), written out here from
+    the paper's code as an independent oracle: cycle c fills positions int(i + c * period), i = 0, 1,
+    ..., with start + i * step while the value stays <= stop; every other position holds stop."""
+    values = [stop] * n_iter
+    period = n_iter / n_cycle
+    step = (stop - start) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = start, 0
+        while v <= stop and int(i + c * period) < n_iter:
+            values[int(i + c * period)] = v
+            v += step
+            i += 1
+    return values
+
+
+def test_cycle_starts_are_whole_units_as_in_fus_reference_code():
+    """10 epochs, 3 cycles, ratio 0.5: cycles start at epochs 0, 3 and 6 (floor of 10/3 and 20/3),
+    each restarting at 0. A float cycle length would put the second start at 3.33 and miss it."""
+    got = betas(10, type="cyclical", cycles=3, ratio=0.5)
+    assert got == pytest.approx([0, 0.6, 1, 0, 0.6, 1, 0, 0.6, 1, 1])
+    assert got == pytest.approx(frange_cycle_linear(10, n_cycle=3, ratio=0.5))
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_beta_equals_fus_frange_cycle_linear(unit):
+    """Every (T, M, R) tried, T divisible by M or not, cycles shorter than a unit included; the same
+    function serves epoch and step units (the trainer passes the position and total of each)."""
+    totals = (1, 2, 3, 7, 10, 16, 20, 33, 70, 97) if unit == "epoch" else (60, 97, 120, 240, 644)
+    tried = 0
+    for total in totals:
+        for cycles in (1, 2, 3, 4, 6, 7, 10, 13):
+            for ratio in (0.1, 0.25, 1 / 3, 0.5, 0.8, 1.0):
+                kl = KLAnnealingSpec(type="cyclical", cycles=cycles, ratio=ratio, unit=unit)
+                got = [kl_beta(kl, p, total) for p in range(total)]
+                # The oracle's running sum can land a hair above 1 where the exact value is 1.
+                want = frange_cycle_linear(total, n_cycle=cycles, ratio=ratio)
+                assert got == pytest.approx(want, abs=1e-9), (total, cycles, ratio)
+                tried += 1
+    assert tried >= 240
+
+
+def test_monotonic_equals_frange_with_one_cycle():
+    for total in (7, 10, 70, 240):
+        for ratio in (0.1, 1 / 7, 0.5, 1.0):
+            kl = KLAnnealingSpec(type="monotonic", ratio=ratio)
+            want = frange_cycle_linear(total, n_cycle=1, ratio=ratio)
+            assert [kl_beta(kl, p, total) for p in range(total)] == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["cyclical", "monotonic", "none"])
@@ -128,3 +167,59 @@ def test_decay_start_zero_is_the_labs_update_after_epoch():
 
 def test_zero_step_keeps_the_ratio():
     assert tfrs(50, ratio=0.1, decay_start=30, decay_step=0.0) == [0.1] * 50
+
+
+# --------------------------------------------------------------------------- the lab's epoch coin
+
+
+def test_epoch_coin_is_a_pure_function_of_seed_and_epoch():
+    assert epoch_coin(3, 7) == epoch_coin(3, 7)
+    coins = {epoch_coin(s, e) for s in range(5) for e in range(20)}
+    assert len(coins) == 100 and all(0 <= c < 1 for c in coins)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9])
+def test_epoch_coin_forces_an_epoch_with_the_ratios_probability(ratio):
+    """Over 2,000 (seed, epoch) pairs the share of forced epochs is the ratio, within 4 standard
+    errors (a binomial's sd of the share is sqrt(r (1 - r) / n))."""
+    n = 2000
+    forced = sum(teacher_forced_epoch(seed, epoch, ratio) for seed in range(40) for epoch in range(n // 40))
+    assert abs(forced / n - ratio) < 4 * (ratio * (1 - ratio) / n) ** 0.5
+    assert not any(teacher_forced_epoch(s, e, 0.0) for s in range(10) for e in range(10))
+    assert all(teacher_forced_epoch(s, e, 1.0) for s in range(10) for e in range(10))
+
+
+def test_step_tfr_in_epoch_mode_is_the_coin_for_the_whole_epoch():
+    from cvae.schedules import step_tfr
+    from cvae.spec import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate({"seed": 5, "teacher_forcing": {"mode": "epoch", "ratio": 0.5}})
+    for epoch in range(30):
+        want = 1.0 if epoch_coin(5, epoch) < 0.5 else 0.0
+        assert {step_tfr(spec, epoch, 0.5) for _ in range(4)} == {want}  # every step of the epoch
+    per_clip = ExperimentSpec.model_validate({"teacher_forcing": {"mode": "sequence"}})
+    assert step_tfr(per_clip, 3, 0.37) == 0.37  # the other modes toss their coins in the step
+
+
+# --------------------------------------------------------------------------- the report's schedules
+
+
+def test_report_specs_give_the_reports_beta_per_epoch():
+    """The report's code: cyclical beta = (epoch mod 10) / 10, monotonic min(1, epoch / 10), none 1."""
+    from pathlib import Path
+
+    from cvae.spec import load_spec
+
+    experiments = Path(__file__).parent.parent / "experiments"
+    formulas = {
+        "report_kl_cyclical": lambda e: (e % 10) / 10,
+        "report_kl_monotonic": lambda e: min(1.0, e / 10),
+        "report_kl_none": lambda e: 1.0,
+    }
+    for name, formula in formulas.items():
+        spec = load_spec(experiments / f"{name}.yaml")
+        assert spec.train.epochs == 70
+        got = [kl_beta(spec.kl_annealing, e, 70) for e in range(70)]
+        assert got == pytest.approx([formula(e) for e in range(70)], abs=1e-12), name
+    cyc = [kl_beta(load_spec(experiments / "report_kl_cyclical.yaml").kl_annealing, e, 70) for e in range(70)]
+    assert max(cyc) == pytest.approx(0.9)

@@ -44,11 +44,15 @@ def test_defaults_are_the_published_template():
     assert s.data.frame_size == (32, 64)
     assert (s.model.frame_dim, s.model.pose_dim, s.model.z_dim, s.model.fusion_dim) == (128, 32, 12, 192)
     tf = s.teacher_forcing
-    assert (tf.ratio, tf.decay_start, tf.decay_step, tf.floor, tf.mode) == (1.0, 10, 0.1, 0.0, "sequence")
+    # the lab's trainer tosses one teacher-forcing coin per epoch, before its batch loop
+    assert (tf.ratio, tf.decay_start, tf.decay_step, tf.floor, tf.mode) == (1.0, 10, 0.1, 0.0, "epoch")
     kl = s.kl_annealing
     assert (kl.type, kl.cycles, kl.ratio, kl.unit, kl.max_beta) == ("cyclical", 10, 1.0, "epoch", 1.0)
     assert s.loss.kl_reduction == "sum"  # the template's summed KL
-    assert (s.train.fast_partial, s.train.fast_epochs) == (0.4, 5)  # lab: 40% for 5 epochs
+    # lab: 40% of the data with --fast_train_epoch 5, which its trainer turns off after 7 epochs' loaders
+    assert (s.train.fast_partial, s.train.fast_epochs) == (0.4, 7)
+    assert s.data.shuffle is False  # the template's train loader: shuffle=False
+    assert s.model.output == "linear"  # the template's Generator: no sigmoid
 
 
 def test_template_file_equals_the_defaults():
@@ -72,19 +76,35 @@ def test_report_psnr_extends_the_template():
     tf = s.teacher_forcing
     assert (tf.ratio, tf.decay_start, tf.decay_step) == (0.0, 5, 0.0)
     assert s.train.grad_clip == 0.75
-    assert s.train.fast_train is True and s.train.fast_epochs == 20
+    assert s.train.fast_train is True and s.train.fast_epochs == 22  # --fast_train_epoch 20
+    assert s.model.posterior == "previous"  # the report's code encodes the previous frame
     # untouched keys come from the template
     assert s.train.epochs == 70 and s.optim.milestones == (2, 5) and s.data.preset == "lab4"
 
 
-def test_report_tf_half_differs_from_the_template_only_in_teacher_forcing():
+def test_report_tf_half_differs_from_the_template_in_teacher_forcing_and_the_reports_code_only():
     s = load_spec(EXPERIMENTS / "report_tf_0.5.yaml").to_dict()
     t = load_spec(TEMPLATE).to_dict()
     tf = s.pop("teacher_forcing")
-    assert (tf["ratio"], tf["decay_start"], tf["decay_step"]) == (0.5, 5, 0.1)
+    assert (tf["ratio"], tf["decay_start"], tf["decay_step"], tf["mode"]) == (0.5, 5, 0.1, "epoch")
     assert tf | {"ratio": 1.0, "decay_start": 10} == t.pop("teacher_forcing")
     assert s.pop("name") == "report_tf_0.5" and t.pop("name") == "lab4_template"
+    # the report's code feeds the previous frame's features to the posterior, and computes its
+    # cyclical beta as (epoch mod 10) / 10: 7 cycles over 70 epochs where the template has 10
+    assert (s["model"].pop("posterior"), t["model"].pop("posterior")) == ("previous", "target")
+    assert (s["kl_annealing"].pop("cycles"), t["kl_annealing"].pop("cycles")) == (7, 10)
     assert s == t
+    assert (
+        load_spec(EXPERIMENTS / "report_kl_cyclical.yaml").kl_annealing
+        == load_spec(EXPERIMENTS / "report_tf_0.5.yaml").kl_annealing
+    )  # the teacher-forcing runs anneal as the report's cyclical run does
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted(EXPERIMENTS.glob("report_*.yaml"))])
+def test_every_report_spec_keeps_the_templates_coin_and_the_reports_posterior(name):
+    s = load_spec(EXPERIMENTS / f"{name}.yaml")
+    assert s.teacher_forcing.mode == "epoch" and s.model.posterior == "previous"
+    assert (s.model.output, s.data.shuffle) == ("linear", False)
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)

@@ -93,7 +93,7 @@ def test_history_rows(trained_run, tiny_spec):
     steps = step_rows(rows)
     assert [r["step"] for r in steps] == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # every step once
     for r in steps:
-        for key in ("train/loss", "train/mse", "train/kl", "train/beta", "train/tfr", "train/lr", "epoch"):
+        for key in ("train/loss", "train/mse", "train/kl", "train/beta", "train/tfr", "train/teacher_forced", "epoch"):
             assert key in r, key
         assert r["epoch"] == (r["step"] - 1) // STEPS_PER_EPOCH + 1  # epochs count from 1
         e = r["epoch"] - 1  # the schedules' position
@@ -177,6 +177,30 @@ def test_gif_frames_decode_close_to_what_was_written(tmp_path, tiny_data):
 
 
 # --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_epoch_mode_forces_whole_epochs_and_a_resume_tosses_the_same_coins(tmp_path, tiny_data):
+    """``teacher_forcing.mode: epoch`` (the lab's trainer): every step of an epoch is teacher-forced
+    or none is, as the epoch's coin says; ``train/teacher_forced`` shows it; a run stopped after
+    epoch 2 and resumed logs the same coins and values as one never stopped."""
+    from cvae.schedules import epoch_coin
+
+    epochs, ratio = 4, 0.5
+    seed = next(s for s in range(100) if len({epoch_coin(s, e) < ratio for e in range(epochs)}) == 2)
+    over = {"seed": seed, "train.epochs": epochs, "teacher_forcing.mode": "epoch", "teacher_forcing.ratio": ratio}
+    over |= {"teacher_forcing.decay_step": 0.0, "tracking.log_every": 1}
+    spec = load_spec(None, tiny_overrides(tiny_data, **over))
+    train(spec, tmp_path / "A")
+    rows = history(tmp_path / "A")
+    for e in range(1, epochs + 1):
+        shares = {r["train/teacher_forced"] for r in step_rows(rows) if r["epoch"] == e}
+        assert shares == {1.0 if epoch_coin(seed, e - 1) < ratio else 0.0}, e
+        assert {r["train/tfr"] for r in step_rows(rows) if r["epoch"] == e} == {ratio}
+    with pytest.raises(Stop):
+        train(spec, tmp_path / "B", callbacks=[StopAtEpochEnd(2)])
+    train(spec, tmp_path / "B", resume=True)
+    assert without_perf(history(tmp_path / "B")) == without_perf(rows)
 
 
 @pytest.fixture(scope="module")
