@@ -54,7 +54,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
-    from cvae.spec import command_line_layers, load_spec
+    from cvae.spec import command_line_layers, load_spec_origins
     from cvae.wandb_tracker import sweep_agent_overrides
 
     layers = command_line_layers(set_ or [], sweep_agent_overrides(), ctx.args)
@@ -63,24 +63,26 @@ def train(
             raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
         if not (resume / "spec.yaml").is_file():
             raise UserError(f"{resume}: no run to resume here (spec.yaml missing)")
-        spec_obj = load_spec(resume / "spec.yaml")
+        spec_obj, origins = load_spec_origins(resume / "spec.yaml")
         folder = resume
     else:
         if spec is None:
             raise UserError("missing SPEC: cvae train experiments/quickstart.yaml (or --resume RUN_DIR)")
-        spec_obj = load_spec(spec, layers=layers)
+        spec_obj, origins = load_spec_origins(spec, layers=layers)
         folder = run_dir or Path("runs") / spec_obj.name
-    run_training(spec_obj, folder, resume is not None, overwrite, quiet)
+    run_training(spec_obj, folder, resume is not None, overwrite, quiet, origins)
 
 
-def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool) -> dict:
+def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool, origins=None) -> dict:
     from cvae import run_folder
     from cvae.console import ConsoleTracker
+    from cvae.data_root import check_request
     from cvae.training import train
     from cvae.wandb_tracker import from_spec
 
     console = make_console(quiet)
     wandb_tracker = from_spec(spec_obj, console)
+    check_request(spec_obj, origins)  # a mistyped data.root stops here: nothing written, nothing generated
     run_folder.prepare(folder, resume, overwrite)
     summary = train(spec_obj, folder, [ConsoleTracker(console), wandb_tracker], resume=resume, console=console)
     if "best/val_psnr" in summary:
@@ -176,6 +178,8 @@ def compare(
     console = make_console(quiet)
     result = compare_runs(runs, out, console)
     console.print(result.table())
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False)
     for note in result.notes:
         console.print(f"note: {note}")
     console.print("wrote " + ", ".join(str(p) for p in [out / "compare.csv", *result.figures]))

@@ -168,7 +168,7 @@ def _fmt_duration(s: float) -> str:
 
 def table_rows(runs: Sequence[RunRecord], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (strings) of the comparison, best run first."""
-    header = ["run", *keys, "best val PSNR", "best epoch", "final val PSNR", "epochs", "train time", "status"]
+    header = ["run", *keys, "best val PSNR", "best epoch", "final val PSNR", "epochs", "train time", "status", "data"]
     order = sorted(runs, key=lambda r: -(r.best_psnr if r.best_psnr is not None else -math.inf))
     rows = []
     for r in order:
@@ -183,9 +183,46 @@ def table_rows(runs: Sequence[RunRecord], keys: Sequence[str]) -> tuple[list[str
                 str(r.epochs_done),
                 _fmt_duration(r.train_s),
                 r.status,
+                data_label(r.data),
             ]
         )
     return header, rows
+
+
+def data_label(identity: dict[str, Any]) -> str:
+    """``synthetic small/0, 9600+630 frames, 1a2b3c4d/5e6f7a8b`` (train/val fingerprints); ``-`` for a
+    run folder that does not record its data."""
+    if not identity:
+        return "-"
+    source = (
+        "synthetic " + f"{identity.get('preset')}/{identity.get('seed')}"
+        if identity.get("source") == "synthetic"
+        else "folder"
+    )
+    return (
+        f"{source}, {identity.get('train_frames')}+{identity.get('val_frames')} frames, "
+        f"{identity.get('train_fingerprint')}/{identity.get('val_fingerprint')}"
+    )
+
+
+def data_warnings(runs: Sequence[RunRecord]) -> list[str]:
+    """One warning per split whose data differs between the runs (fingerprint or frames used)."""
+    out = []
+    known = [r for r in runs if r.data]
+    for split, keys in (
+        ("trained", ("train_fingerprint", "train_frames")),
+        ("validated", ("val_fingerprint", "val_frames")),
+    ):
+        groups: dict[tuple, list[str]] = {}
+        for r in known:
+            groups.setdefault(tuple(r.data.get(k) for k in keys), []).append(r.label)
+        if len(groups) > 1:
+            parts = "; ".join(f"{'/'.join(map(str, key))}: {', '.join(labels)}" for key, labels in groups.items())
+            out.append(f"the runs {split} on different data ({keys[0].split('_')[0]} fingerprint/frames: {parts})")
+    unknown = [r.label for r in runs if not r.data]
+    if unknown and known:
+        out.append(f"{', '.join(unknown)}: no record of its data (a run folder from before data identities)")
+    return out
 
 
 def rich_table(header: list[str], rows: list[list[str]], title: str):
@@ -245,6 +282,10 @@ class Comparison:
     def table(self):
         title = f"{len(self.runs)} runs" + ("" if self.keys else " (no setting differs)")
         return rich_table(self.header, self.rows, title)
+
+    @property
+    def warnings(self) -> list[str]:
+        return data_warnings(self.runs)
 
     @property
     def notes(self) -> list[str]:

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cvae.errors import UserError
 from cvae.history import REFERENCE_NAMES
 from cvae.redact import redact
+from cvae.run_folder import DATA_KEY, describe_data
 from cvae.tracking import Tracker
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -111,6 +112,8 @@ class ConsoleTracker(Tracker):
         t = config["train"]
         how = t["precision"] + (" + channels_last" if t["channels_last"] is True else "")
         self.console.print(f"{verb} [bold]{config['name']}[/] -> {run_dir} ({how})")
+        if DATA_KEY in config:
+            self.console.print(f"data: {describe_data(config[DATA_KEY])}", markup=False)
 
     def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
         if self.console.quiet or not self.console.is_terminal:

@@ -8,8 +8,11 @@ frames (cvae/data.py). ``cvae data check`` and ``cvae data val-as-test`` live he
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,20 +20,95 @@ from PIL import Image
 from cvae.console import task
 from cvae.data import VideoSet, decode_many, load_split, load_test
 from cvae.errors import DataError, RunDirError
-from cvae.layout import SPLITS, count_clips, scan_split, steps_per_epoch
+from cvae.layout import SPLITS, VideoFiles, count_clips, scan_split, steps_per_epoch
 from cvae.spec import ExperimentSpec
 
 LAB_FRAME_SIZE = (32, 64)  # (H, W) the lab resizes frames to; `data check` decodes the test split at it
 
 
-def ensure_data(spec: ExperimentSpec, console=None) -> Path:
-    """The dataset folder; a missing one is generated when the spec names a synthetic preset."""
+def synthesis_requested(spec: ExperimentSpec, origins: dict[str, str] | None) -> bool:
+    """Whether a missing ``data.root`` may be generated: the spec names a preset, and the root is the
+    published specs' own root for it (``data/<preset>``) or was set together with the preset, in the
+    same spec file or the same override set (``origins``: which layer set each key; None: one layer)."""
+    preset = spec.data.preset
+    if preset is None:
+        return False
+    if Path(spec.data.root) == Path("data") / preset:
+        return True
+    if origins is None:
+        return True
+    return origins.get("data.root") is not None and origins.get("data.root") == origins.get("data.preset")
+
+
+def check_request(spec: ExperimentSpec, origins: dict[str, str] | None = None) -> None:
+    """Bad input stops here, before anything is written: a missing ``data.root`` that was not asked to
+    be generated, or a root that is not a Lab4 dataset. ``origins`` as ``synthesis_requested``."""
     root = Path(spec.data.root)
     if root.exists():
+        check_root(root)
+        return
+    if synthesis_requested(spec, origins):
+        return
+    where = f" (set in {origins['data.root']})" if origins and origins.get("data.root") else ""
+    hint = near_misses(root)
+    if spec.data.preset is None:
+        how = (
+            f"data.preset is null, so nothing is generated; to generate the synthetic dancer there: "
+            f"cvae data synth {root} --preset small (or set data.preset with data.root)"
+        )
+    else:
+        preset_from = origins.get("data.preset") if origins else None
+        how = (
+            f"data.preset {spec.data.preset} (set in {preset_from or 'the spec'}) generates synthetic data only at "
+            f"data/{spec.data.preset} or where data.root is set together with it; to generate the synthetic "
+            f"dancer at {root}: cvae data synth {root} --preset {spec.data.preset}, or set data.preset beside "
+            "data.root"
+        )
+    raise DataError(f"data.root {str(root)!r}{where}: folder not found{hint}; {how}")
+
+
+def near_misses(path: Path) -> str:
+    """`` (did you mean A or B?)``: existing folders named like the first missing part of ``path``."""
+    import difflib
+
+    missing, parent = path, path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing, parent = parent, parent.parent
+    if not parent.is_dir():
+        return ""
+    siblings = [d.name for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    close = difflib.get_close_matches(missing.name, siblings, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(parent / c) for c in close)}?)" if close else ""
+
+
+def check_root(root: Path) -> None:
+    """A folder that exists but is not a Lab4 dataset: say what was expected, what was found, and the
+    likely fix (the dataset one level down, or one up)."""
+    if (root / "train" / "train_img").is_dir() or not root.is_dir():
+        return  # a file, or the layout scan names what is missing in a split (cvae/layout.py)
+    expected = (
+        "expected the Lab4 layout ROOT/train/train_img/*.png with poses in ROOT/train/train_label/, "
+        "likewise val/ and test/"
+    )
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
+    found = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "") or "nothing"
+    below = sorted(root.glob("*/")) + sorted(root.glob("*/*/"))  # the dataset one or two levels down
+    above = [root.parent, root.parent.parent]  # or root is one of its splits (or a split's image folder)
+    candidates = [d for d in below + above if (d / "train" / "train_img").is_dir()]
+    fix = f"; did you mean {candidates[0]}?" if candidates else ""
+    raise DataError(f"data.root {str(root)!r}: not a Lab4 dataset: {expected}; found {found}{fix}")
+
+
+def ensure_data(spec: ExperimentSpec, console=None) -> Path:
+    """The dataset folder; a missing one is generated when the spec names a synthetic preset (callers
+    that load a spec from the user's input check ``check_request`` first)."""
+    root = Path(spec.data.root)
+    if root.exists():
+        check_root(root)
         return root
     if spec.data.preset is None:
         raise DataError(
-            f"data.root {str(root)!r}: folder not found, and data.preset is null "
+            f"data.root {str(root)!r}: folder not found{near_misses(root)}, and data.preset is null "
             "(set data.preset to tiny|small|lab4 to generate synthetic data there)"
         )
     from cvae.synth import synthesize
@@ -55,17 +133,50 @@ def check_clips(spec: ExperimentSpec, lengths: list[int]) -> None:
         )
 
 
-def load_data(spec: ExperimentSpec, device: torch.device, console=None) -> tuple[VideoSet, VideoSet]:
+def load_data(spec: ExperimentSpec, device: torch.device, console=None) -> tuple[VideoSet, VideoSet, dict[str, Any]]:
+    """The train and val frames on ``device`` (val cut to ``data.val_len``) and the data's identity
+    (``identity``)."""
     root = ensure_data(spec, console)
     # The layout of both splits and the clip count first: bad input stops before anything is decoded
     # (or cached).
-    check_clips(spec, [len(v.pairs) for v in scan_split(root, "train")])
-    scan_split(root, "val")
+    train_videos, val_videos = scan_split(root, "train"), scan_split(root, "val")
+    check_clips(spec, [len(v.pairs) for v in train_videos])
     sets = []
     for split in ("train", "val"):
         with task(console, f"loading {split} frames") as update:
             sets.append(load_split(root, split, spec.data.frame_size, update).to(device))
-    return sets[0], sets[1].truncated(spec.data.val_len)
+    train_set, val_set = sets[0], sets[1].truncated(spec.data.val_len)
+    return train_set, val_set, identity(root, train_videos, val_videos, sum(val_set.lengths))
+
+
+def fingerprint(videos: list[VideoFiles]) -> str:
+    """8 hex digits of a split's file index: every video, frame and pose name with its size. Two
+    copies of a dataset agree; two datasets almost never do (the synthetic dancer's PNG sizes differ
+    with the seed)."""
+    h = hashlib.sha256()
+    for v in videos:
+        for frame, pose in v.pairs:
+            h.update(f"{v.name}/{frame.name} {frame.stat().st_size} {pose.stat().st_size}\n".encode())
+    return h.hexdigest()[:8]
+
+
+def identity(root: Path, train: list[VideoFiles], val: list[VideoFiles], val_frames: int) -> dict[str, Any]:
+    """What a run trained and validated on: the synthetic dancer (its preset, seed and look, from the
+    ``synth.json`` the generator writes) or a user's folder; frames used; the splits' fingerprints."""
+    out: dict[str, Any] = {"source": "folder", "root": str(root.resolve())}
+    meta_file = root / "synth.json"
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            meta = {}
+        if meta.get("generator") == "cvae.synth":
+            out |= {"source": "synthetic", "preset": meta.get("preset"), "seed": meta.get("seed")}
+            out["appearance"] = meta.get("appearance")
+    out["train_frames"] = sum(len(v.pairs) for v in train)
+    out["val_frames"] = val_frames
+    out["train_fingerprint"], out["val_fingerprint"] = fingerprint(train), fingerprint(val)
+    return out
 
 
 # --------------------------------------------------------------------------- tools

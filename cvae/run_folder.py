@@ -32,6 +32,7 @@ from cvae.spec import flatten
 
 SPEC_FILE = "spec.yaml"
 SUMMARY_FILE = "summary.json"
+DATA_KEY = "data_identity"  # what a run trained on (cvae/data_root.py): in the trackers' config and summary.json
 CHECKPOINTS = "checkpoints"
 
 FINISHED, PRUNED, STOPPED, FAILED, RUNNING = "finished", "pruned", "stopped", "failed", "running"
@@ -129,7 +130,7 @@ class RunRecord:
     @property
     def data(self) -> dict[str, Any]:
         """What the run trained on (``data_identity`` in summary.json), {} for older runs."""
-        identity = self.summary.get("data")
+        identity = self.summary.get(DATA_KEY)
         return identity if isinstance(identity, dict) else {}
 
 
@@ -143,3 +144,19 @@ def read_run(path: Path, label: str | None = None) -> RunRecord:
     if not isinstance(spec, dict):
         raise RunDirError(f"{path / SPEC_FILE}: not a spec (a mapping of keys)")
     return RunRecord(path, label or path.name, flatten(spec), history.read(path / history.FILE), read_summary(path))
+
+
+def describe_data(identity: dict[str, Any]) -> str:
+    """One line: ``synthetic dancer (preset small, seed 0, same look) at ROOT: 9600 train / 630 val
+    frames, fingerprints 1a2b3c4d / 5e6f7a8b``."""
+    if identity.get("source") == "synthetic":
+        what = (
+            f"synthetic dancer (preset {identity.get('preset')}, seed {identity.get('seed')}, "
+            f"{identity.get('appearance')} look)"
+        )
+    else:
+        what = "your dataset folder"
+    return (
+        f"{what} at {identity.get('root')}: {identity.get('train_frames')} train / {identity.get('val_frames')} "
+        f"val frames, fingerprints {identity.get('train_fingerprint')} / {identity.get('val_fingerprint')}"
+    )

@@ -281,6 +281,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+Layer = tuple[str, dict[str, Any]]  # (where the values come from: a file or an override set, its values)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
@@ -297,8 +300,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_spec_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a spec file and the files it `extends` (relative to it), merged, keys checked."""
+def file_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[Layer]:
+    """A spec file and the files it `extends` (relative to it), keys checked, as layers: the file
+    furthest up the `extends` chain first, ``path`` itself last."""
     path = Path(path)
     if path.resolve() in _seen:
         raise SpecError(f"{path}: `extends` loops back to itself")
@@ -306,10 +310,28 @@ def load_spec_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     parent = data.pop("extends", None)
     _check_keys(data, str(path))
     if parent is None:
-        return data
+        return [(str(path), data)]
     if not isinstance(parent, str):
         raise SpecError(f"{path}: `extends` must be a file name, got {parent!r}")
-    return _deep_merge(load_spec_dict(path.parent / parent, (*_seen, path.resolve())), data)
+    return [*file_layers(path.parent / parent, (*_seen, path.resolve())), (str(path), data)]
+
+
+def load_spec_dict(path: str | Path) -> dict[str, Any]:
+    """Read a spec file and the files it `extends`, merged, keys checked."""
+    merged: dict[str, Any] = {}
+    for _, data in file_layers(path):
+        merged = _deep_merge(merged, data)
+    return merged
+
+
+def origins(layers: Sequence[Layer]) -> dict[str, str]:
+    """Which layer set each dotted key last (keys no layer sets are absent): nested file layers and
+    dotted override layers alike."""
+    out: dict[str, str] = {}
+    for source, values in layers:
+        for key in flatten(values):
+            out[key] = source
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -364,19 +386,29 @@ def validate_spec(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
         raise SpecError(format_validation(e, source, data)) from None
 
 
-Layer = tuple[str, dict[str, Any]]  # (where the values come from, {dotted key: value})
-
-
 def load_spec(
     path: str | Path | None, overrides: list[str] | dict[str, Any] = (), layers: Sequence[Layer] = ()
 ) -> ExperimentSpec:
     """File (with `extends`), then ``overrides``, then each of ``layers`` in order (later wins),
     validated and frozen."""
-    data = load_spec_dict(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
+    return load_spec_origins(path, overrides, layers)[0]
+
+
+def load_spec_origins(
+    path: str | Path | None, overrides: list[str] | dict[str, Any] = (), layers: Sequence[Layer] = ()
+) -> tuple[ExperimentSpec, dict[str, str]]:
+    """``load_spec``, and which file or override layer set each key (``origins``): a missing
+    ``data.root`` is generated only where the user asked for it (cvae/data_root.py)."""
+    files = file_layers(path) if path is not None else []
+    data: dict[str, Any] = {}
+    for _, values in files:
+        data = _deep_merge(data, values)
+    if overrides:  # one more layer, of dotted keys like the others
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        layers = [("overrides", dict(items)), *layers]
     for _, values in layers:
-        data = apply_overrides(data, values)
-    return validate_spec(data, str(path) if path is not None else "spec")
+        data = apply_overrides(data, values)  # unknown keys: errors with a did-you-mean
+    return validate_spec(data, str(path) if path is not None else "spec"), origins([*files, *layers])
 
 
 def split_cli_overrides(args: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
-from cvae.run_folder import SUMMARY_FILE
+from cvae.run_folder import DATA_KEY, SUMMARY_FILE
 
 
 class Tracker:
@@ -55,6 +55,9 @@ class LocalTracker(Tracker):
         path = self.run_dir / SUMMARY_FILE
         if resume and path.exists():
             self._summary = json.loads(path.read_text())
+        if DATA_KEY in config:  # what the run trains on, in summary.json from the start
+            self._summary[DATA_KEY] = config[DATA_KEY]
+            self._write_summary()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         assert self.run_dir is not None

@@ -104,7 +104,7 @@ def train(
     torch.manual_seed(spec.seed)
     # A resumed run's checkpoint first: a damaged one stops the run before anything is read or written.
     ck = checkpoint.read_resume_checkpoint(run_dir, device, console) if resume else None
-    train_set, val_set = load_data(spec, device, console)
+    train_set, val_set, data_id = load_data(spec, device, console)
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     opt, sched = build_optimizer(spec, model)
     state = State() if ck is None else resume_from(ck, run_dir, model, opt, sched)
@@ -114,9 +114,9 @@ def train(
     total_steps = sum(steps_per_epoch(spec, len(starts)))  # no epoch has 0 steps (load_data checked)
     # Only now, with the data and clips checked: bad input leaves no run folder behind.
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / run_folder.SPEC_FILE).write_text(dump_yaml(spec))
+    (run_dir / run_folder.SPEC_FILE).write_text(f"# data: {run_folder.describe_data(data_id)}\n" + dump_yaml(spec))
     tracker = MultiTracker([LocalTracker(), *trackers])
-    tracker.start(run_dir, spec.to_dict(), resume)
+    tracker.start(run_dir, spec.to_dict() | {run_folder.DATA_KEY: data_id}, resume)
     refs = reference_metrics(val_set)
     guard = DivergenceGuard(device, spec.train.on_nan, spec.train.max_skipped_batches, state.skipped_batches)
     epoch_row = history.last_epoch_row(run_dir / history.FILE) if resume else {}

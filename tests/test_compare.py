@@ -97,9 +97,9 @@ def test_table_lists_what_differs(tmp_path):
     assert keys == ["kl_annealing.type", "optim.lr"]  # not the name, nor the identical keys
     header, rows = table_rows(runs, keys)
     assert header[:3] == ["run", "kl_annealing.type", "optim.lr"]
-    # best run first: best PSNR, its epoch (from 1), final PSNR, epochs, train time, status
-    assert rows[0] == ["high", "none", "0.001", "14.00", "1", "13.00", "2", "1m10s", "failed"]
-    assert rows[1] == ["low", "cyclical", "0.01", "12.00", "2", "11.00", "3", "1m45s", "finished"]
+    # best run first: best PSNR, its epoch (from 1), final PSNR, epochs, train time, status, data
+    assert rows[0] == ["high", "none", "0.001", "14.00", "1", "13.00", "2", "1m10s", "failed", "-"]
+    assert rows[1] == ["low", "cyclical", "0.01", "12.00", "2", "11.00", "3", "1m45s", "finished", "-"]
 
 
 def test_report_tells_runs_apart_by_their_specs(tmp_path):

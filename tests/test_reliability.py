@@ -680,6 +680,22 @@ def _(ws, run):
     return _train(ws, ws / "spec.yaml", "--set", f"data.root={_write(ws / 'f', 'x')}")
 
 
+@case("data-mistyped-root-with-a-preset", "data.root", "dta", "did you mean", "cvae data synth", "--preset small")
+def _(ws, run):
+    return _train(ws, ws / "spec.yaml", "--set", f"data.root={ws / 'dta'}", "--set", "data.synth_seed=1")
+
+
+@case("data-preset-from-the-file-root-from-the-flag", "data.root", "folder not found", "--set", "--preset tiny")
+def _(ws, run):
+    _edit(ws, "data.preset", "tiny")  # the spec names a preset; the root comes from the command line
+    return _train(ws, ws / "spec.yaml", "--set", f"data.root={ws / 'elsewhere'}")
+
+
+@case("data-root-above-the-dataset", "not a Lab4 dataset", "found data/", "did you mean")
+def _(ws, run):
+    return _train(ws, ws / "spec.yaml", "--set", f"data.root={ws}")
+
+
 @case("data-unpaired-val-frame", "data/val/val_img/frame99.png", "no pose image")
 def _(ws, run):
     shutil.copy(ws / "data/val/val_img/frame0.png", ws / "data/val/val_img/frame99.png")

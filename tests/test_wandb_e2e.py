@@ -98,6 +98,11 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert config["tracking.wandb.mode"] == "offline" and config["data.frame_size"] == [32, 64]
     assert config["run_dir"] == str(run_dir)
     assert all(config.get(f"versions.{p}") for p in ("python", "torch", "wandb"))
+    # ...and the data it trained on, as summary.json records it
+    data = json.loads((run_dir / "summary.json").read_text())["data_identity"]
+    assert (config["data_identity.source"], config["data_identity.preset"]) == ("synthetic", "tiny")
+    for key in ("train_fingerprint", "val_fingerprint", "train_frames", "val_frames", "root"):
+        assert config[f"data_identity.{key}"] == data[key], key
 
     # History: every optimizer step (log_every 1) with the train keys, one row per epoch with val/perf.
     local = local_history(run_dir)

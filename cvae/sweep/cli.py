@@ -60,6 +60,7 @@ def run(
     sweep = load_sweep(sweep_file, study, out_dir)
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {n_trials}")
+    sweep.check_data()
     opts = RunOptions(storage_url(sweep, storage), n_trials, timeout or sweep.spec.budget.timeout, worker_index)
     if worker_index == 0:
         limit = budget(sweep, n_trials)

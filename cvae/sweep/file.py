@@ -18,7 +18,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cvae.errors import SpecError
-from cvae.spec import all_keys, apply_overrides, did_you_mean, format_validation, load_spec_dict, validate_spec
+from cvae.spec import (
+    all_keys,
+    apply_overrides,
+    did_you_mean,
+    file_layers,
+    format_validation,
+    load_spec_dict,
+    origins,
+    validate_spec,
+)
 
 # Metrics written on epoch rows of history.jsonl that an objective may use.
 METRICS = ("val/psnr", "val/mse", "val/psnr_shifted_pose", "epoch/loss", "epoch/mse", "epoch/kl")
@@ -168,13 +177,25 @@ class Sweep:
     base: dict[str, Any]  # the base spec dict with the sweep's overrides applied (unvalidated tree)
     study: str
     out_dir: Path
+    origins: dict[str, str]  # which file (or the sweep's overrides) set each key of ``base``
 
     @property
     def trials_dir(self) -> Path:
         return self.out_dir / "trials"
 
+    def base_spec(self):
+        """The base spec with the sweep's overrides, validated."""
+        return validate_spec(self.base, str(self.base_path))
+
     def epochs(self) -> int:
-        return validate_spec(self.base, str(self.base_path)).train.epochs
+        return self.base_spec().train.epochs
+
+    def check_data(self) -> None:
+        """A base spec whose data.root is missing (and not asked to be generated) or not a Lab4 dataset
+        is bad input before the first trial, not once per trial."""
+        from cvae.data_root import check_request
+
+        check_request(self.base_spec(), self.origins)
 
 
 def load_sweep(path: str | Path, study: str | None = None, out_dir: str | Path | None = None) -> Sweep:
@@ -195,6 +216,7 @@ def load_sweep(path: str | Path, study: str | None = None, out_dir: str | Path |
         raise SpecError(format_validation(e, str(path), data)) from None
 
     base_path = path.parent / sweep.base
+    layers = file_layers(base_path)
     base = load_spec_dict(base_path)
     try:
         base = apply_overrides(base, sweep.overrides)
@@ -203,7 +225,7 @@ def load_sweep(path: str | Path, study: str | None = None, out_dir: str | Path |
     _check_search(sweep, base, path)
     name = study or sweep.study or path.stem
     out = Path(out_dir) if out_dir is not None else Path(sweep.out_dir or Path("runs") / "sweeps" / name)
-    return Sweep(sweep, path, base_path, base, name, out)
+    return Sweep(sweep, path, base_path, base, name, out, origins([*layers, (f"{path} overrides", sweep.overrides)]))
 
 
 def _check_search(sweep: SweepSpec, base: dict[str, Any], path: Path) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from cvae.spec import validate_spec
 from cvae.sweep.file import Sweep, budget
 from cvae.sweep.study import (
     STORAGE_ENV,
@@ -144,7 +143,7 @@ def prepare(sweep: Sweep, url: str, console=None):
         queued = recover(study, heartbeat=is_rdb(url))
         if queued and console is not None:
             console.print(f"resuming stopped trial(s) {', '.join(map(str, queued))} from their checkpoints")
-        ensure_data(validate_spec(sweep.base, str(sweep.base_path)), console)
+        ensure_data(sweep.base_spec(), console)
     return study
 
 
