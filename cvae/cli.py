@@ -34,6 +34,14 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a spec key: --set train.epochs=3 (repeatable).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="torch threads (default: the CPUs this process may use minus those other work keeps busy; "
+        "OMP_NUM_THREADS if set).",
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the run's train.device, as trained).")
 ]
@@ -48,14 +56,19 @@ def train(
     ctx: typer.Context,
     spec: Annotated[Path | None, typer.Argument(help="Experiment spec YAML (omit with --resume).")] = None,
     set_: SetOpt = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>).")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/<name>; under a W&B sweep agent runs/wandb-sweeps/<sweep>/<run>)."),
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in the run folder.")] = False,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
+    apply_threads(threads, quiet)
     from cvae.spec import command_line_layers, load_spec_origins
-    from cvae.wandb_tracker import sweep_agent_overrides
+    from cvae.wandb_tracker import agent_run_dir, sweep_agent_overrides
 
     layers = command_line_layers(set_ or [], sweep_agent_overrides(), ctx.args)
     if resume is not None:
@@ -69,8 +82,18 @@ def train(
         if spec is None:
             raise UserError("missing SPEC: cvae train experiments/quickstart.yaml (or --resume RUN_DIR)")
         spec_obj, origins = load_spec_origins(spec, layers=layers)
-        folder = run_dir or Path("runs") / spec_obj.name
+        folder = run_dir or agent_run_dir() or Path("runs") / spec_obj.name
     run_training(spec_obj, folder, resume is not None, overwrite, quiet, origins)
+
+
+def apply_threads(requested: int | None, quiet: bool) -> int:
+    """Choose the command's torch threads (cvae/threads.py); say so when other work takes CPUs."""
+    from cvae.threads import usable_cpus, use_threads
+
+    n, why = use_threads(requested)
+    if n < usable_cpus() and why != "--threads" and not quiet:
+        err_console.print(f"threads: {n} ({why}; --threads N to choose)", markup=False)
+    return n
 
 
 def run_training(spec_obj, folder: Path, resume: bool, overwrite: bool, quiet: bool, origins=None) -> dict:
@@ -103,9 +126,11 @@ def evaluate(
     ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     pose_shift: Annotated[int | None, typer.Option(help="Rotate the poses by K frames (default: a quarter).")] = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
+    apply_threads(threads, quiet)
     from cvae.evaluate import evaluate_run
 
     console = make_console(quiet)
@@ -122,9 +147,11 @@ def predict(
     ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
     overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
+    apply_threads(threads, quiet)
     from cvae.evaluate import predict_run
 
     console = make_console(quiet)
@@ -170,9 +197,11 @@ RunsArg = Annotated[
 def compare(
     runs: RunsArg,
     out: Annotated[Path, typer.Option(help="Folder for compare.csv and the PNG figures.")] = Path("compare"),
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Table of the settings that differ and the val PSNR of each run; curves and per-frame PSNR as PNG."""
+    apply_threads(threads, quiet)
     from cvae.compare import compare_runs
 
     console = make_console(quiet)
@@ -199,9 +228,11 @@ def report(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="--reproduce: runs trained at a time.")] = 2,
     set_: SetOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
+    apply_threads(threads, quiet)
     from cvae.report import make_report
 
     console = make_console(quiet)

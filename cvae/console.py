@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cvae.errors import UserError
+from cvae.errors import Stopped, UserError
 from cvae.history import REFERENCE_NAMES
 from cvae.redact import redact
 from cvae.run_folder import DATA_KEY, describe_data
@@ -46,6 +46,9 @@ def handle_errors(fn):
         except UserError as e:
             err_console.print(f"error: {redact(str(e))}", markup=False)
             raise typer.Exit(2) from None
+        except Stopped as e:
+            err_console.print(f"stopped ({e.how}); a run resumes with cvae train --resume RUN_DIR", markup=False)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
             raise typer.Exit(130) from None
@@ -111,6 +114,8 @@ class ConsoleTracker(Tracker):
         verb = "Resuming" if resume else "Training"
         t = config["train"]
         how = t["precision"] + (" + channels_last" if t["channels_last"] is True else "")
+        if "threads" in config:
+            how += f", {config['threads']} thread" + ("s" if config["threads"] != 1 else "")
         self.console.print(f"{verb} [bold]{config['name']}[/] -> {run_dir} ({how})")
         if DATA_KEY in config:
             self.console.print(f"data: {describe_data(config[DATA_KEY])}", markup=False)
@@ -139,7 +144,8 @@ class ConsoleTracker(Tracker):
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
         self._close_bar()
         if status != "finished":
-            self.console.print(f"[red]run {status}[/]: {reason}")
+            color = "red" if status == "failed" else "yellow"
+            self.console.print(f"[{color}]run {status}[/]: {reason}")
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:

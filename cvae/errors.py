@@ -27,3 +27,20 @@ class RunDirError(UserError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite. The message names the step and the last values."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The run was asked to stop: SIGTERM (W&B's early termination, its stop button, a scheduler) or
+    Ctrl-C. It ends with status ``stopped`` and resumes with ``cvae train --resume RUN``."""
+
+    def __init__(self, how: str = "Ctrl-C") -> None:
+        super().__init__(how)
+        self.how = how
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.how == "SIGTERM" else 130  # 128 + the signal's number, as a shell reports it
+
+
+class Pruned(Exception):
+    """A sweep's pruner ended the run early: a normal end for a trial (status ``pruned``)."""

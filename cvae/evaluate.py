@@ -109,7 +109,7 @@ def predict_run(
     and ``submission.csv`` (column ``id`` = ``<k>_<frame>``, then 3*H*W integers 0..255 in C, H, W
     order; one row per frame, frame 0 being the given first frame). ``device``: as ``evaluate_run``."""
     from cvae.console import task
-    from cvae.media import side_by_side, write_gif
+    from cvae.media import labelled_panels, write_gif
 
     if (out / "submission.csv").exists() and not overwrite:
         raise RunDirError(f"{out / 'submission.csv'}: exists; pass --overwrite to replace it")
@@ -133,7 +133,7 @@ def predict_run(
     written, rows = [], []
     with task(console, "writing GIFs", total=len(videos)) as update:
         for i, v in enumerate(videos):
-            written.append(write_gif(out / f"{v.name}.gif", side_by_side(preds[i], v.poses)))
+            written.append(write_gif(out / f"{v.name}.gif", labelled_panels({"prediction": preds[i], "pose": v.poses})))
             flat = (preds[i].clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy()  # (T, 3*H*W)
             rows.append((v.name, flat))
             update(i + 1)

@@ -31,7 +31,36 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:
     """Videos of equal length (T, 3, H, W) -> (T, H, sum W + gaps, 3) uint8, white gaps."""
-    arrays = [to_uint8(v) for v in videos]
+    return side_by_side_arrays([to_uint8(v) for v in videos], gap)
+
+
+GIF_SCALE = 4  # nearest-neighbour upscale of the 32x64 frames: readable in W&B's UI and a browser
+LABEL_HEIGHT = 20  # pixels of the white strip above the panels that names them
+
+
+def labelled_panels(panels: dict[str, torch.Tensor], scale: int = GIF_SCALE, gap: int = 2) -> np.ndarray:
+    """Videos of equal length (T, 3, H, W), side by side, each upscaled ``scale`` times (nearest
+    neighbour: the pixels as they are) under its name -> (T, LABEL_HEIGHT + H s, ...) uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    big = [np.repeat(np.repeat(to_uint8(v), scale, axis=1), scale, axis=2) for v in panels.values()]
+    video = side_by_side_arrays(big, gap * scale)
+    T, _, W, _ = video.shape
+    header = Image.new("RGB", (W, LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    font = ImageFont.load_default(size=14)
+    x = 0
+    for name, panel in zip(panels, big, strict=True):
+        width = panel.shape[2]
+        text_w = draw.textbbox((0, 0), name, font=font)[2]
+        draw.text((x + (width - text_w) // 2, 2), name, fill=(0, 0, 0), font=font)
+        x += width + gap * scale
+    strip = np.broadcast_to(np.asarray(header)[None], (T, LABEL_HEIGHT, W, 3))
+    return np.concatenate([strip, video], axis=1)
+
+
+def side_by_side_arrays(arrays: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """(T, H, W_i, 3) uint8 videos -> (T, H, sum W_i + gaps, 3), white gaps."""
     T, H = arrays[0].shape[:2]
     sep = np.full((T, H, gap, 3), 255, np.uint8)
     parts = [p for a in arrays for p in (a, sep)][:-1]

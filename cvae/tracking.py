@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
-from cvae.run_folder import DATA_KEY, SUMMARY_FILE
+from cvae.run_folder import DATA_KEY, FAILED, SUMMARY_FILE
 
 
 class Tracker:
@@ -69,10 +69,11 @@ class LocalTracker(Tracker):
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
         self._summary["status"] = status
+        # a resumed run that finished: the earlier attempt's reason no longer applies
+        self._summary.pop("failure_reason", None)
+        self._summary.pop("stop_reason", None)
         if reason is not None:
-            self._summary["failure_reason"] = reason
-        else:  # a resumed run that finished: the earlier attempt's reason no longer applies
-            self._summary.pop("failure_reason", None)
+            self._summary["failure_reason" if status == FAILED else "stop_reason"] = reason
         self._write_summary()
 
     def _write_summary(self) -> None:

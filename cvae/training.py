@@ -11,8 +11,11 @@ Epochs are counted from 1 in everything a user reads (console, history, summary,
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +34,7 @@ from cvae.device import (
     syncs_are_free,
     tune_cpu_allocator,
 )
-from cvae.errors import TrainingDiverged
+from cvae.errors import Pruned, Stopped, TrainingDiverged
 from cvae.layout import epoch_fraction, steps_per_epoch
 from cvae.model import CVAE, build_model
 from cvae.redact import redact
@@ -44,7 +47,7 @@ from cvae.validation import VAL_SEED_OFFSET, Validation, reference_metrics, vali
 
 class Callback(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Called after epoch ``epoch`` (from 1) is checkpointed; may raise to stop (optuna.TrialPruned)."""
+        """Called after epoch ``epoch`` (from 1) is checkpointed; may raise to end the run (``Pruned``)."""
 
 
 @dataclass
@@ -103,7 +106,10 @@ def train(
         tune_cpu_allocator()
     torch.manual_seed(spec.seed)
     # A resumed run's checkpoint first: a damaged one stops the run before anything is read or written.
-    ck = checkpoint.read_resume_checkpoint(run_dir, device, console) if resume else None
+    ck = resume_checkpoint(run_dir, device, console) if resume else None
+    if resume and ck is None:  # stopped before its first epoch ended: nothing to resume, it starts over
+        resume = False
+        history.truncate(run_dir / history.FILE, 0, 0)
     train_set, val_set, data_id = load_data(spec, device, console)
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     opt, sched = build_optimizer(spec, model)
@@ -115,37 +121,77 @@ def train(
     # Only now, with the data and clips checked: bad input leaves no run folder behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / run_folder.SPEC_FILE).write_text(f"# data: {run_folder.describe_data(data_id)}\n" + dump_yaml(spec))
-    tracker = MultiTracker([LocalTracker(), *trackers])
-    tracker.start(run_dir, spec.to_dict() | {run_folder.DATA_KEY: data_id}, resume)
     refs = reference_metrics(val_set)
     guard = DivergenceGuard(device, spec.train.on_nan, spec.train.max_skipped_batches, state.skipped_batches)
     epoch_row = history.last_epoch_row(run_dir / history.FILE) if resume else {}
-    if resume and state.epoch:
-        tracker.summary(summary(state, epoch_row))  # a kill can land between last.pt and the summary
-    try:
-        while state.epoch < spec.train.epochs:
-            epoch = state.epoch + 1
-            epoch_row = train_epoch(spec, model, opt, train_set, starts, total_steps, state, guard, tracker)
-            sched.step()
-            state.epoch = epoch
-            if epoch % spec.train.val_every == 0 or epoch == spec.train.epochs:
-                epoch_row |= validate_epoch(run_dir, spec, model, opt, sched, val_set, refs, state, tracker)
-            # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
-            # step, which resume drops and writes again (the other order would lose it).
-            tracker.log({"epoch": epoch, **epoch_row}, state.step)
-            save_checkpoint(run_dir, checkpoint.LAST, spec, model, opt, sched, state, keep_previous=True)
-            tracker.summary(summary(state, epoch_row))
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, epoch_row)
-    except BaseException as e:
+    tracker = MultiTracker([LocalTracker(), *trackers])
+    config = spec.to_dict() | {run_folder.DATA_KEY: data_id, "device": str(device)}
+    if device.type == "cpu":
+        config["threads"] = torch.get_num_threads()
+    with stop_on_sigterm():
+        tracker.start(run_dir, config, resume)
         try:
-            tracker.finish(run_folder.FAILED, redact(f"{e.__class__.__name__}: {e}"))
-        except Exception:  # e.g. the full disk that stopped the run: its error is the one to report
-            pass
-        raise
-    plot_curves(run_dir)
-    tracker.finish(run_folder.FINISHED)
-    return summary(state, epoch_row)
+            if resume and state.epoch:
+                tracker.summary(summary(state, epoch_row))  # a kill can land between last.pt and the summary
+            while state.epoch < spec.train.epochs:
+                epoch = state.epoch + 1
+                epoch_row = train_epoch(spec, model, opt, train_set, starts, total_steps, state, guard, tracker)
+                sched.step()
+                state.epoch = epoch
+                if epoch % spec.train.val_every == 0 or epoch == spec.train.epochs:
+                    epoch_row |= validate_epoch(run_dir, spec, model, opt, sched, val_set, refs, state, tracker)
+                # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
+                # step, which resume drops and writes again (the other order would lose it).
+                tracker.log({"epoch": epoch, **epoch_row}, state.step)
+                save_checkpoint(run_dir, checkpoint.LAST, spec, model, opt, sched, state, keep_previous=True)
+                tracker.summary(summary(state, epoch_row))
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, epoch_row)
+        except BaseException as e:
+            end(tracker, run_dir, e)
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, Stopped):
+                raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
+            raise
+        plot_curves(run_dir)
+        tracker.finish(run_folder.FINISHED)
+        return summary(state, epoch_row)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (``Stopped``): W&B's early termination and its stop button
+    send it. A second SIGTERM waits for the first one's cleanup. The main thread only (where Python
+    runs signal handlers); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup (checkpoint, summary, W&B) runs once
+        raise Stopped("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end(tracker: Tracker, run_dir: Path, e: BaseException) -> None:
+    """Close the trackers of a run that ended early, in the state the exception says: ``pruned``
+    (a sweep's pruner), ``stopped`` (SIGTERM or Ctrl-C: resumable) or ``failed``."""
+    if isinstance(e, Pruned):
+        status, reason = run_folder.PRUNED, str(e)
+    elif isinstance(e, KeyboardInterrupt):
+        status, reason = run_folder.STOPPED, f"{e.how if isinstance(e, Stopped) else 'Ctrl-C'}; resumes with --resume"
+    else:
+        status, reason = run_folder.FAILED, redact(f"{e.__class__.__name__}: {e}")
+    try:
+        if status == run_folder.PRUNED:
+            plot_curves(run_dir)  # a normal end for a trial: its curves as a finished run's
+        tracker.finish(status, reason)
+    except Exception:  # e.g. the full disk that stopped the run: its error is the one to report
+        pass
 
 
 def train_epoch(
@@ -222,7 +268,7 @@ def validate_epoch(run_dir: Path, spec, model, opt, sched, val_set: VideoSet, re
 
 def log_validation_media(run_dir: Path, val: Validation, val_set: VideoSet, refs, spec, epoch: int, step, tracker):
     """The rollout GIF and per-frame PSNR plot into the run folder, and to the trackers."""
-    gif, _ = write_media(
+    gif, plot = write_media(
         run_dir / "media" / f"val_epoch{epoch:03d}.gif",
         run_dir / "plots" / "val_psnr.png",
         val,
@@ -232,6 +278,7 @@ def log_validation_media(run_dir: Path, val: Validation, val_set: VideoSet, refs
         spec.tracking.gif_frames,
     )
     tracker.log_media("val/rollout", gif, step)
+    tracker.log_media("val/psnr_plot", plot, step)  # the per-frame PSNR with its references, as drawn here
     curve = val.curve.tolist()
     tracker.log_curve("val/psnr_per_frame", list(range(1, len(curve) + 1)), curve, "frame", "psnr", step)
 
@@ -240,6 +287,18 @@ def save_checkpoint(run_dir: Path, name: str, spec, model, opt, sched, state: St
     spec_dict = redact(spec.to_dict())  # as spec.yaml: no password of a URL on disk
     path = run_dir / run_folder.CHECKPOINTS / name
     checkpoint.save_training(path, spec_dict, model, opt, sched, state.counters(), keep_previous=keep_previous)
+
+
+def resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any] | None:
+    """The checkpoint a resume continues from (``checkpoint.read_resume_checkpoint``), or None for a
+    run stopped before its first epoch ended: no checkpoint yet, no epoch recorded."""
+    folder = run_dir / run_folder.CHECKPOINTS
+    never_saved = not (folder / checkpoint.LAST).exists() and not (folder / checkpoint.PREVIOUS).exists()
+    if never_saved and not run_folder.read_summary(run_dir).get("epochs_done"):
+        if console is not None:
+            console.print(f"{run_dir}: stopped before its first epoch ended; training it from the start")
+        return None
+    return checkpoint.read_resume_checkpoint(run_dir, device, console)
 
 
 def resume_from(ck: dict[str, Any], run_dir: Path, model, opt, sched) -> State:

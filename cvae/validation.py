@@ -93,14 +93,17 @@ def validate_model(
 def write_media(
     gif: Path, plot: Path, val: Validation, val_set: VideoSet, refs: dict[str, float], title: str, gif_frames: int
 ) -> tuple[Path, Path]:
-    """The first val video's rollout as a GIF (truth | prediction | pose, the first ``gif_frames``
-    frames) and its per-frame PSNR plot, with the shifted-pose curve and the trivial references."""
-    from cvae.media import plot_psnr, side_by_side, write_gif, writing
+    """The first val video's rollout as a GIF (truth | prediction | pose, upscaled and labelled, the
+    first ``gif_frames`` frames) and its per-frame PSNR plot, with the shifted-pose curve and the
+    trivial references."""
+    from cvae.media import labelled_panels, plot_psnr, write_gif, writing
 
     n = min(gif_frames, len(val.pred))
     frames, poses = val_set.video(0)
     with writing(gif):
-        write_gif(gif, side_by_side(frames[:n].cpu(), val.pred[:n], poses[:n].cpu()))
+        write_gif(
+            gif, labelled_panels({"truth": frames[:n].cpu(), "prediction": val.pred[:n], "pose": poses[:n].cpu()})
+        )
     with writing(plot):
         plot_psnr(
             plot,

@@ -145,6 +145,7 @@ class WandbTracker(Tracker):
         self.console = console
         self.run_dir: Path | None = None
         self.run_id: str | None = None
+        self._set_data_dir = False  # WANDB_DATA_DIR set by this tracker, unset when it finishes
         self.error: str | None = None  # set by the first failure; the tracker is a no-op after it
         self._run: Any = None
         # Smallest step the next row may use: W&B drops rows whose step goes backwards.
@@ -190,6 +191,12 @@ class WandbTracker(Tracker):
         wandb_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(wandb_dir, os.W_OK):
             raise PermissionError(f"{wandb_dir} is not writable")
+        # W&B stages the files of logged tables (the per-frame PSNR) under $WANDB_DATA_DIR, else the
+        # user's home, and its records point there: keep them in the run folder, so a folder copied
+        # to another machine still holds every file it refers to. A WANDB_DATA_DIR of the user's wins.
+        if "WANDB_DATA_DIR" not in os.environ:
+            os.environ["WANDB_DATA_DIR"] = str(wandb_dir.resolve())
+            self._set_data_dir = True
 
         id_file = run_dir / RUN_ID_FILE
         run_id = None
@@ -306,6 +313,14 @@ class WandbTracker(Tracker):
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
         run, self._run = self._run, None
+        try:
+            self._finish(run, status, reason)
+        finally:
+            if self._set_data_dir:
+                os.environ.pop("WANDB_DATA_DIR", None)
+                self._set_data_dir = False
+
+    def _finish(self, run, status: str, reason: str | None) -> None:
         if run is None:
             return
         if self.error is not None:
@@ -318,13 +333,16 @@ class WandbTracker(Tracker):
                 pass
             return
         try:
+            # One vocabulary with summary.json: finished, pruned, stopped (all W&B "finished", exit 0)
+            # or failed (exit 1, W&B "failed").
             run.summary["status"] = status
             if status == "failed":
                 run.summary["failure_reason"] = reason or "unknown"
                 run.finish(exit_code=1)
             else:
                 run.summary["failure_reason"] = None  # a resumed run that finished: no longer failed
-                run.finish()
+                run.summary["stop_reason"] = reason
+                run.finish(exit_code=0)
         except Exception as exc:
             self._fail("finishing the run failed", exc)
 
@@ -392,6 +410,8 @@ def from_spec(spec: Any, console: Any = None) -> WandbTracker:
     from cvae.errors import SpecError
 
     w = spec.tracking.wandb
+    # A sweep agent's runs all train the base spec: name each by the W&B run id the agent gave it.
+    agent_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     try:
         return WandbTracker(
             mode=w.mode,
@@ -400,12 +420,26 @@ def from_spec(spec: Any, console: Any = None) -> WandbTracker:
             group=w.group,
             job_type=w.job_type,
             tags=list(w.tags),
-            name=w.name or spec.name,
+            name=w.name or (f"{spec.name}-{agent_run}" if agent_run else spec.name),
             notes=w.notes,
             console=console,
         )
     except ValueError as e:
         raise SpecError(f"tracking.wandb.mode: {e}") from None
+
+
+AGENT_RUNS = Path("runs") / "wandb-sweeps"
+
+
+def agent_run_dir() -> Path | None:
+    """Under ``wandb agent``: ``runs/wandb-sweeps/<sweep id>/<run id>``, from the environment the agent
+    gives the run's process (WANDB_SWEEP_ID, WANDB_RUN_ID); else None. Derived here, not in the sweep's
+    command: wandb 0.31's agent expands ``${envvar:...}`` in the command before it sets WANDB_RUN_ID,
+    once per agent, so every run would get the first run's folder."""
+    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if not sweep_id or not run_id:
+        return None
+    return AGENT_RUNS / sweep_id / run_id
 
 
 def sweep_agent_overrides() -> dict[str, Any]:

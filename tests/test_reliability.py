@@ -92,6 +92,10 @@ where, n = sys.argv[1], int(sys.argv[2])
 del sys.argv[1:3]
 sys.argv[0] = "cvae"
 calls = [0]
+# "term:WHERE" sends SIGTERM (a clean stop: W&B's early termination) and "int:WHERE" SIGINT (Ctrl-C)
+# at the point instead of SIGKILL.
+sig, _, where = where.rpartition(":")
+SIGNAL = {"term": signal.SIGTERM, "int": signal.SIGINT}.get(sig, signal.SIGKILL)
 
 
 def nth():
@@ -100,7 +104,7 @@ def nth():
 
 
 def kill():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL)
 
 
 import cvae.checkpoint
@@ -143,6 +147,15 @@ elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp writte
         return replace(src, dst, *args, **kwargs)
 
     os.replace = replace_or_kill
+elif where == "validation":  # the n-th validation begins
+    validate = cvae.training.validate_model
+
+    def validate_model(*args, **kwargs):
+        if nth():
+            kill()
+        return validate(*args, **kwargs)
+
+    cvae.training.validate_model = validate_model
 elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
     step = cvae.step.train_step
 
@@ -248,6 +261,45 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert steps == sorted(set(steps)) and steps[-1] == 2 * STEPS
     assert [row["epoch"] for row in wb["history"] if "epoch/loss" in row] == [1, 2]
     assert wb["summary"]["status"] == "finished" and wb["summary"]["epochs_done"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where, n, code",
+    [
+        ("term:step", 1, 143),  # the first step
+        ("term:step", 3, 143),  # inside epoch 1: no epoch checkpoint yet
+        ("term:validation", 1, 143),  # epoch 1 trained, validating
+        ("term:checkpoint_rename", 2, 143),  # inside the write of epoch 2's last.pt
+        ("int:step", STEPS + 3, 130),  # Ctrl-C inside epoch 2
+    ],
+    ids=["sigterm-at-the-start", "sigterm-epoch-1", "sigterm-validation", "sigterm-checkpoint-write", "ctrl-c"],
+)
+def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
+    tmp_path, tiny_data, uninterrupted, fault_script, wandb_env, where, n, code
+):
+    """SIGTERM (W&B's early termination, its stop button) and Ctrl-C end a run as `stopped`: the
+    summary and the W&B run say so, the W&B run is closed (finished, not crashed), no half-written
+    file is left, and `cvae train --resume` ends where an uninterrupted run ends."""
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **KILL, **{"tracking.wandb.mode": "offline"}))
+    run = tmp_path / "run"
+    stopped = run_cli(fault_script, where, n, "train", spec, "--run-dir", run, env=wandb_env)
+    assert stopped.returncode == code, stopped.stdout + stopped.stderr
+    how = "SIGTERM" if where.startswith("term") else "Ctrl-C"
+    assert f"stopped ({how})" in stopped.stderr and "Traceback" not in stopped.stderr
+    s = summary(run)
+    assert s["status"] == "stopped" and s["stop_reason"].startswith(how) and "failure_reason" not in s
+    assert leftovers(run) == []
+    from wandb_offline import read_offline_run
+
+    wb = read_offline_run(run)
+    assert wb["state"] == "finished" and wb["summary"]["status"] == "stopped"  # closed, not crashed
+    resumed = run_cli("-m", "cvae.cli", "train", "--resume", run, env=wandb_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_training_state(run / "checkpoints/last.pt", uninterrupted / "checkpoints/last.pt")
+    assert without_perf(history(run)) == without_perf(history(uninterrupted))
+    assert summary(run)["status"] == "finished" and "stop_reason" not in summary(run)
+    assert read_offline_run(run)["state"] == "finished"
 
 
 # =========================================================================== 2. damaged checkpoints

@@ -234,42 +234,16 @@ def test_export_wandb_cli_writes_the_file(tmp_path):
     assert out.read_text() == (SWEEPS / "wandb" / "quick.yaml").read_text()
 
 
-def _agent_launch(config: dict, params: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess:
-    """What `wandb agent` does for one run (wandb/wandb_agent.py, 0.31): write the parameter file,
-    set the sweep variables, expand the command's macros, run it."""
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
-    sweep_id, run_id = "sw33p1d", "run0abcd"
-    param_path = cwd / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"
-    param_path.parent.mkdir(parents=True)
-    param_path.write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
-    env = subprocess_env() | {
-        "WANDB_SWEEP_ID": sweep_id,
-        "WANDB_SWEEP_PARAM_PATH": str(param_path),
-        "WANDB_RUN_ID": run_id,
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(cwd),
-    }
-    saved = dict(os.environ)
-    os.environ.update(env)  # create_sweep_command reads ${envvar:...} from the environment
-    try:
-        command = sweep_utils.create_sweep_command(list(config["command"]))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    sweep_vars = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    sweep_vars["env"] = ["/usr/bin/env"]
-    argv: list[str] = []
-    for c in map(str, command):
-        argv += sweep_vars.get(c[2:-1]) or [] if c.startswith("${") and c.endswith("}") else [c]
-    if shutil.which("cvae") is None:  # not installed as a script: the same program via python -m
-        argv = [a if a != "cvae" else f"{sys.executable} -m cvae.cli" for a in argv]
-        argv = " ".join(argv).split()
-    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
-
-
 @pytest.mark.slow
-def test_exported_config_through_simulated_agent(tmp_path, tiny_data):
+def test_the_exported_sweep_through_wandbs_own_agent_two_runs_in_a_row(tmp_path, tiny_data, monkeypatch):
+    """wandb 0.31's own ``Agent._command_run`` (offline, no server) launches two runs of the exported
+    config one after the other, as ``wandb agent`` does: each gets a run folder of its own
+    (runs/wandb-sweeps/<sweep>/<run>, derived by ``cvae train`` from the agent's environment), a W&B
+    run with the agent's run id, and its parameters in spec.yaml. (The agent expands
+    ``${envvar:...}`` before it sets WANDB_RUN_ID, and only once: a folder written into the command
+    would be the same for both runs.)"""
+    from wandb.wandb_agent import Agent
+
     sweep = {
         "overrides": {"train.epochs": 1},
         "search": {
@@ -287,15 +261,38 @@ def test_exported_config_through_simulated_agent(tmp_path, tiny_data):
     assert config["parameters"]["train.epochs"] == {"value": 1}
     assert config["parameters"]["optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2}
     assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
-    params = {"train.epochs": 1, "optim.lr": 0.0004, "kl_annealing.cycles": 3, "kl_annealing.type": "none"}
-    r = _agent_launch(config, params, tmp_path)
-    assert_ok(r)
-    runs = glob.glob(str(tmp_path / "runs" / "wandb-sweeps" / "sw33p1d" / "run0abcd" / "spec.yaml"))
-    assert runs, r.stdout + r.stderr
-    spec = yaml.safe_load(Path(runs[0]).read_text())
-    assert spec["optim"]["lr"] == 0.0004 and spec["kl_annealing"]["cycles"] == 3
-    assert spec["kl_annealing"]["type"] == "none" and spec["train"]["epochs"] == 1
-    assert glob.glob(str(Path(runs[0]).parent / "wandb" / "offline-run-*-run0abcd"))  # the agent's run id
+    assert config["project"] == "cvae-sweeps"  # else `wandb sweep` would file it under the folder's name
+    command = list(config["command"])
+    if shutil.which("cvae") is None:  # not installed as a script: the same program via python -m
+        i = command.index("cvae")
+        command[i : i + 1] = [sys.executable, "-m", "cvae.cli"]
+    for key, value in subprocess_env().items():  # the agent hands its own environment to each run
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw33p1d")  # what `wandb agent` sets before its loop
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_PARAM_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    agent = Agent(api=None, queue=None, sweep_id="sw33p1d")
+    agent._sweep_command = command  # what Agent.run() takes from the sweep's config
+    runs = {
+        "runa1111": {"optim.lr": 0.0004, "kl_annealing.cycles": 3},
+        "runb2222": {"optim.lr": 0.002, "kl_annealing.cycles": 1},
+    }
+    for run_id, params in runs.items():
+        params = {"train.epochs": 1, "kl_annealing.type": "none", **params}
+        agent._command_run({"type": "run", "run_id": run_id, "program": "cvae", "args": {
+            k: {"value": v} for k, v in params.items()}})  # fmt: skip
+        assert agent._run_processes[run_id].wait(timeout=300) == 0, run_id
+    for run_id, params in runs.items():
+        run_dir = tmp_path / "runs" / "wandb-sweeps" / "sw33p1d" / run_id
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert spec["optim"]["lr"] == params["optim.lr"] and spec["kl_annealing"]["type"] == "none"
+        assert spec["kl_annealing"]["cycles"] == params["kl_annealing.cycles"]
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+        assert glob.glob(str(run_dir / "wandb" / f"offline-run-*-{run_id}")), run_id  # the agent's run id
+        assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
 
 
 # --------------------------------------------------------------------------- 2 workers on a journal file
@@ -331,6 +328,26 @@ def test_two_workers_on_journal(journal_sweep):
     assert all(f"trial {t.number}:" in r.stdout for t in trials)  # one line per trial
     for t in trials:  # pruning saw every epoch
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
+
+
+@pytest.mark.slow
+def test_summary_compare_and_optuna_agree_on_every_trials_state(journal_sweep, tmp_path):
+    """A pruned trial is `pruned` in its summary.json and in `cvae compare`, as Optuna says PRUNED
+    (it was `failed` with a TrialPruned reason once)."""
+    import csv
+
+    _, out, _ = journal_sweep
+    trials = trials_of(str(out / "optuna.journal"), "sweep")
+    word = {"COMPLETE": "finished", "PRUNED": "pruned"}
+    for t in trials:
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == word[t.state.name], (t.number, summary)
+        if t.state.name == "PRUNED":
+            assert summary["stop_reason"].startswith("pruned after epoch") and "failure_reason" not in summary
+    assert_ok(cvae("compare", out, "--out", tmp_path / "cmp"))
+    with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
+        rows = {row["run"]: row["status"] for row in csv.DictReader(f)}
+    assert rows == {f"trials/{t.number}": word[t.state.name] for t in trials}
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from conftest import poison_generator, tiny_overrides
@@ -19,6 +20,7 @@ from conftest import poison_generator, tiny_overrides
 from cvae import checkpoint
 from cvae.data import load_split
 from cvae.errors import CheckpointError, DataError, RunDirError, TrainingDiverged
+from cvae.media import GIF_SCALE, LABEL_HEIGHT
 from cvae.model import build_model
 from cvae.rollout import reference_scores
 from cvae.run_folder import prepare as prepare_run_dir
@@ -156,9 +158,14 @@ def test_gif_and_plots_decode(trained_run, tiny_spec):
     n = min(tiny_spec.tracking.gif_frames, tiny_spec.data.val_len)  # 10
     for epoch in (1, 2):
         gif = iio.imread(trained_run / f"media/val_epoch{epoch:03d}.gif")
-        # ground truth | prediction | pose, 2-pixel white gaps
-        assert gif.shape[:3] == (n, H, 3 * W + 2 * 2)
-        assert (gif[:, :, W : W + 2, :3] == 255).all()
+        # ground truth | prediction | pose, upscaled 4x (white gaps of 8 pixels), under a label strip
+        s, top = GIF_SCALE, LABEL_HEIGHT
+        assert gif.shape[:3] == (n, top + s * H, s * (3 * W + 2 * 2))
+        assert (gif[:, top:, s * W : s * (W + 2), :3] == 255).all()
+        assert (gif[:, :top].min() < 128) and (gif[:, :top] == 255).mean() > 0.8  # black names on white
+        # upscaled by nearest neighbour: every s x s block of a panel is one pixel of the frame
+        pred = gif[0, top:, s * (W + 2) : s * (2 * W + 2), :3].astype(int)
+        assert (pred == np.repeat(np.repeat(pred[::s, ::s], s, 0), s, 1)).all()
     for name in ("val_psnr.png", "curves.png"):
         img = iio.imread(trained_run / "plots" / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from conftest import REPO, subprocess_env, tiny_overrides, write_spec
 from wandb_offline import read_offline_run
 
+from cvae.media import LABEL_HEIGHT
 from cvae.wandb_tracker import RUN_ID_FILE
 
 pytestmark = pytest.mark.slow
@@ -131,13 +133,17 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert [r["val/psnr"] for r in wandb_epochs] == pytest.approx([r["val/psnr"] for r in epoch_rows(local)])
 
     # Media: the rollout GIF of each epoch (ground truth | prediction | pose), the same bytes as the
-    # run folder's, decoding to gif_frames frames of 32 x (3 * 64 + 2 gaps of 2).
+    # run folder's, decoding to gif_frames frames 4x the frame size (and gaps) under their labels.
     gifs = [p for p in run["files"] if p.suffix == ".gif"]
     assert len(gifs) == 2
     assert {p.read_bytes() for p in gifs} == {p.read_bytes() for p in (run_dir / "media").glob("*.gif")}
     frames = iio.imread(gifs[-1], index=None)
-    assert frames.shape == (10, 32, 3 * 64 + 2 * 2, 3)
+    assert frames.shape == (10, LABEL_HEIGHT + 4 * 32, 4 * (3 * 64 + 2 * 2), 3)
     assert wandb_epochs[-1]["val/rollout"]["_type"] == "video-file"
+    # ...and the per-frame PSNR chart with its references, as the run folder's plot
+    plots = [p for p in run["files"] if p.suffix == ".png" and "psnr_plot" in p.name]
+    assert len(plots) == 2 and wandb_epochs[-1]["val/psnr_plot"]["_type"] == "image-file"
+    assert iio.imread(plots[-1]).shape[:2] == iio.imread(run_dir / "plots" / "val_psnr.png").shape[:2]
 
     # The per-frame PSNR line plot: W&B's line chart over a table of (frame, psnr), one per epoch.
     table_ref = wandb_epochs[-1]["val/psnr_per_frame_table"]
@@ -292,3 +298,41 @@ def test_nan_loss_marks_the_wandb_run_failed(tmp_path, tiny_data, wandb_env):
     assert reason == json.loads((run_dir / "summary.json").read_text())["failure_reason"]
     logged = [row["_step"] for row in run["history"]]
     assert logged == [r["step"] for r in local_history(run_dir)]  # the non-finite step is not logged
+
+
+def wandb_references(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The files a run folder's W&B logs refer to: (media and other run files, relative to their
+    segment's files/ folder, as absolute paths; the local files of logged artifacts, absolute)."""
+    from cvae.wandb_tracker import inspect_log, wandb_files
+
+    files, artifacts = [], []
+    for log in wandb_files(run_dir):
+        for line in inspect_log(log, summary=False).splitlines():
+            record = json.loads(line)
+            if record.get("type") == "files":
+                files += [log.parent / "files" / f["path"] for f in record["files"].get("files", [])]
+            elif record.get("type") == "artifact":
+                artifacts += [Path(c["local_path"]) for c in record["artifact"]["manifest"]["contents"]]
+    return files, artifacts
+
+
+def test_a_moved_run_folder_holds_every_file_its_wandb_records_refer_to(tmp_path, tiny_data, wandb_env):
+    """The per-frame PSNR tables are logged as W&B artifacts, whose files W&B stages under the user's
+    home unless told otherwise: they stay in the run folder, so a folder copied to another machine
+    (here: moved, the home emptied) still holds every file its W&B records name."""
+    home = tmp_path / "home"
+    env = wandb_env | {"HOME": str(home)}
+    env.pop("WANDB_DATA_DIR")  # no place of the user's: the run folder's own
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"tracking.wandb.mode": "offline"}))
+    made = tmp_path / "made-here" / "run"
+    done = cvae(env, "train", spec, "--run-dir", made)
+    assert done.returncode == 0, done.stderr + done.stdout
+    files, artifacts = wandb_references(made)
+    assert len(artifacts) >= 2 and any(p.suffix == ".gif" for p in files)  # a table a validation, GIFs
+    assert not [p for p in home.rglob("*") if "wandb" in p.parts]  # nothing of W&B's under the home
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(made, moved)
+    for path in files + artifacts:
+        assert path.is_relative_to(made), path  # nothing outside the run folder
+        assert (moved / path.relative_to(made)).is_file(), path

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
+from cvae.errors import Pruned
 from cvae.spec import validate_spec
 from cvae.sweep.file import Sweep, trial_spec_dict
 from cvae.sweep.study import resume_source, suggest
@@ -34,7 +35,7 @@ def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class PruningCallback:
-    """``trial.report(metric, epoch)`` after every epoch that logged the metric; raises TrialPruned
+    """``trial.report(metric, epoch)`` after every epoch that logged the metric; raises ``Pruned``
     when the pruner says so. A resumed trial first reports the epochs its run folder already holds."""
 
     def __init__(self, trial, metric: str, run_dir: Path) -> None:
@@ -43,7 +44,6 @@ class PruningCallback:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """``epoch``: the epoch just finished, counted from 1."""
-        import optuna
 
         if not self.reported:  # backfill epochs trained before a resume
             for row in epoch_rows(self.run_dir):
@@ -55,7 +55,7 @@ class PruningCallback:
         self._report(value, epoch)
         if self.trial.should_prune():
             self.trial.set_user_attr("pruned_at_epoch", epoch)
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
+            raise Pruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
     def _report(self, value: float, step: int) -> None:
         if step not in self.reported:
@@ -64,8 +64,7 @@ class PruningCallback:
 
 
 class TrialTracker(Tracker):
-    """The W&B tracker of one trial: its config also holds the study, trial number and params;
-    a pruned trial's W&B run ends as finished (state `pruned` in its summary), not failed."""
+    """The W&B tracker of one trial: its config also holds the study, trial number and params."""
 
     def __init__(self, inner: Tracker, study: str, number: int, params: dict[str, Any]) -> None:
         self.inner, self.extra = inner, {"trial": {"study": study, "number": number, "params": dict(params)}}
@@ -89,9 +88,6 @@ class TrialTracker(Tracker):
         self.inner.summary(values)
 
     def finish(self, status="finished", reason=None):
-        if status == "failed" and (reason or "").startswith("TrialPruned"):
-            self.inner.summary({"trial_state": "pruned"})
-            status, reason = "finished", None
         self.inner.finish(status, reason)
 
 
@@ -122,8 +118,8 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             train(spec, run_dir, trackers, callbacks, resume=resume, console=None)
             o = sweep.spec.objective
             return objective_value(epoch_rows(run_dir), o.metric, o.direction, o.epoch)
-        except optuna.TrialPruned:
-            raise
+        except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
+            raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); resumes on the next `cvae sweep run`")
             trial.set_user_attr("interrupted", True)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from cvae.sweep.file import CategoricalParam, FloatParam, IntParam, Sweep, grid_values
+from cvae.wandb_tracker import DEFAULT_PROJECT
 
 _METHOD = {"tpe": "bayes", "random": "random", "grid": "grid", "cmaes": "bayes"}
 
@@ -44,8 +45,13 @@ def wandb_sweep_config(sweep: Sweep, cwd: Path | None = None) -> dict[str, Any]:
     base = Path(os.path.relpath(sweep.base_path.resolve(), cwd)).as_posix()
     params: dict[str, Any] = {k: {"value": v} for k, v in s.overrides.items()}
     params |= {k: wandb_param(p, s.sampler.type == "grid") for k, p in s.search.items()}
-    config: dict[str, Any] = {
-        "name": sweep.study,
+    # `wandb sweep` files the sweep under the config's project (else the folder's name): the base
+    # spec's W&B project, as its runs would use outside a sweep.
+    w = sweep.base_spec().tracking.wandb
+    config: dict[str, Any] = {"name": sweep.study, "project": w.project or DEFAULT_PROJECT}
+    if w.entity:
+        config["entity"] = w.entity
+    config |= {
         "method": _METHOD[s.sampler.type],
         "metric": {"name": s.objective.metric, "goal": s.objective.direction},
         "parameters": params,
@@ -53,9 +59,8 @@ def wandb_sweep_config(sweep: Sweep, cwd: Path | None = None) -> dict[str, Any]:
     if s.pruner.type != "none":
         eta = s.pruner.reduction_factor if s.pruner.type == "hyperband" else 3
         config["early_terminate"] = {"type": "hyperband", "min_iter": s.pruner.min_resource, "eta": eta}
-    # A folder per agent run: several runs of one sweep on a machine must not share runs/<name>.
-    run_dir = "--run-dir=runs/wandb-sweeps/${envvar:WANDB_SWEEP_ID}/${envvar:WANDB_RUN_ID}"
-    config["command"] = ["${env}", "cvae", "train", base, run_dir, "${args}"]
+    # `cvae train` puts each agent run in runs/wandb-sweeps/<sweep>/<run>, from the agent's environment.
+    config["command"] = ["${env}", "cvae", "train", base, "${args}"]
     return config
 
 
