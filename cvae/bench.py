@@ -46,7 +46,7 @@ import torch
 
 from cvae.data import clip_starts, gather, load_split
 from cvae.device import compile_model, cpu_flags, fast_bf16, frozen_weights, memory_format, tune_cpu_allocator
-from cvae.layout import scan_split
+from cvae.lab4_layout import scan_split
 from cvae.model import CVAE, build_model
 from cvae.reference_loop import load_clips_from_png, reference_step
 from cvae.rollout import rollout
@@ -231,8 +231,8 @@ def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device
     if precision == "bf16" and not bf16:
         if fast_bf16(device):
             return "left out by --no-bf16"
-        # Emulated bf16 is many times slower than fp32 (measured 12x on an AVX2-only CPU, where the
-        # bf16 group would take hours), and train.precision: auto never picks it there.
+        # Emulated bf16 is many times slower than fp32 (docs/performance.md), so the bf16 group
+        # would take hours, and train.precision: auto never picks it there.
         return f"bf16 is not native on this {device.type} (train.precision auto picks fp32); --bf16 times it"
     return None
 
@@ -454,7 +454,7 @@ def run(
     info["malloc_tuned"] = device.type == "cpu" and tune_cpu_allocator()
     # oneDNN keeps its compiled convolution kernels in an LRU cache of 1,024 by default; the bench's
     # many settings (shapes x precisions x layouts, forward and backward) overflow it and each
-    # rollout step then rebuilds kernels: measured 1.4x slower rollouts after the train group.
+    # rollout step then rebuilds kernels, which slows the rollouts timed after the train group.
     # Read when oneDNN builds its first kernel, so this takes effect in a fresh `cvae bench`.
     info["onednn_cache_capacity"] = os.environ.setdefault(ONEDNN_CACHE_ENV, "8192")
     B, T = spec.train.batch_size, spec.data.clip_len

@@ -49,13 +49,15 @@ def _natural(path: Path) -> list:
 
 
 def _runs_in(path: Path) -> list[Path]:
-    """A run folder itself; a sweep folder's ``trials/*``; else the runs one level down."""
+    """A run folder itself; a sweep folder's ``trials/*``; else the runs one level down, or two (a
+    confirm folder: ``<setting>/seed<k>``)."""
     if is_run(path):
         return [path]
     if not path.is_dir():
         return []
     parent = path / "trials" if (path / "trials").is_dir() else path
-    return sorted((p for p in parent.iterdir() if p.is_dir() and is_run(p)), key=_natural)
+    runs = sorted((p for p in parent.iterdir() if p.is_dir() and is_run(p)), key=_natural)
+    return runs or sorted((p for p in parent.glob("*/*") if p.is_dir() and is_run(p)), key=_natural)
 
 
 def resolve_runs(args: Sequence[str | Path]) -> list[Path]:

@@ -145,7 +145,7 @@ class ConsoleTracker(Tracker):
         self._close_bar()
         if status != "finished":
             color = "red" if status == "failed" else "yellow"
-            self.console.print(f"[{color}]run {status}[/]: {reason}")
+            self.console.print(f"run {status}: {reason}", style=color, markup=False)
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -159,3 +159,27 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     if "perf/frames_per_s" in row:
         line += f"  |  {row['perf/frames_per_s']:.0f} frames/s"
     return line
+
+
+def schedule_table(spec_obj, rows: list[dict], where: str):
+    """The rich table of ``cvae spec show --schedule``."""
+    from rich.table import Table
+
+    kl, tf = spec_obj.kl_annealing, spec_obj.teacher_forcing
+    title = (
+        f"{spec_obj.name}: KL {kl.type} ({kl.cycles} cycles, ratio {kl.ratio:g}, per {kl.unit}); teacher forcing "
+        f"{tf.ratio:g}, -{tf.decay_step:g}/{tf.unit} from {tf.unit} {tf.decay_start}, coin per {tf.mode}; {where}"
+    )
+    table = Table(title=title)
+    columns = ["epoch", "steps", "beta", "tfr"] + (["beta at end", "tfr at end"] if "beta_last" in rows[0] else [])
+    columns += ["coin", "teacher-forced"] if "coin" in rows[0] else []
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in rows:
+        cells = [str(r["epoch"]), str(r["steps"]), f"{r['beta']:.4g}", f"{r['tfr']:.4g}"]
+        if "beta_last" in r:
+            cells += [f"{r['beta_last']:.4g}", f"{r['tfr_last']:.4g}"]
+        if "coin" in r:
+            cells += [f"{r['coin']:.3f}", "yes" if r["teacher_forced"] else "no"]
+        table.add_row(*cells)
+    return table

@@ -20,7 +20,7 @@ from PIL import Image
 from cvae.console import task
 from cvae.data import VideoSet, decode_many, load_split, load_test
 from cvae.errors import DataError, RunDirError
-from cvae.layout import SPLITS, VideoFiles, count_clips, scan_split, steps_per_epoch
+from cvae.lab4_layout import SPLITS, VideoFiles, count_clips, scan_split, steps_per_epoch
 from cvae.spec import ExperimentSpec
 
 LAB_FRAME_SIZE = (32, 64)  # (H, W) the lab resizes frames to; `data check` decodes the test split at it
@@ -67,6 +67,45 @@ def check_request(spec: ExperimentSpec, origins: dict[str, str] | None = None) -
     raise DataError(f"data.root {str(root)!r}{where}: folder not found{hint}; {how}")
 
 
+def check_run_data(run_dir: Path, spec: ExperimentSpec, strict: bool) -> str | None:
+    """The data a run folder recorded (``data_identity`` in summary.json) against ``data.root`` now,
+    before a resume (``strict``: a mismatch is bad input) or an evaluation (a mismatch is a warning,
+    returned). A missing root is generated again only for a run that trained on the synthetic
+    dancer (or, for runs that recorded nothing, at the published specs' own roots)."""
+    from cvae.run_folder import DATA_KEY, describe_data, read_summary
+
+    recorded = read_summary(run_dir).get(DATA_KEY)
+    root = Path(spec.data.root)
+    if not root.exists():
+        synthetic = recorded.get("source") == "synthetic" if isinstance(recorded, dict) else None
+        if spec.data.preset is not None and (
+            synthetic or (synthetic is None and root == Path("data") / spec.data.preset)
+        ):
+            return None  # generated again, the same dancer: the fingerprints below are checked by the next call
+        what = f"; it trained on {describe_data(recorded)}" if isinstance(recorded, dict) else ""
+        raise DataError(
+            f"data.root {str(root)!r} of {run_dir / 'spec.yaml'}: folder not found{near_misses(root)}{what}"
+        )
+    check_root(root)
+    if not isinstance(recorded, dict) or "train_fingerprint" not in recorded:
+        return None
+    now = {
+        "train_fingerprint": fingerprint(scan_split(root, "train")),
+        "val_fingerprint": fingerprint(scan_split(root, "val")),
+    }
+    changed = [k.split("_")[0] for k, v in now.items() if recorded.get(k) != v]
+    if not changed:
+        return None
+    message = (
+        f"{root}: its {' and '.join(changed)} data changed since {run_dir} began (fingerprints "
+        + ", ".join(f"{recorded.get(k)} then, {v} now" for k, v in now.items() if recorded.get(k) != v)
+        + ")"
+    )
+    if strict:
+        raise DataError(f"{message}; resume it on the data it trained on, or train a new run")
+    return message
+
+
 def near_misses(path: Path) -> str:
     """`` (did you mean A or B?)``: existing folders named like the first missing part of ``path``."""
     import difflib
@@ -85,7 +124,7 @@ def check_root(root: Path) -> None:
     """A folder that exists but is not a Lab4 dataset: say what was expected, what was found, and the
     likely fix (the dataset one level down, or one up)."""
     if (root / "train" / "train_img").is_dir() or not root.is_dir():
-        return  # a file, or the layout scan names what is missing in a split (cvae/layout.py)
+        return  # a file, or the layout scan names what is missing in a split (cvae/lab4_layout.py)
     expected = (
         "expected the Lab4 layout ROOT/train/train_img/*.png with poses in ROOT/train/train_label/, "
         "likewise val/ and test/"

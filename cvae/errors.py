@@ -1,7 +1,8 @@
 """Errors a user can fix: bad spec, data folder, checkpoint, run folder or flag.
 
 The CLI turns every ``UserError`` into one message and exit code 2; anything else is a
-failure of the run (exit code 1).
+failure of the run (exit code 1). A run stopped by SIGTERM or ctrl-c (``Stopped``) saves its
+checkpoint and exits 143 or 130, as a shell reports those signals.
 """
 
 

@@ -76,9 +76,12 @@ def evaluate_run(
     """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF.
     ``device``: where to roll out (None: the run's ``train.device``)."""
     from cvae.console import task
-    from cvae.data_root import ensure_data
+    from cvae.data_root import check_run_data, ensure_data
 
     spec, model, state = load_trained(run_dir, ckpt, device)
+    warning = check_run_data(run_dir, spec, strict=False)
+    if warning and console is not None:
+        console.print(f"warning: {warning}", style="yellow", markup=False)
     root = ensure_data(spec, console)
     with task(console, "loading val frames") as update:
         val_set = load_split(root, "val", spec.data.frame_size, update).truncated(spec.data.val_len)

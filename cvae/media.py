@@ -141,9 +141,11 @@ def save_figure(fig, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
     return path
 

@@ -14,20 +14,13 @@ unfinished ones and skips the finished.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cvae import run_folder
 from cvae.errors import UserError
-from cvae.spec import apply_overrides, load_spec_dict, validate_spec
+from cvae.spec import apply_overrides, file_layers, load_spec_dict, origins, validate_spec
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 REPORT_SPECS = (
@@ -89,72 +82,16 @@ def scaled_specs(scale_name: str, overrides: dict[str, Any]) -> dict[str, dict[s
     """The seven report specs at the scale, ``overrides`` (``--set``) on top, each validated."""
     if scale_name not in SCALES:
         raise UserError(f"--reproduce {scale_name!r}: unknown scale; allowed: {', '.join(SCALES)}")
+    from cvae.data_root import check_request
+
     out = {}
     for name in REPORT_SPECS:
         path = EXPERIMENTS / f"{name}.yaml"
         spec = validate_spec(load_spec_dict(path), str(path)).to_dict()
         data = apply_overrides(scaled(spec, SCALES[scale_name]), overrides)
-        out[name] = validate_spec(data, f"{path} at scale {scale_name}").to_dict()
+        checked = validate_spec(data, f"{path} at scale {scale_name}")
+        # data.root is generated only where its preset was set with it: the scale's own, or yours
+        layers = [*file_layers(path), (f"the {scale_name} scale", SCALES[scale_name].overrides), ("--set", overrides)]
+        check_request(checked, origins(layers))
+        out[name] = checked.to_dict()
     return out
-
-
-@dataclass
-class Job:
-    name: str
-    spec_file: Path
-    run_dir: Path
-    proc: subprocess.Popen | None = None
-
-
-def train_all(specs: dict[str, dict[str, Any]], runs_dir: Path, workers: int, console=None) -> list[Path]:
-    """Train every spec into ``runs_dir/<name>``, ``workers`` at a time (each a ``cvae train``
-    process with cores / workers threads); a finished run is skipped, an unfinished one resumed.
-    Returns the run folders; a run that fails is a RuntimeError naming it, after the others end."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for name, spec in specs.items():
-        spec_file = runs_dir / "specs" / f"{name}.yaml"
-        spec_file.parent.mkdir(parents=True, exist_ok=True)
-        spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        jobs.append(Job(name, spec_file, runs_dir / name))
-    todo = []
-    for job in jobs:
-        status = run_folder.read_summary(job.run_dir).get("status")
-        if status == run_folder.FINISHED:
-            _say(console, f"{job.name}: finished before, skipped")
-        else:
-            todo.append(job)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    running: list[Job] = []
-    failed = []
-    while todo or running:
-        while todo and len(running) < workers:
-            job = todo.pop(0)
-            job.proc = subprocess.Popen(_command(job), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            running.append(job)
-            _say(console, f"{job.name}: training -> {job.run_dir}")
-        time.sleep(1)
-        for job in [j for j in running if j.proc.poll() is not None]:
-            running.remove(job)
-            err = job.proc.stderr.read().decode(errors="replace").strip()
-            if job.proc.returncode == 0:
-                best = run_folder.read_summary(job.run_dir).get("best/val_psnr")
-                _say(console, f"{job.name}: done" + (f", best val PSNR {best:.2f} dB" if best is not None else ""))
-            else:
-                failed.append(f"{job.name} (exit {job.proc.returncode}): {err.splitlines()[-1] if err else ''}")
-    if failed:
-        raise RuntimeError("report runs failed: " + "; ".join(failed))
-    return [job.run_dir for job in jobs]
-
-
-def _command(job: Job) -> list[str]:
-    cmd = [sys.executable, "-m", "cvae.cli", "train"]
-    if (job.run_dir / run_folder.SPEC_FILE).is_file() and (job.run_dir / "checkpoints" / "last.pt").is_file():
-        return [*cmd, "--resume", str(job.run_dir), "--quiet"]
-    return [*cmd, str(job.spec_file), "--run-dir", str(job.run_dir), "--overwrite", "--quiet"]
-
-
-def _say(console, line: str) -> None:
-    if console is not None:
-        console.print(line, markup=False)

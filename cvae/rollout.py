@@ -8,8 +8,6 @@ at 100 dB everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from cvae.device import autocast, memory_format
@@ -66,20 +64,6 @@ def rollout(
     return out
 
 
-@dataclass
-class Scores:
-    """PSNR of one rollout against the real video and of the trivial predictors on it.
-
-    ``curve`` has one value per predicted frame (1..T-1; frame 0 is given, not scored).
-    """
-
-    curve: torch.Tensor  # (T-1,)
-    psnr: float
-    mse: float
-    repeat_first: float
-    mean_frame: float
-
-
 def reference_scores(frames: torch.Tensor) -> tuple[float, float]:
     """Trivial predictors on one video (T, 3, H, W) in [0, 1]: repeat the first frame, and the
     mean of all the video's frames (a blur that ignores the pose). Mean PSNR over frames 1..T-1."""
@@ -87,14 +71,6 @@ def reference_scores(frames: torch.Tensor) -> tuple[float, float]:
     repeat = psnr(frames[:1].expand_as(frames[1:]), frames[1:]).mean().item()
     mean = psnr(frames.mean(0, keepdim=True).expand_as(frames[1:]), frames[1:]).mean().item()
     return repeat, mean
-
-
-def score(pred: torch.Tensor, frames: torch.Tensor) -> Scores:
-    """pred, frames: (T, 3, H, W) in [0, 1]."""
-    curve = psnr(pred[1:], frames[1:].float())
-    mse = (pred[1:].float() - frames[1:].float()).pow(2).mean().item()
-    repeat, mean = reference_scores(frames)
-    return Scores(curve.cpu(), curve.mean().item(), mse, repeat, mean)
 
 
 def batches_by_length(lengths: list[int], max_videos: int = MAX_VIDEOS) -> list[list[int]]:

@@ -82,7 +82,7 @@ def run_schedule(spec, steps_per_epoch: list[int]) -> list[dict]:
     ``steps``, ``beta`` and ``tfr`` at its first step and, where a schedule counts steps, their
     values at its last step (``beta_last``, ``tfr_last``); in ``teacher_forcing.mode: epoch`` also
     the epoch's ``coin`` and whether it forces the epoch (``teacher_forced``). ``steps_per_epoch``:
-    as the trainer computes it (cvae/data.py)."""
+    as the trainer computes it (``cvae.lab4_layout.steps_per_epoch_of``)."""
     total = sum(steps_per_epoch)
     rows, first = [], 0
     for e, n in enumerate(steps_per_epoch):

@@ -181,6 +181,9 @@ class WandbSpec(_Section):
     tags: tuple[str, ...] = Field((), description="W&B tags.")
     name: str | None = Field(None, description="W&B run name; null: the spec name.")
     notes: str | None = Field(None, description="W&B run notes.")
+    config: dict[str, Any] = Field(
+        {}, description="Extra values for the W&B run's config, at its top level (a confirm run: its trial's params)."
+    )
 
 
 class TrackingSpec(_Section):

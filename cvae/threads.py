@@ -2,7 +2,7 @@
 
 torch's CPU ops run on a pool of one OpenMP thread per core by default. When another process keeps
 some of those cores busy, every parallel op waits for the thread that lost its core, and the
-whole command crawls (measured up to 47x slower, docs/performance.md). ``cvae train``, ``evaluate``,
+whole command crawls (docs/performance.md, section Threads, has the measurements). ``cvae train``, ``evaluate``,
 ``predict``, ``compare`` and ``report`` therefore count the CPUs this process may use and how many
 of them other work keeps busy, and use the rest (at least one); ``--threads N`` or OMP_NUM_THREADS
 choose instead. Sweep workers get cores / workers each.
@@ -11,8 +11,12 @@ choose instead. Sweep workers get cores / workers each.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 THREADS_SAMPLE_S = 0.25  # how long the CPUs' business is watched before the thread count is chosen
@@ -27,30 +31,47 @@ def usable_cpus() -> int:
 
 
 def busy_cpus(seconds: float = THREADS_SAMPLE_S) -> float | None:
-    """How many CPUs other work keeps busy right now: the non-idle share of /proc/stat's CPU time over
-    ``seconds`` (this process sleeps meanwhile) times the CPUs; None where there is no /proc/stat."""
+    """How many of the CPUs this process may use other work keeps busy right now: each CPU's non-idle
+    share of /proc/stat's time over ``seconds`` (this process sleeps meanwhile), summed over the
+    CPUs of its affinity; None where there is no /proc/stat."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cpus = None
 
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if not (name.startswith("cpu") and name[3:].isdigit()):
+                continue
+            fields = [int(v) for v in values]
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            out[int(name[3:])] = (sum(fields[:8]), idle)
+        return out
 
     try:
-        total0, idle0 = sample()
+        first = sample()
         time.sleep(seconds)
-        total1, idle1 = sample()
+        second = sample()
     except (OSError, ValueError, IndexError):
         return None
-    if total1 <= total0:
-        return None
-    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+    busy, seen = 0.0, 0
+    for cpu, (total1, idle1) in second.items():
+        if (cpus is not None and cpu not in cpus) or cpu not in first:
+            continue
+        total0, idle0 = first[cpu]
+        if total1 > total0:
+            busy += 1 - (idle1 - idle0) / (total1 - total0)
+            seen += 1
+    return busy if seen else None
 
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """Intra-op threads for a command, and why. ``requested`` (``--threads``) wins, then an
     OMP_NUM_THREADS the user set; else the rule: the CPUs this process may use minus those other work
     keeps busy, rounded, at least 1. A thread of torch's pool that shares its core with another
-    process makes every parallel op wait for it: measured up to 47x slower (docs/performance.md)."""
+    process makes every parallel op wait for it."""
     cpus = usable_cpus()
     if requested is not None:
         return requested, "--threads"
@@ -64,6 +85,34 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
         return cpus, f"{cpus} CPUs"
     n = max(1, min(cpus, round(cpus - busy)))
     return n, f"{cpus} CPUs, {busy:.1f} busy with other work"
+
+
+def per_worker(workers: int) -> int:
+    """Threads of each of ``workers`` processes sharing this machine's CPUs (sweep workers, the runs of
+    ``cvae sweep confirm`` and ``cvae report --reproduce``): a core each, not every core each."""
+    return max(1, usable_cpus() // workers)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """In a process that runs others (workers, a queue of runs): SIGTERM raises ``Stopped("SIGTERM")``,
+    a KeyboardInterrupt, so the caller's Ctrl-C path passes the stop on to its children. The main
+    thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        from cvae.errors import Stopped
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def use_threads(requested: int | None = None) -> tuple[int, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
-from cvae.run_folder import DATA_KEY, FAILED, SUMMARY_FILE
+from cvae.run_folder import DATA_KEY, FAILED, SUMMARY_FILE, read_summary
 
 
 class Tracker:
@@ -52,9 +52,8 @@ class LocalTracker(Tracker):
 
     def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
         self.run_dir = Path(run_dir)
-        path = self.run_dir / SUMMARY_FILE
-        if resume and path.exists():
-            self._summary = json.loads(path.read_text())
+        if resume:  # a summary cut short by a kill reads as empty: the trainer writes it again
+            self._summary = read_summary(self.run_dir)
         if DATA_KEY in config:  # what the run trains on, in summary.json from the start
             self._summary[DATA_KEY] = config[DATA_KEY]
             self._write_summary()

@@ -35,7 +35,7 @@ from cvae.device import (
     tune_cpu_allocator,
 )
 from cvae.errors import Pruned, Stopped, TrainingDiverged
-from cvae.layout import epoch_fraction, steps_per_epoch
+from cvae.lab4_layout import epoch_fraction, steps_per_epoch
 from cvae.model import CVAE, build_model
 from cvae.redact import redact
 from cvae.schedules import schedule_values, step_tfr
@@ -129,8 +129,8 @@ def train(
     if device.type == "cpu":
         config["threads"] = torch.get_num_threads()
     with stop_on_sigterm():
-        tracker.start(run_dir, config, resume)
         try:
+            tracker.start(run_dir, config, resume)
             if resume and state.epoch:
                 tracker.summary(summary(state, epoch_row))  # a kill can land between last.pt and the summary
             while state.epoch < spec.train.epochs:
@@ -147,13 +147,13 @@ def train(
                 tracker.summary(summary(state, epoch_row))
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, epoch_row)
+            plot_curves(run_dir)
+            tracker.finish(run_folder.FINISHED)
         except BaseException as e:
-            end(tracker, run_dir, e)
+            end_early(tracker, run_dir, e)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Stopped):
                 raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
             raise
-        plot_curves(run_dir)
-        tracker.finish(run_folder.FINISHED)
         return summary(state, epoch_row)
 
 
@@ -177,7 +177,7 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def end(tracker: Tracker, run_dir: Path, e: BaseException) -> None:
+def end_early(tracker: Tracker, run_dir: Path, e: BaseException) -> None:
     """Close the trackers of a run that ended early, in the state the exception says: ``pruned``
     (a sweep's pruner), ``stopped`` (SIGTERM or Ctrl-C: resumable) or ``failed``."""
     if isinstance(e, Pruned):

@@ -88,7 +88,7 @@ def _plain(value: Any) -> Any:
 
 def run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The flat, redacted config a W&B run gets: the spec plus where/what it ran with."""
-    flat = {k: _plain(v) for k, v in flatten(config).items()}
+    flat = {k: _plain(v) for k, v in flatten(config).items() if not k.startswith("tracking.wandb.config")}
     flat["run_dir"] = str(run_dir)
     if "device" not in flat and "train.device" in flat:
         flat["device"] = flat["train.device"]
@@ -132,6 +132,7 @@ class WandbTracker(Tracker):
         name: str | None = None,
         notes: str | None = None,
         console: Any = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.mode = resolve_mode(mode)
         self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
@@ -142,6 +143,7 @@ class WandbTracker(Tracker):
         self.tags = redact(list(tags)) if tags else None
         self.name = redact(name)
         self.notes = redact(notes)
+        self.extra_config = dict(extra_config or {})
         self.console = console
         self.run_dir: Path | None = None
         self.run_id: str | None = None
@@ -225,7 +227,7 @@ class WandbTracker(Tracker):
                 tags=self.tags,
                 name=self.name,
                 notes=self.notes,
-                config=run_config(config, run_dir),
+                config=run_config({**config, **self.extra_config}, run_dir),
                 id=run_id,
                 resume="allow",
                 # Each tracker owns its run: never hand back (or finish) another tracker's run.
@@ -423,42 +425,7 @@ def from_spec(spec: Any, console: Any = None) -> WandbTracker:
             name=w.name or (f"{spec.name}-{agent_run}" if agent_run else spec.name),
             notes=w.notes,
             console=console,
+            extra_config=w.config,
         )
     except ValueError as e:
         raise SpecError(f"tracking.wandb.mode: {e}") from None
-
-
-AGENT_RUNS = Path("runs") / "wandb-sweeps"
-
-
-def agent_run_dir() -> Path | None:
-    """Under ``wandb agent``: ``runs/wandb-sweeps/<sweep id>/<run id>``, from the environment the agent
-    gives the run's process (WANDB_SWEEP_ID, WANDB_RUN_ID); else None. Derived here, not in the sweep's
-    command: wandb 0.31's agent expands ``${envvar:...}`` in the command before it sets WANDB_RUN_ID,
-    once per agent, so every run would get the first run's folder."""
-    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
-    if not sweep_id or not run_id:
-        return None
-    return AGENT_RUNS / sweep_id / run_id
-
-
-def sweep_agent_overrides() -> dict[str, Any]:
-    """Under ``wandb agent`` (WANDB_SWEEP_ID set), the run's parameters from the agent's file
-    (``{key: {value: v}}`` YAML at WANDB_SWEEP_PARAM_PATH) as dotted spec overrides; else {}."""
-    import yaml
-
-    from cvae.errors import SpecError
-
-    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
-    if not os.environ.get("WANDB_SWEEP_ID") or not path:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SpecError(f"{path} (WANDB_SWEEP_PARAM_PATH): unreadable sweep parameters: {e}") from None
-    out = {}
-    for key, entry in data.items():
-        if key.startswith("_") or key == "wandb_version":
-            continue
-        out[key] = entry["value"] if isinstance(entry, dict) and "value" in entry else entry
-    return out

@@ -154,7 +154,7 @@ def test_compile_model_keeps_checkpoint_keys(tiny_spec):
         ({"avx512_bf16"}, ("bf16", True)),
         ({"amx_bf16", "avx512f"}, ("bf16", True)),
         ({"avx512f"}, ("fp32", False)),
-        ({"avx2", "fma"}, ("fp32", False)),  # e.g. AMD EPYC Zen 3: bf16 emulated, ~12x slower than fp32
+        ({"avx2", "fma"}, ("fp32", False)),  # e.g. AMD EPYC Zen 3: bf16 emulated, slower than fp32
     ],
 )
 def test_auto_precision_rule_on_cpu(monkeypatch, tiny_spec, flags, expected):

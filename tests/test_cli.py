@@ -24,6 +24,7 @@ from conftest import REPO, cli_in_process, make_lab4, solid, subprocess_env, tin
 
 from cvae.data import load_test
 from cvae.evaluate import load_trained
+from cvae.media import LABEL_HEIGHT
 from cvae.rollout import rollout
 from cvae.spec import load_spec
 from cvae.validation import VAL_SEED_OFFSET
@@ -309,7 +310,8 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     assert_ok(r)
     saved = load_spec(run / "spec.yaml")
     assert saved.train.epochs == 1 and saved.tracking.gif_frames == 8  # both override forms applied
-    assert iio.imread(run / "media/val_epoch001.gif").shape[:3] == (8, 32, 3 * 64 + 4)
+    # truth | prediction | pose, 4x, under their names
+    assert iio.imread(run / "media/val_epoch001.gif").shape[:3] == (8, LABEL_HEIGHT + 4 * 32, 4 * (3 * 64 + 4))
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     trained_psnr = [row["val/psnr"] for row in history if "val/psnr" in row]
 
@@ -326,14 +328,18 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     assert [int(row[0]) for row in rows[1:]] == list(range(1, T))  # T-1 predicted frames
     assert np.mean([float(row[1]) for row in rows[1:]]) == pytest.approx(metrics["val/psnr"], abs=1e-3)
     assert iio.imread(run / "eval/psnr_per_frame.png").ndim == 3
-    assert iio.imread(run / "eval/rollout.gif").shape[:3] == (T, 32, 3 * 64 + 4)
+    assert iio.imread(run / "eval/rollout.gif").shape[:3] == (T, LABEL_HEIGHT + 4 * 32, 4 * (3 * 64 + 4))
 
     # predict: a GIF per test video and submission.csv (40 frames per video, 3*32*64 values a row)
     out = tmp_path / "pred"
     assert_ok(cvae("predict", run, "--data", tiny_data, "--out", out, "--device", "cpu", "-q", cwd=tmp_path))
     assert sorted(p.name for p in out.iterdir()) == ["0.gif", "1.gif", "submission.csv"]
     for k in ("0", "1"):
-        assert iio.imread(out / f"{k}.gif").shape[:3] == (40, 32, 2 * 64 + 2)  # prediction | pose
+        assert iio.imread(out / f"{k}.gif").shape[:3] == (
+            40,
+            LABEL_HEIGHT + 4 * 32,
+            4 * (2 * 64 + 2),
+        )  # prediction | pose
     with open(out / "submission.csv") as f:
         sub = list(csv.reader(f))
     assert sub[0] == ["id", *map(str, range(3 * 32 * 64))]

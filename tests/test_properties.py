@@ -84,6 +84,8 @@ def _for_type(tp: Any, key: str, field) -> st.SearchStrategy | None:
         if key == "train.device":
             return st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:3", "mps"])
         return TEXT
+    if origin is dict:  # tracking.wandb.config: extra W&B config values, a flat mapping here
+        return st.dictionaries(st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True), st.integers(0, 100), max_size=3)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             item = st.integers(0, 100) if args[0] is int else TEXT

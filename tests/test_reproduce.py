@@ -9,7 +9,8 @@ from fractions import Fraction
 import pytest
 from conftest import tiny_overrides
 
-from cvae.reproduce import REPORT_SPECS, SCALES, Scale, scaled, scaled_specs, train_all
+from cvae.reproduce import REPORT_SPECS, SCALES, Scale, scaled, scaled_specs
+from cvae.run_queue import train_all
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import load_spec, validate_spec
 
@@ -63,7 +64,8 @@ def test_train_all_skips_finished_runs_and_trains_the_rest(tmp_path, tiny_data):
         def print(self, line, **kw):
             lines.append(line)
 
-    runs = train_all(specs, tmp_path / "runs", workers=2, console=Console())
+    runs, failed = train_all(specs, tmp_path / "runs", workers=2, console=Console())
+    assert failed == []
     assert [r.name for r in runs] == ["a", "b"]
     for r in runs:
         assert json.loads((r / "summary.json").read_text())["status"] == "finished"

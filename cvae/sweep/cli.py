@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from cvae.console import handle_errors, make_console
-from cvae.errors import UserError
+from cvae.errors import Stopped, UserError
 
 sweep_app = typer.Typer(
     help="Search spec settings with Optuna (one machine or many), inspect studies, export W&B sweeps.",
@@ -74,11 +74,14 @@ def run(
             code = 0
         else:
             code = run_workers(sweep, opts, workers, console)
-    except KeyboardInterrupt:
-        console.print("interrupted: stopped trials resume from their checkpoints on the next `cvae sweep run`")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        how = e.how if isinstance(e, Stopped) else "Ctrl-C"
+        console.print(
+            f"interrupted ({how}): the interrupted trials resume from their checkpoints on the next `cvae sweep run`"
+        )
+        raise typer.Exit(e.exit_code if isinstance(e, Stopped) else 130) from None
     if worker_index == 0:
-        _print_summary(console, status(load_study(opts.url, sweep.study)))
+        _print_summary(console, status(load_study(opts.url, sweep.study), importance=False))
     if code:
         raise typer.Exit(code)
 
@@ -106,7 +109,8 @@ def status_cmd(
     """Trials by state, the best trial, and the running trials with their epoch."""
     from rich.table import Table
 
-    from cvae.sweep.study import fmt, load_study, resolve, status
+    from cvae.console import fmt
+    from cvae.sweep.study import load_study, resolve, status
 
     url, name, _ = resolve(sweep_file, storage, study, out_dir)
     st = status(load_study(url, name))
@@ -138,6 +142,75 @@ def status_cmd(
     for f in st["failed"]:
         console.print(f"failed trial {f['number']}: {f['reason']}", markup=False)
     console.print(f"epochs trained: {st['epochs_spent']}")
+    if st["trials"]:
+        console.print(trials_table(st))
+    if st["importance"]:
+        imp = Table(title="what mattered: each parameter's importance (fANOVA over the complete trials)")
+        imp.add_column("parameter")
+        imp.add_column("importance", justify="right")
+        for k, v in st["importance"].items():
+            imp.add_row(k, f"{v:.2f}")
+        console.print(imp)
+    if st["importance_note"]:
+        console.print(f"note: {st['importance_note']}", markup=False)
+
+
+def trials_table(st: dict):
+    """The finished trials, best first: state, score, its margin over the mean frame, the values."""
+    from rich.table import Table
+
+    from cvae.console import fmt
+
+    keys = sorted({k for t in st["trials"] for k in t["params"]})
+    table = Table(title=f"trials of {st['study']}, best first")
+    for col in ("trial", "state", st["metric"], "vs mean frame", "epochs", *keys):
+        table.add_column(
+            col.replace(".", ".\n", 1), justify="right" if col in (st["metric"], "vs mean frame") else "left"
+        )
+    reverse = st["direction"] == "maximize"
+    ordered = sorted(
+        st["trials"], key=lambda t: (t["value"] is None, -(t["value"] or 0) if reverse else t["value"] or 0)
+    )
+    for t in ordered:
+        margin = t["vs_mean_frame"]
+        table.add_row(
+            f"{t['number']}" + (f" ({t['label']})" if t["label"] else ""),
+            t["state"],
+            "-" if t["value"] is None else f"{t['value']:.2f}",
+            "-" if margin is None else f"{margin:+.2f}",
+            str(t["epochs_done"] or "-"),
+            *(fmt(t["params"].get(k, "-")) for k in keys),
+        )
+    return table
+
+
+@sweep_app.command("confirm")
+@handle_errors
+def confirm(
+    sweep_file: SweepArg,
+    top: Annotated[int, typer.Option(min=1, help="Settings to confirm: the sweep's best distinct trials.")] = 3,
+    seeds: Annotated[int, typer.Option(min=2, help="Fresh seeds per setting (the base's too).")] = 5,
+    workers: Annotated[int, typer.Option(min=1, help="Runs trained at a time on this machine.")] = 2,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out_dir: DirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print confirm.json instead of the table.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Retrain the best settings and the base with fresh seeds; each against the base, by its interval."""
+    from cvae.sweep.confirm import PLOT_FILE, RESULT_FILE, confirm_table, run_confirm, to_json
+    from cvae.sweep.file import load_sweep
+    from cvae.sweep.study import load_study, storage_url
+
+    console = make_console(quiet or as_json)
+    sweep = load_sweep(sweep_file, study, out_dir)
+    sweep.check_data()
+    result = run_confirm(sweep, load_study(storage_url(sweep, storage), sweep.study), top, seeds, workers, console)
+    if as_json:
+        sys.stdout.write(to_json(result) + "\n")
+        return
+    console.print(confirm_table(result))
+    console.print(f"wrote {sweep.out_dir / RESULT_FILE} and {sweep.out_dir / PLOT_FILE}", markup=False)
 
 
 @sweep_app.command("best")
@@ -180,12 +253,12 @@ def dashboard(
     except ImportError:
         raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
     from cvae.redact import redact
-    from cvae.sweep.study import open_storage, resolve
+    from cvae.sweep.study import is_rdb, open_storage, resolve
 
     if sweep_file is None and storage is None:
         raise UserError("give a SWEEP file or --storage URL")
     url = storage if sweep_file is None else resolve(sweep_file, storage, study, out_dir)[0]
-    if not url.startswith(("sqlite", "postgres", "mysql")) and not Path(url).exists():
+    if not is_rdb(url) and not Path(url).exists():
         raise UserError(f"{url}: no such journal file (run the sweep first)")
     print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     optuna_dashboard.run_server(open_storage(url), host=host, port=port)

@@ -115,6 +115,11 @@ class HeartbeatSpec(_Strict):
     max_retry: int = Field(2, ge=0, description="Times such a trial is retried from its checkpoint.")
 
 
+class Enqueued(_Strict):
+    name: str = Field(min_length=1, description="What the point is, shown beside its trial (`template scaled`).")
+    params: dict[str, Any] = Field(description="A value for every searched key.")
+
+
 class SweepSpec(_Strict):
     base: str = Field(description="The base experiment spec, relative to the sweep file.")
     overrides: dict[str, Any] = Field({}, description="Dotted spec keys fixed for every trial.")
@@ -130,6 +135,9 @@ class SweepSpec(_Strict):
     out_dir: str | None = Field(None, description="Sweep folder; null: runs/sweeps/<study>.")
     storage: str | None = Field(None, description="Optuna storage URL; null: a journal file in the sweep folder.")
     heartbeat: HeartbeatSpec = HeartbeatSpec()
+    enqueue: list[Enqueued] = Field(
+        [], description="Points of the space tried first, in order (the base, the template's schedules scaled...)."
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> SweepSpec:
@@ -246,6 +254,22 @@ def _check_search(sweep: SweepSpec, base: dict[str, Any], path: Path) -> None:
             except SpecError as e:
                 msg = str(e).replace("spec: ", "")
                 raise SpecError(f"{path}: search.{key}: the value {v!r} gives an invalid spec: {msg}") from None
+    if sweep.budget.n_trials is not None and len(sweep.enqueue) > sweep.budget.n_trials:
+        raise SpecError(
+            f"{path}: enqueue holds {len(sweep.enqueue)} points, more than budget.n_trials ({sweep.budget.n_trials})"
+        )
+    for i, point in enumerate(sweep.enqueue):
+        where = f"{path}: enqueue[{i}] ({point.name})"
+        missing, extra = sorted(sweep.search.keys() - point.params.keys()), sorted(point.params.keys() - sweep.search)
+        if missing or extra:
+            raise SpecError(f"{where}: params must give every searched key; missing {missing}, not searched {extra}")
+        for key, v in point.params.items():
+            if not _in_space(sweep.search[key], v):
+                raise SpecError(f"{where}: {key} {v!r} is outside its search range")
+        try:
+            validate_spec(apply_overrides(base, point.params), "spec")
+        except SpecError as e:
+            raise SpecError(f"{where}: gives an invalid spec: {str(e).replace('spec: ', '')}") from None
     if sweep.objective.metric not in METRICS:
         hint = did_you_mean(sweep.objective.metric, list(METRICS))
         raise SpecError(f"{path}: objective.metric {sweep.objective.metric!r} is not one of {', '.join(METRICS)}{hint}")
@@ -257,6 +281,16 @@ def _check_search(sweep: SweepSpec, base: dict[str, Any], path: Path) -> None:
         cats = [k for k, p in sweep.search.items() if isinstance(p, CategoricalParam)]
         if cats:
             raise SpecError(f"{path}: sampler cmaes searches numbers only; {', '.join(cats)} is categorical")
+
+
+def _in_space(p: FloatParam | IntParam | CategoricalParam, v: Any) -> bool:
+    if isinstance(p, CategoricalParam):
+        return v in p.choices
+    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(p, IntParam) and not isinstance(v, int)):
+        return False
+    if p.step is not None and abs((v - p.low) / p.step - round((v - p.low) / p.step)) > 1e-9:
+        return False  # between the steps the sampler would take
+    return p.low <= v <= p.high
 
 
 def grid_values(p: FloatParam | IntParam | CategoricalParam) -> list[Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from cvae import history
+from cvae.console import fmt
 from cvae.errors import SpecError, UserError
 from cvae.redact import redact
 from cvae.spec import apply_overrides, dump_yaml, validate_spec
@@ -130,10 +131,15 @@ def open_study(sweep: Sweep, url: str, seed: int | None = None):
         pruner=make_pruner(sweep),
         load_if_exists=True,
     )
-    if "base_spec" not in study.user_attrs:
-        study.set_user_attr("base_spec", sweep.base)
+    if "base_spec" not in study.user_attrs:  # a new study: its points first, then the marks of a made one
+        for point in sweep.spec.enqueue:
+            study.enqueue_trial(point.params, user_attrs={"label": point.name})
+        # optuna-dashboard and the `optuna` CLI show the metric's name, not "Objective 0"
+        with quiet_experimental():
+            study.set_metric_names([sweep.spec.objective.metric])
         study.set_user_attr("sweep_file", str(sweep.path))
         study.set_user_attr("objective", sweep.spec.objective.model_dump())
+        study.set_user_attr("base_spec", sweep.base)
     return study
 
 
@@ -179,12 +185,9 @@ def resume_source(trial) -> int | None:
 # --------------------------------------------------------------------------- status / best
 
 
-def fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def status(study) -> dict[str, Any]:
-    """Trials by state, the best trial, and the running trials with their epoch."""
+def status(study, importance: bool = True) -> dict[str, Any]:
+    """Trials by state, the best trial, the running trials with their epoch, every finished trial,
+    and (``importance``) what mattered."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -193,6 +196,7 @@ def status(study) -> dict[str, Any]:
         counts[t.state.name] += 1
     out: dict[str, Any] = {
         "study": study.study_name,
+        "metric": (study.metric_names or ["value"])[0],
         "direction": study.direction.name.lower(),
         "n_trials": len(trials),
     }
@@ -225,9 +229,52 @@ def status(study) -> dict[str, Any]:
     out["failed"] = [
         {"number": t.number, "reason": t.user_attrs.get("fail_reason", "worker died (heartbeat)")}
         for t in trials
-        if t.state == TrialState.FAIL
+        if t.state == TrialState.FAIL and t.number not in out["replaced"]
     ]
+    out["trials"] = [
+        {
+            "number": t.number,
+            "label": t.user_attrs.get("label"),
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "vs_mean_frame": t.user_attrs.get("vs_mean_frame"),
+            "epochs_done": t.user_attrs.get("epochs_done"),
+            "params": t.params,
+        }
+        for t in trials
+        if t.state.is_finished() and t.number not in out["replaced"]
+    ]
+    out["importance"], out["importance_note"] = importances(study, complete) if importance else ({}, None)
     return out
+
+
+# Fewer complete trials than this, or than this many per searched parameter: the importances are rough.
+MIN_TRIALS, MIN_TRIALS_PER_PARAM = 10, 2
+
+
+def importances(study, complete: list) -> tuple[dict[str, float], str | None]:
+    """Each searched parameter's share of the objective's variance over the complete trials
+    (``optuna.importance``, fANOVA, seeded), and a note when there are too few trials for that to
+    mean much (or to be computed at all)."""
+    import optuna
+
+    n_params = len({k for t in complete for k in t.params})
+    if len(complete) < 3 or n_params == 0:
+        return {}, f"{len(complete)} complete trials: too few to tell which parameter mattered"
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        with quiet_experimental():
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError) as e:  # e.g. every trial scored the same: no variance to share
+        return {}, f"no importances: {e}"
+    note = None
+    enough = max(MIN_TRIALS, MIN_TRIALS_PER_PARAM * n_params)
+    if len(complete) < enough:
+        note = (
+            f"{len(complete)} complete trials for {n_params} parameters: the importances are rough "
+            f"(read them as a ranking at most; {enough} or more complete trials say more)"
+        )
+    return {k: float(v) for k, v in values.items()}, note
 
 
 def _progress(t) -> tuple[int | None, int | None]:
@@ -271,10 +318,14 @@ def trial_line(t) -> str:
     ep = f", {epochs} epochs" if epochs is not None else ""
     state = t.state.name
     if state == "COMPLETE":
+        margin = t.user_attrs.get("vs_mean_frame")
         what = f"{fmt(t.value)}{ep}"
+        if margin is not None:
+            what += f", {margin:+.2f} dB vs the mean frame" + ("" if margin > 0 else ": does not animate the dancer")
     elif state == "PRUNED":
         what = f"pruned{ep}"
     else:
         what = f"{state.lower()}: {t.user_attrs.get('fail_reason', 'no reason recorded')}"
     dur = f" ({t.duration.total_seconds():.0f} s)" if t.duration is not None else ""
-    return f"trial {t.number}: {params} -> {what}{dur}"
+    label = f" [{t.user_attrs['label']}]" if "label" in t.user_attrs else ""
+    return f"trial {t.number}{label}: {params} -> {what}{dur}"

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
-from cvae.errors import Pruned
+from cvae.errors import Pruned, Stopped
+from cvae.history import REFERENCE_NAMES
 from cvae.spec import validate_spec
 from cvae.sweep.file import Sweep, trial_spec_dict
 from cvae.sweep.study import resume_source, suggest
@@ -20,17 +21,29 @@ from cvae.tracking import Tracker
 MAX_REASON_CHARS = 2000  # a trial's fail_reason attribute: the message, cut to a readable length
 
 
-def objective_value(rows: list[dict[str, Any]], metric: str, direction: str, which: str) -> float:
-    """The trial's score from its epoch rows: the best or the last value of ``metric``."""
-    values = [float(r[metric]) for r in rows if metric in r and isinstance(r[metric], (int, float))]
-    if not values:
+def scored_row(rows: list[dict[str, Any]], metric: str, direction: str, which: str) -> dict[str, Any]:
+    """The epoch row that scores a run: the one with the best or the last value of ``metric``."""
+    scored = [r for r in rows if isinstance(r.get(metric), int | float)]
+    if not scored:
         raise RuntimeError(f"the run logged no {metric} on any epoch")
     if which == "last":
-        return values[-1]
-    return max(values) if direction == "maximize" else min(values)
+        return scored[-1]
+    pick = max if direction == "maximize" else min
+    return pick(scored, key=lambda r: float(r[metric]))
 
 
-def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
+def record_references(trial, row: dict[str, Any]) -> None:
+    """The trivial predictors' and the shifted-pose rollout's PSNR at the scored epoch, on the trial:
+    a score below the mean frame (a blur that ignores the pose) is a model that does not animate."""
+    refs = {k: float(row[k]) for k in REFERENCE_NAMES if isinstance(row.get(k), int | float)}
+    if refs:
+        trial.set_user_attr("references", refs)
+    if "val/psnr" in row and "val/psnr_mean_frame" in refs:
+        trial.set_user_attr("vs_mean_frame", float(row["val/psnr"]) - refs["val/psnr_mean_frame"])
+
+
+def run_epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch rows of a run folder's history."""
     return history.epoch_rows(history.read(Path(run_dir) / history.FILE))
 
 
@@ -46,7 +59,7 @@ class PruningCallback:
         """``epoch``: the epoch just finished, counted from 1."""
 
         if not self.reported:  # backfill epochs trained before a resume
-            for row in epoch_rows(self.run_dir):
+            for row in run_epoch_rows(self.run_dir):
                 if row["epoch"] < epoch and self.metric in row:
                     self._report(float(row[self.metric]), row["epoch"])
         if self.metric not in metrics:
@@ -117,11 +130,14 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             callbacks = [PruningCallback(trial, sweep.spec.objective.metric, run_dir)]
             train(spec, run_dir, trackers, callbacks, resume=resume, console=None)
             o = sweep.spec.objective
-            return objective_value(epoch_rows(run_dir), o.metric, o.direction, o.epoch)
+            row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
+            record_references(trial, row)
+            return float(row[o.metric])
         except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
             raise optuna.TrialPruned(str(e)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); resumes on the next `cvae sweep run`")
+        except KeyboardInterrupt as e:
+            how = e.how if isinstance(e, Stopped) else "Ctrl-C"
+            trial.set_user_attr("fail_reason", f"interrupted ({how}); resumes on the next `cvae sweep run`")
             trial.set_user_attr("interrupted", True)
             raise
         except Exception as e:
@@ -129,7 +145,7 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             raise
         finally:
             with contextlib.suppress(Exception):
-                trial.set_user_attr("epochs_done", len(epoch_rows(run_dir)))
+                trial.set_user_attr("epochs_done", len(run_epoch_rows(run_dir)))
 
     return objective
 

@@ -69,6 +69,8 @@ def wandb_sweep_yaml(sweep: Sweep, cwd: Path | None = None) -> str:
     notes = []
     if s.sampler.type == "cmaes":
         notes.append("# W&B has no CMA-ES: exported as bayes.\n")
+    if s.enqueue:
+        notes.append("# W&B sweeps take no enqueued points: the sweep file's `enqueue` is left out.\n")
     if s.objective.epoch == "last":
         notes.append("# W&B scores a run by its summary value of the metric (for val/psnr: the best epoch).\n")
     header = (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from cvae.errors import Stopped
 from cvae.sweep.file import Sweep, budget
 from cvae.sweep.study import (
     STORAGE_ENV,
@@ -37,6 +39,7 @@ from cvae.sweep.study import (
     trial_line,
 )
 from cvae.sweep.trial import make_objective
+from cvae.threads import per_worker, sigterm_as_ctrl_c
 
 LOCK_NAME = ".workers.lock"
 WORKER_SEED_STRIDE = 1000  # sampler seeds of workers of one run stay this far apart
@@ -101,7 +104,8 @@ def recover(study, heartbeat: bool) -> list[int]:
             optuna.trial.Trial(study, t._trial_id).set_user_attr("fail_reason", "its worker process died")
             study.tell(t.number, state=TrialState.FAIL)
         if dead or (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
-            study.enqueue_trial(t.params, user_attrs={"resume_of": t.number})
+            attrs = {"resume_of": t.number} | ({"label": t.user_attrs["label"]} if "label" in t.user_attrs else {})
+            study.enqueue_trial(t.params, user_attrs=attrs)
             queued.append(t.number)
     return queued
 
@@ -183,7 +187,7 @@ def run_worker(sweep: Sweep, opts: RunOptions, console=None, report=None) -> Non
                     time.sleep(poll)
                     continue
                 break
-            before = {t.number for t in trials}
+            before = {t.number for t in trials if t.state.is_finished()}  # an enqueued trial waits, unfinished
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         finally:
             lock.release()
@@ -213,9 +217,18 @@ def run_workers(sweep: Sweep, opts: RunOptions, workers: int, console) -> int:
     env = dict(os.environ)
     env[STORAGE_ENV] = opts.url  # not on the command line: it may hold a password
     # Share the cores: a worker per core is faster than K workers each using all cores.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    env.setdefault("OMP_NUM_THREADS", str(per_worker(workers)))
     procs = [subprocess.Popen(worker_command(sweep, opts, i), env=env) for i in range(workers)]
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    with sigterm_as_ctrl_c():
+        return _watch(study, procs, seen, console)
+
+
+def _watch(study, procs, seen: set[int], console) -> int:
+    """Print a line per trial as the workers finish them; Ctrl-C (or SIGTERM) waits for the workers,
+    which record their trials as interrupted."""
+    import subprocess
+
     try:
         while True:
             done = all(p.poll() is not None for p in procs)
@@ -226,7 +239,10 @@ def run_workers(sweep: Sweep, opts: RunOptions, workers: int, console) -> int:
             if done:
                 break
             time.sleep(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Stopped):  # a SIGTERM to this process only (a terminal's Ctrl-C reached them all)
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=60)

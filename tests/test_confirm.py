@@ -1,0 +1,221 @@
+"""`cvae sweep confirm`, what mattered (`cvae sweep status`'s importances), enqueued points and the
+objective's name: statistics against hand-computed values, a confirm stopped with Ctrl-C and run
+again, the real CLI on tiny sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import yaml
+from conftest import subprocess_env
+from test_sweep import assert_ok, cvae, trials_of, write_sweep
+
+from cvae.errors import SpecError
+from cvae.sweep.confirm import mean_interval, summarize, t_quantile, verdict
+from cvae.sweep.file import load_sweep
+
+# --------------------------------------------------------------------------- statistics by hand
+
+
+def test_t_quantiles_are_students():
+    # two-sided 95%: the tables' 12.706 (1 df), 2.776 (4), 2.262 (9); the normal's 1.960 far out
+    assert [round(t_quantile(df), 3) for df in (1, 4, 9, 10_000)] == [12.706, 2.776, 2.262, 1.960]
+
+
+def test_mean_interval_by_hand():
+    # 27, 28, 29, 30, 31: mean 29, sd sqrt(10 / 4) = 1.5811, half width 2.776 * 1.5811 / sqrt(5) = 1.9632
+    mean, sd, (low, high) = mean_interval([27.0, 28.0, 29.0, 30.0, 31.0])
+    assert (mean, sd) == (29.0, pytest.approx(1.58114, abs=1e-5))
+    assert (low, high) == (pytest.approx(29 - 1.96318, abs=1e-4), pytest.approx(29 + 1.96318, abs=1e-4))
+    one = mean_interval([3.0])
+    assert one[0] == 3.0 and math.isnan(one[1]) and math.isnan(one[2][0])
+
+
+def test_summarize_pairs_seeds_and_decides_by_the_interval():
+    base = {1: 27.0, 2: 28.0, 3: 29.0, 4: 30.0, 5: 31.0}
+    values = {
+        "base": base,
+        # +1.0, +1.2, +0.8, +1.1, +0.9 over the base seed by seed: mean 1.0, sd sqrt(0.1 / 4) = 0.15811,
+        # half width 2.776 * 0.15811 / sqrt(5) = 0.19632: [0.804, 1.196] above 0
+        "up": {1: 28.0, 2: 29.2, 3: 29.8, 4: 31.1, 5: 31.9},
+        # the same as "up" but lower: [-1.196, -0.804]
+        "down": {1: 26.0, 2: 26.8, 3: 28.2, 4: 28.9, 5: 30.1},
+        # +2, -2, +2, -2, +1: mean 0.2, the interval holds 0: no evidence, though its mean is higher
+        "noisy": {1: 29.0, 2: 26.0, 3: 31.0, 4: 28.0, 5: 32.0},
+    }
+    rows = {r["name"]: r for r in summarize(values, "maximize")}
+    assert rows["base"]["values"] == [27.0, 28.0, 29.0, 30.0, 31.0] and "vs_base" not in rows["base"]
+    assert rows["base"]["ci95"] == pytest.approx([29 - 1.96318, 29 + 1.96318], abs=1e-4)
+    up, down, noisy = rows["up"]["vs_base"], rows["down"]["vs_base"], rows["noisy"]["vs_base"]
+    assert up["mean"] == pytest.approx(1.0) and up["ci95"] == pytest.approx([0.80368, 1.19632], abs=1e-4)
+    assert up["verdict"] == "better" and up["paired"] == 5
+    assert down["ci95"] == pytest.approx([-1.19632, -0.80368], abs=1e-4) and down["verdict"] == "worse"
+    assert noisy["mean"] == pytest.approx(0.2) and noisy["verdict"] == "no evidence"
+    assert rows["noisy"]["mean"] > rows["base"]["mean"]  # a higher mean alone decides nothing
+    # an objective to minimize reads the same intervals the other way
+    flipped = {r["name"]: r["vs_base"]["verdict"] for r in summarize(values, "minimize") if "vs_base" in r}
+    assert flipped == {"up": "worse", "down": "better", "noisy": "no evidence"}
+    assert verdict((float("nan"), float("nan")), "maximize") == "no evidence"
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def test_enqueued_points_are_checked(tmp_path, tiny_data):
+    search = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    cases = [
+        ([{"name": "x", "params": {}}], "missing ['optim.lr']"),
+        ([{"name": "x", "params": {"optim.lr": 0.1}}], "outside its search range"),
+        ([{"name": "x", "params": {"optim.lr": 1e-3, "seed": 3}}], "not searched ['seed']"),
+    ]
+    for enqueue, needle in cases:
+        path = write_sweep(tmp_path, tiny_data, {"search": search, "enqueue": enqueue, "budget": {"n_trials": 2}})
+        with pytest.raises(SpecError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            load_sweep(path)
+
+
+def test_the_shipped_quick_sweep_enqueues_the_base_and_the_template():
+    sweep = load_sweep(Path(__file__).parent.parent / "sweeps" / "quick.yaml")
+    names = [p.name for p in sweep.spec.enqueue]
+    assert names == ["base", "template, summed KL", "template schedules"]
+    base = sweep.base_spec()
+    point = sweep.spec.enqueue[0].params
+    assert (point["teacher_forcing.decay_step"], point["kl_annealing.type"]) == (
+        base.teacher_forcing.decay_step,
+        base.kl_annealing.type,
+    )  # the base point is the base spec
+    assert (base.train.batch_size, base.train.epochs, base.train.val_every) == (2, 4, 2)
+    # the pruner's first report (epoch 2) comes after every searched decay has started
+    steps_to_first_report = 2 * int(1200 * base.data.partial) // base.train.batch_size
+    assert sweep.spec.search["teacher_forcing.decay_start"].high < steps_to_first_report
+    assert sweep.spec.pruner.n_warmup_steps == 1
+
+
+# --------------------------------------------------------------------------- the CLI on a tiny sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, tiny_data):
+    """4 trials of a 2-epoch tiny spec (random search, no pruning), one enqueued."""
+    folder = tmp_path_factory.mktemp("confirm")
+    sweep = {
+        "search": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "enqueue": [{"name": "the base's lr", "params": {"optim.lr": 0.001}}],
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 4},
+    }
+    path = write_sweep(folder, tiny_data, sweep)
+    assert_ok(cvae("sweep", "run", path, "--dir", folder / "out"))
+    return path, folder / "out"
+
+
+@pytest.mark.slow
+def test_status_names_the_objective_shows_importance_and_says_when_trials_are_few(tiny_sweep):
+    path, out = tiny_sweep
+    r = cvae("sweep", "status", path, "--dir", out, "--json")
+    assert_ok(r)
+    st = json.loads(r.stdout)
+    assert set(st["importance"]) == {"optim.lr"} and st["importance"]["optim.lr"] == pytest.approx(1.0)
+    assert "4 complete trials for 1 parameters: the importances are rough" in st["importance_note"]
+    assert [t["label"] for t in st["trials"]][0] == "the base's lr"
+    assert all(isinstance(t["vs_mean_frame"], float) for t in st["trials"])
+    table = cvae("sweep", "status", path, "--dir", out).stdout
+    assert "what mattered" in table and "vs mean" in table
+    from cvae.sweep.study import load_study
+
+    assert load_study(str(out / "optuna.journal"), "sweep").metric_names == ["val/psnr"]
+
+
+def test_importance_with_too_few_trials_says_so(tmp_path):
+    import optuna
+
+    from cvae.sweep.study import importances
+
+    study = optuna.create_study(direction="maximize")
+    for v in (1.0, 2.0):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"a": v, "b": v},
+                distributions={"a": optuna.distributions.FloatDistribution(0, 3)} | {
+                    "b": optuna.distributions.FloatDistribution(0, 3)},
+                value=v,
+            )
+        )  # fmt: skip
+    values, note = importances(study, study.trials)
+    assert values == {} and "too few" in note
+    for v in (0.5, 1.5, 2.5):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"a": v, "b": 3 - v},
+                distributions={"a": optuna.distributions.FloatDistribution(0, 3)} | {
+                    "b": optuna.distributions.FloatDistribution(0, 3)},
+                value=v,
+            )
+        )  # fmt: skip
+    values, note = importances(study, study.trials)
+    assert set(values) == {"a", "b"} and "rough" in note  # 5 trials for 2 parameters
+
+
+@pytest.mark.slow
+def test_confirm_stopped_with_ctrl_c_resumes_without_retraining_finished_seeds(tiny_sweep, tmp_path):
+    """Confirm the best trial and the base over 2 fresh seeds, one run at a time; Ctrl-C once the
+    first run has finished; the second call trains only what is left, then writes confirm.json (each
+    setting with its values, mean, interval and, beside the base, its paired difference and verdict)
+    and the plot. The runs are ordinary run folders, in W&B's confirm group with the trial's values."""
+    path, out = tiny_sweep
+    confirm_dir = out / "confirm"
+    env = subprocess_env()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvae.cli", "sweep", "confirm", str(path), "--dir", str(out), "--top", "1",
+         "--seeds", "2", "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's disposition
+    )  # fmt: skip
+    first = confirm_dir / "base" / "seed1" / "summary.json"
+    deadline = time.monotonic() + 240
+    while not (first.is_file() and json.loads(first.read_text()).get("status") == "finished"):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    finished_before = first.read_bytes()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    stopped = [p for p in confirm_dir.glob("*/seed*/summary.json") if json.loads(p.read_text())["status"] != "finished"]
+    assert all(json.loads(p.read_text())["status"] == "stopped" for p in stopped)
+
+    r = cvae("sweep", "confirm", path, "--dir", out, "--top", "1", "--seeds", "2", "--workers", "1", "--json")
+    assert_ok(r)
+    assert first.read_bytes() == finished_before  # not trained again
+    result = json.loads(r.stdout)
+    assert result == json.loads((out / "confirm.json").read_text())
+    settings = result["settings"]
+    complete = [t for t in trials_of(str(out / "optuna.journal"), "sweep") if t.state.name == "COMPLETE"]
+    # the best trial whose spec is not the base's (the enqueued point has the base's lr)
+    best = max((t for t in complete if t.params["optim.lr"] != 0.001), key=lambda t: t.value)
+    assert [s["name"] for s in settings] == ["base", f"trial-{best.number}"]
+    for s in settings:
+        assert len(s["values"]) == 2 and len(s["ci95"]) == 2 and s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+        runs = [confirm_dir / s["name"] / f"seed{k}" for k in result["seeds"]]
+        psnrs = [json.loads((r / "summary.json").read_text())["best/val_psnr"] for r in runs]
+        assert s["values"] == pytest.approx(psnrs)
+    # the best trial against the base, seed by seed
+    vs = settings[1]["vs_base"]
+    diffs = [a - b for a, b in zip(settings[1]["values"], settings[0]["values"], strict=True)]
+    assert vs["mean"] == pytest.approx(sum(diffs) / 2) and vs["verdict"] in ("better", "no evidence", "worse")
+    spec = yaml.safe_load((confirm_dir / settings[1]["name"] / "seed1" / "spec.yaml").read_text())
+    assert spec["optim"]["lr"] == pytest.approx(best.params["optim.lr"]) and spec["seed"] == 1
+    assert spec["tracking"]["wandb"]["group"] == "sweep-confirm" and spec["tracking"]["wandb"]["tags"] == ["confirm"]
+    assert spec["tracking"]["wandb"]["config"]["trial"]["params"] == best.params
+    assert iio.imread(out / "confirm.png").ndim == 3
+    assert os.environ.get("CVAE_DEBUG") is None
