@@ -5,6 +5,13 @@ failure of the run (exit code 1). A run stopped by SIGTERM or ctrl-c (``Stopped`
 checkpoint and exits 143 or 130, as a shell reports those signals.
 """
 
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Bad input. The message names the file, key or value and what is allowed."""
@@ -45,3 +52,25 @@ class Stopped(KeyboardInterrupt):
 
 class Pruned(Exception):
     """A sweep's pruner ended the run early: a normal end for a trial (status ``pruned``)."""
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises ``Stopped("SIGTERM")`` as Ctrl-C raises KeyboardInterrupt, so one cleanup path
+    serves both: a run saves its checkpoint (W&B's early termination and its stop button send
+    SIGTERM), a process that runs others passes the stop on to them. A second SIGTERM waits for the
+    first one's cleanup. The main thread only (where Python runs signal handlers); elsewhere nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup runs once
+        raise Stopped("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -22,8 +22,9 @@ import yaml
 
 from cvae import run_folder
 from cvae.data_root import ensure_data
+from cvae.errors import sigterm_stops
 from cvae.spec import validate_spec
-from cvae.threads import per_worker, sigterm_as_ctrl_c
+from cvae.threads import per_worker
 
 
 @dataclass
@@ -65,7 +66,7 @@ def train_all(
     env = dict(os.environ) | {"OMP_NUM_THREADS": str(per_worker(workers))}
     running: list[Job] = []
     failed = []
-    with sigterm_as_ctrl_c():
+    with sigterm_stops():
         return _run(jobs, todo, running, failed, workers, env, console)
 
 

@@ -1,22 +1,18 @@
 """How many threads a command's torch uses, on a machine it may share with other work.
 
 torch's CPU ops run on a pool of one OpenMP thread per core by default. When another process keeps
-some of those cores busy, every parallel op waits for the thread that lost its core, and the
-whole command crawls (docs/performance.md, section Threads, has the measurements). ``cvae train``, ``evaluate``,
-``predict``, ``compare`` and ``report`` therefore count the CPUs this process may use and how many
-of them other work keeps busy, and use the rest (at least one); ``--threads N`` or OMP_NUM_THREADS
-choose instead. Sweep workers get cores / workers each.
+some of those cores busy, every parallel op waits for the thread that lost its core, and the whole
+command crawls (docs/performance.md, "Threads on a shared machine", has the measurements). ``cvae
+train``, ``evaluate``, ``predict``, ``compare`` and ``report`` therefore count the CPUs this process
+may use and how many of them other work keeps busy, and use the rest (at least one); ``--threads
+N`` or OMP_NUM_THREADS choose instead. Sweep workers get cores / workers each.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 THREADS_SAMPLE_S = 0.25  # how long the CPUs' business is watched before the thread count is chosen
@@ -91,28 +87,6 @@ def per_worker(workers: int) -> int:
     """Threads of each of ``workers`` processes sharing this machine's CPUs (sweep workers, the runs of
     ``cvae sweep confirm`` and ``cvae report --reproduce``): a core each, not every core each."""
     return max(1, usable_cpus() // workers)
-
-
-@contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """In a process that runs others (workers, a queue of runs): SIGTERM raises ``Stopped("SIGTERM")``,
-    a KeyboardInterrupt, so the caller's Ctrl-C path passes the stop on to its children. The main
-    thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        from cvae.errors import Stopped
-
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Stopped("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def use_threads(requested: int | None = None) -> tuple[int, str]:

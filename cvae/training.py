@@ -11,11 +11,8 @@ Epochs are counted from 1 in everything a user reads (console, history, summary,
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +31,7 @@ from cvae.device import (
     syncs_are_free,
     tune_cpu_allocator,
 )
-from cvae.errors import Pruned, Stopped, TrainingDiverged
+from cvae.errors import Pruned, Stopped, TrainingDiverged, sigterm_stops
 from cvae.lab4_layout import epoch_fraction, steps_per_epoch
 from cvae.model import CVAE, build_model
 from cvae.redact import redact
@@ -128,7 +125,7 @@ def train(
     config = spec.to_dict() | {run_folder.DATA_KEY: data_id, "device": str(device)}
     if device.type == "cpu":
         config["threads"] = torch.get_num_threads()
-    with stop_on_sigterm():
+    with sigterm_stops():
         try:
             tracker.start(run_dir, config, resume)
             if resume and state.epoch:
@@ -155,26 +152,6 @@ def train(
                 raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
             raise
         return summary(state, epoch_row)
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the run as Ctrl-C does (``Stopped``): W&B's early termination and its stop button
-    send it. A second SIGTERM waits for the first one's cleanup. The main thread only (where Python
-    runs signal handlers); elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup (checkpoint, summary, W&B) runs once
-        raise Stopped("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def end_early(tracker: Tracker, run_dir: Path, e: BaseException) -> None:

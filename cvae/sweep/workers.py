@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from cvae.errors import Stopped
+from cvae.errors import Stopped, sigterm_stops
 from cvae.sweep.file import Sweep, budget
 from cvae.sweep.study import (
     STORAGE_ENV,
@@ -39,7 +39,7 @@ from cvae.sweep.study import (
     trial_line,
 )
 from cvae.sweep.trial import make_objective
-from cvae.threads import per_worker, sigterm_as_ctrl_c
+from cvae.threads import per_worker
 
 LOCK_NAME = ".workers.lock"
 WORKER_SEED_STRIDE = 1000  # sampler seeds of workers of one run stay this far apart
@@ -220,7 +220,7 @@ def run_workers(sweep: Sweep, opts: RunOptions, workers: int, console) -> int:
     env.setdefault("OMP_NUM_THREADS", str(per_worker(workers)))
     procs = [subprocess.Popen(worker_command(sweep, opts, i), env=env) for i in range(workers)]
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    with sigterm_as_ctrl_c():
+    with sigterm_stops():
         return _watch(study, procs, seen, console)
 
 
