@@ -5,7 +5,7 @@ A scale changes the number of epochs, the data and the widths, nothing else: eve
 in epochs is scaled with the epochs (teacher-forcing decay start and step, LR milestones, fast-train
 epochs), so each schedule keeps its shape over the shorter run; KL annealing's cycles are already
 counted over the run. ``full`` trains the report's specs as published (a GPU job); ``cpu`` fits a
-2-core CPU (docs/tracking.md has its measured time and what it shows).
+2-core CPU (docs/tracking.md says what each trains and what it shows).
 
 The runs are ordinary run folders (``runs/report-<scale>/<name>``): a second call resumes the
 unfinished ones and skips the finished.

@@ -131,16 +131,14 @@ def test_report_tells_runs_apart_by_their_specs(tmp_path):
 
 
 def test_report_finds_the_report_experiments(tmp_path):
-    """Runs of experiments/report_*.yaml (as docs/tracking.md trains them, with the same
-    overrides for all) land in the figures they were written for."""
-    from cvae.spec import load_spec
+    """Runs of experiments/report_*.yaml, as `cvae report --reproduce cpu` trains them (the same
+    scale for all), land in the figures they were written for."""
+    from cvae.reproduce import scaled_specs
 
-    shrink = ["train.epochs=3", "data.root=data/small", "data.preset=small", "model.frame_dim=32"]
-    specs = sorted((REPO / "experiments").glob("report_*.yaml"))
-    assert len(specs) == 7
-    for i, path in enumerate(specs):
-        spec = load_spec(path, shrink)
-        fake_run(tmp_path / "runs" / spec.name, [10.0 + i, 11.0 + i], spec=spec.to_dict())
+    specs = scaled_specs("cpu", {})
+    assert len(specs) == len(list((REPO / "experiments").glob("report_*.yaml"))) == 7
+    for i, (name, spec) in enumerate(sorted(specs.items())):
+        fake_run(tmp_path / "runs" / name, [10.0 + i, 11.0 + i], spec=spec)
     runs = load_runs([str(tmp_path / "runs" / "report_*")])
     tf = {r.label for r in ablation(runs, "teacher_forcing.")}
     assert tf == {"report_tf_0", "report_tf_0.1", "report_tf_0.5", "report_kl_cyclical"}  # + the template's TF
