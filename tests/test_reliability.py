@@ -103,6 +103,18 @@ def nth():
     return calls[0] == n
 
 
+def kill_at_nth_call(module, name):
+    # the signal as the n-th call of module.name begins
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        if nth():
+            kill()
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
 def kill():
     os.kill(os.getpid(), SIGNAL)
 
@@ -112,23 +124,9 @@ import cvae.step
 import cvae.training
 
 if where == "step":  # SIGKILL at the start of optimizer step n (inside an epoch)
-    step = cvae.step.train_step
-
-    def train_step(*args, **kwargs):
-        if nth():
-            kill()
-        return step(*args, **kwargs)
-
-    cvae.step.train_step = train_step
+    kill_at_nth_call(cvae.step, "train_step")
 elif where == "epoch_start":  # SIGKILL as epoch n begins (between epochs)
-    batches = cvae.training.epoch_batches
-
-    def epoch_batches(*args, **kwargs):
-        if nth():
-            kill()
-        return batches(*args, **kwargs)
-
-    cvae.training.epoch_batches = epoch_batches
+    kill_at_nth_call(cvae.training, "epoch_batches")
 elif where == "after_checkpoint":  # SIGKILL right after the n-th last.pt is complete
     save = cvae.checkpoint.save
 
@@ -148,14 +146,7 @@ elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp writte
 
     os.replace = replace_or_kill
 elif where == "validation":  # the n-th validation begins
-    validate = cvae.training.validate_model
-
-    def validate_model(*args, **kwargs):
-        if nth():
-            kill()
-        return validate(*args, **kwargs)
-
-    cvae.training.validate_model = validate_model
+    kill_at_nth_call(cvae.training, "validate_model")
 elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
     step = cvae.step.train_step
 
