@@ -20,7 +20,7 @@ from typing import Any
 FILE = "history.jsonl"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
-# The validation references (cvae/validation.py) and the name every table, plot legend and
+# The validation references (cvae/training/validation.py) and the name every table, plot legend and
 # console line gives them.
 REFERENCE_NAMES = {
     "val/psnr_repeat_first": "repeat-first",

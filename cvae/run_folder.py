@@ -32,15 +32,20 @@ from cvae.spec import flatten
 
 SPEC_FILE = "spec.yaml"
 SUMMARY_FILE = "summary.json"
-DATA_KEY = "data_identity"  # what a run trained on (cvae/data_root.py): in the trackers' config and summary.json
+DATA_KEY = "data_identity"  # what a run trained on (cvae/data/root.py): in the trackers' config and summary.json
 CHECKPOINTS = "checkpoints"
+LAST, PREVIOUS, BEST = "last.pt", "prev.pt", "best.pt"  # in RUN/checkpoints/ (cvae/training/checkpoint.py)
 
 FINISHED, PRUNED, STOPPED, FAILED, RUNNING = "finished", "pruned", "stopped", "failed", "running"
-STATES = (FINISHED, PRUNED, STOPPED, FAILED)
 
 
 def is_run(path: Path) -> bool:
     return (Path(path) / SPEC_FILE).is_file()
+
+
+def checkpoint_path(run_dir: Path, name: str = LAST) -> Path:
+    """``RUN/checkpoints/<name>``: ``last.pt``, ``prev.pt`` or ``best.pt``."""
+    return Path(run_dir) / CHECKPOINTS / name
 
 
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:

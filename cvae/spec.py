@@ -401,7 +401,7 @@ def load_spec_origins(
     path: str | Path | None, overrides: list[str] | dict[str, Any] = (), layers: Sequence[Layer] = ()
 ) -> tuple[ExperimentSpec, dict[str, str]]:
     """``load_spec``, and which file or override layer set each key (``origins``): a missing
-    ``data.root`` is generated only where the user asked for it (cvae/data_root.py)."""
+    ``data.root`` is generated only where the user asked for it (cvae/data/root.py)."""
     files = file_layers(path) if path is not None else []
     data: dict[str, Any] = {}
     for _, values in files:

@@ -15,16 +15,22 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, cli_in_process, poison_generator, subprocess_env, tiny_overrides, write_spec
+from helpers import REPO, cli_in_process, poison_generator, subprocess_env, tiny_overrides, write_spec
 
-from cvae import bench, bench_tables, device
-from cvae.data import clip_starts, gather, load_split
+from cvae import device
+from cvae.bench import run as bench
+from cvae.bench import settings
+from cvae.bench import tables as bench_tables
+from cvae.data.clips import clip_starts, gather
+from cvae.data.frames import load_split
+from cvae.data.layout import scan_split
 from cvae.errors import TrainingDiverged
 from cvae.model import build_model
-from cvae.rollout import rollout
 from cvae.spec import load_spec
-from cvae.step import train_step
-from cvae.training import DivergenceGuard, build_optimizer, train
+from cvae.training.guard import DivergenceGuard
+from cvae.training.loop import build_optimizer, train
+from cvae.training.rollout import rollout
+from cvae.training.step import train_step
 
 SLIM = {"model.frame_dim": 32, "model.pose_dim": 16, "model.z_dim": 8, "model.fusion_dim": 48}
 
@@ -32,17 +38,17 @@ SLIM = {"model.frame_dim": 32, "model.pose_dim": 16, "model.z_dim": 8, "model.fu
 @pytest.fixture(scope="module")
 def batch(tiny_data):
     """Two real 4-frame clips of the synthetic dancer: x, pose (2, 4, 3, 32, 64) in [0, 1]."""
-    train_set = load_split(tiny_data, "train", (32, 64))
-    starts = clip_starts(train_set, 4)[[0, 7]]
+    train_set = load_split(scan_split(tiny_data, "train"), (32, 64))
+    starts = torch.tensor(clip_starts(train_set.starts, train_set.lengths, 4))[[0, 7]]
     return gather(train_set.frames, starts, 4), gather(train_set.poses, starts, 4)
 
 
-def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=None, step=bench.our_step) -> float:
+def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=None, step=settings.our_step) -> float:
     """First-step loss from the spec's seeded weights with the bench's fixed noise."""
-    s = bench.with_settings(spec, precision, channels_last)
-    model = bench.fresh_model(s, torch.device("cpu"), channels_last, compile_mode)
+    s = settings.with_settings(spec, precision, channels_last)
+    model = settings.fresh_model(s, torch.device("cpu"), channels_last, compile_mode)
     opt = build_optimizer(s, model)[0]
-    return bench.first_loss(lambda: step(model, opt, *batch, s, 1.0, 0.0))
+    return settings.first_loss(lambda: step(model, opt, *batch, s, 1.0, 0.0))
 
 
 # --------------------------------------------------------------------------- numerical agreement
@@ -57,24 +63,24 @@ def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch, context
     spec = load_spec(None, tiny_overrides(tiny_data, **SLIM, **{"model.context_frame": context_frame}))
 
     def loss(step):
-        model = bench.fresh_model(spec, torch.device("cpu"), False, None)
+        model = settings.fresh_model(spec, torch.device("cpu"), False, None)
         opt = build_optimizer(spec, model)[0]
-        return bench.first_loss(lambda: step(model, opt, *batch, spec, 1.0, tfr))
+        return settings.first_loss(lambda: step(model, opt, *batch, spec, 1.0, tfr))
 
-    assert loss(bench.reference_step) == pytest.approx(loss(bench.our_step), rel=1e-4)
+    assert loss(bench.reference_step) == pytest.approx(loss(settings.our_step), rel=1e-4)
 
 
 def grads_of_step(spec, batch, tfr: float, saved: list | None = None):
     """Loss and gradients of one train_step from the spec's seeded weights and fixed noise;
     ``saved`` collects the bytes of every tensor autograd keeps for the backward pass."""
-    model = bench.fresh_model(spec, torch.device("cpu"), False, None)
+    model = settings.fresh_model(spec, torch.device("cpu"), False, None)
 
     def pack(t):
         if saved is not None:
             saved.append(t.numel() * t.element_size())
         return t
 
-    torch.manual_seed(bench.SEED)
+    torch.manual_seed(settings.SEED)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = train_step(model, *batch, spec, 1.0, tfr)
     return float(out["loss"]), {k: p.grad.clone() for k, p in model.named_parameters()}
@@ -122,8 +128,8 @@ def test_frozen_rollout_agrees_with_eager_and_keeps_its_weights(tiny_data, batch
     hold the weights they were compiled with (why it is for inference only)."""
     spec = load_spec(None, tiny_overrides(tiny_data, **SLIM))
     cpu = torch.device("cpu")
-    eager = bench.fresh_model(spec, cpu, True, None)
-    frozen = bench.fresh_model(spec, cpu, True, bench.FROZEN)
+    eager = settings.fresh_model(spec, cpu, True, None)
+    frozen = settings.fresh_model(spec, cpu, True, settings.FROZEN)
     x, pose = batch
     with device.frozen_weights():
         out = rollout(frozen, x[:, 0], pose, 0, "fp32", True)
@@ -204,10 +210,10 @@ class HostRead(AssertionError):
 @pytest.fixture
 def cuda_style(monkeypatch):
     """Run the trainer's CUDA branches on the CPU: reading a value is treated as a costly sync."""
-    import cvae.step
-    import cvae.training
+    import cvae.training.guard
+    import cvae.training.step
 
-    for module in (cvae.step, cvae.training):  # the step and the divergence guard
+    for module in (cvae.training.step, cvae.training.guard):  # the step and the divergence guard
         monkeypatch.setattr(module, "syncs_are_free", lambda dev: False)
 
 
@@ -306,6 +312,7 @@ def test_bench_tables_fit_a_narrow_terminal_without_cutting_names(name):
         narrow.print(t)
     text = narrow.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "% peak: achieved FLOP/s as a share of the measured matmul rate" in " ".join(text.split())
     wide = Console(width=200, record=True, file=io.StringIO())
     for t in tables:
         wide.print(t)
@@ -313,7 +320,7 @@ def test_bench_tables_fit_a_narrow_terminal_without_cutting_names(name):
     for group in ("train", "rollout", "loader"):
         for setting, value in result[group].items():
             assert any(f" {setting} " in line and f"{value:.1f}" in line for line in text.splitlines()), setting
-    assert any("% peak" in n for n in notes)
+    assert any("matmul rate" in n for n in notes)
 
 
 def test_bench_missing_data_uses_synthetic(tmp_path, monkeypatch):
@@ -323,7 +330,7 @@ def test_bench_missing_data_uses_synthetic(tmp_path, monkeypatch):
     flag that times it, and the fp32 ones still run."""
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     spec = load_spec(None, tiny_overrides(tmp_path / "nowhere", **SLIM))
-    result = bench.run(spec, torch.device("cpu"), bench.QUICK)
+    result = bench.run(spec, torch.device("cpu"), settings.QUICK)
     assert result["data"]["root"].startswith("synthetic")
     assert not (tmp_path / "nowhere").exists()
     assert set(result["loader"]) == {"reference", "in_memory"}
@@ -342,14 +349,14 @@ def test_not_timed_says_why(monkeypatch, flags):
     """A bf16 setting left out says whether the device lacks native bf16 or the flag asked for it."""
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
     cpu = torch.device("cpu")
-    reason = bench.not_timed("bf16", None, bench.FULL, cpu, bf16=False)
+    reason = bench.not_timed("bf16", None, settings.FULL, cpu, bf16=False)
     if "avx512_bf16" in flags:
         assert reason == "left out by --no-bf16"
     else:
         assert "not native" in reason and "--bf16" in reason
-    assert bench.not_timed("bf16", None, bench.FULL, cpu, bf16=True) is None
-    assert bench.not_timed("fp32", None, bench.FULL, cpu, bf16=False) is None
-    assert "--quick" in bench.not_timed("fp32", "default", bench.QUICK, cpu, bf16=True)
+    assert bench.not_timed("bf16", None, settings.FULL, cpu, bf16=True) is None
+    assert bench.not_timed("fp32", None, settings.FULL, cpu, bf16=False) is None
+    assert "--quick" in bench.not_timed("fp32", "default", settings.QUICK, cpu, bf16=True)
 
 
 def test_bench_help_and_spec_show_do_not_import_torch():
@@ -396,16 +403,12 @@ def test_tuned_allocator_keeps_freed_memory():
 
 
 def test_op_times_split_convolutions_by_direction_and_kind():
-    """OpTimes (scripts/train_step_time.py --ops, scripts/profile_rollout.py --ops) names every
+    """OpTimes (``python -m cvae.bench.step_time --ops``, ``cvae.bench.rollout_time --ops``) names every
     convolution it saw by direction and kind, and its times are the ops' own: positive, and
     together no more than the wall time around them."""
     import time
 
-    sys.path.insert(0, str(REPO / "scripts"))  # a helper of the scripts, not of the package
-    try:
-        import op_times
-    finally:
-        sys.path.pop(0)
+    from cvae.bench import timing as op_times
 
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),

@@ -20,45 +20,29 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli_in_process, make_lab4, solid, subprocess_env, tiny_overrides, write_png, write_spec
+from helpers import (
+    REPO,
+    assert_bad_input,
+    assert_ok,
+    cli_in_process,
+    cvae,
+    make_lab4,
+    snapshot,
+    solid,
+    subprocess_env,
+    tiny_overrides,
+    write_png,
+    write_spec,
+)
 
-from cvae.data import load_test
-from cvae.evaluate import load_trained
-from cvae.media import LABEL_HEIGHT
-from cvae.rollout import rollout
+from cvae.data.frames import load_test
+from cvae.runs.evaluate import load_trained
 from cvae.spec import load_spec
-from cvae.validation import VAL_SEED_OFFSET
+from cvae.tracking.media import LABEL_HEIGHT
+from cvae.training.rollout import rollout
+from cvae.training.validation import VAL_SEED_OFFSET
 
 TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
-
-
-def cvae(*args, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cvae.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under root and its bytes (folders as empty entries)."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
-
-
-def assert_bad_input(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.stderr  # one message
-    assert "Traceback" not in r.stderr
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
-
-
-def assert_ok(r: subprocess.CompletedProcess) -> None:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
 
 
 # --------------------------------------------------------------------------- help without torch
@@ -113,15 +97,6 @@ def test_spec_schema_is_json():
 
 
 # --------------------------------------------------------------------------- bad input: exit 2, nothing written
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    """A valid hand-made dataset and spec (8x12 frames) in tmp_path/ws; runs go to ws/run."""
-    ws = tmp_path / "ws"
-    make_lab4(ws / "data")
-    write_spec(ws / "spec.yaml", tiny_overrides(ws / "data", **{"data.frame_size": [8, 12]}))
-    return ws
 
 
 def run_bad(ws: Path, *args, needles: tuple[str, ...]) -> None:
@@ -215,13 +190,6 @@ def test_resume_and_spec_together_is_refused(workspace):
 
 
 # --------------------------------------------------------------------------- bad checkpoints
-
-
-@pytest.fixture
-def run_copy(tmp_path, trained_run) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    return run
 
 
 def evaluate_bad(run: Path, *needles: str) -> None:
@@ -372,7 +340,7 @@ def test_spec_show_schedule_prints_the_reports_beta_and_the_labs_coins(tmp_path)
     """The report's cyclical beta (epoch mod 10) / 10 and the template's teacher forcing (1.0, from
     epoch 10, -0.1 an epoch), one object per epoch, with each epoch's coin; no training, no data
     loading: torch is not even imported."""
-    from cvae.schedules import epoch_coin
+    from cvae.training.schedules import epoch_coin
 
     plot = tmp_path / "schedule.png"
     spec = REPO / "experiments" / "report_kl_cyclical.yaml"

@@ -18,12 +18,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from conftest import REPO, nested, subprocess_env, tiny_overrides
+from helpers import REPO, nested, subprocess_env, tiny_overrides
 from rich.console import Console
 
-from cvae.compare import compare_runs, differing_settings, load_runs, resolve_runs, table_rows
 from cvae.errors import RunDirError, UserError
-from cvae.report import ablation, kl_label, make_report, psnr_run, tf_label
+from cvae.runs.compare import compare_runs, differing_settings, load_runs, resolve_runs, table_rows
+from cvae.runs.report import ablation, kl_label, make_report, psnr_run, tf_label
 
 # --------------------------------------------------------------------------- hand-written runs
 
@@ -133,7 +133,7 @@ def test_report_tells_runs_apart_by_their_specs(tmp_path):
 def test_report_finds_the_report_experiments(tmp_path):
     """Runs of experiments/report_*.yaml, as `cvae report --reproduce cpu` trains them (the same
     scale for all), land in the figures they were written for."""
-    from cvae.reproduce import scaled_specs
+    from cvae.runs.reproduce import scaled_specs
 
     specs = scaled_specs("cpu", {})
     assert len(specs) == len(list((REPO / "experiments").glob("report_*.yaml"))) == 7
@@ -154,7 +154,7 @@ def test_report_finds_the_report_experiments(tmp_path):
 def tiny_runs(tmp_path_factory, trained_run, tiny_data) -> dict[str, Path]:
     """The shared 2-epoch tiny run (KL monotonic, TF 0.5 per frame) and variants of it."""
     from cvae.spec import load_spec
-    from cvae.training import train
+    from cvae.training.loop import train
 
     root = tmp_path_factory.mktemp("compare")
     runs = {"mono": root / "mono"}
@@ -209,16 +209,16 @@ def test_compare_two_tiny_runs(tmp_path, tiny_runs):
 
 @pytest.mark.slow
 def test_report_from_tiny_runs(tmp_path, tiny_runs, monkeypatch):
-    import cvae.media
+    import cvae.tracking.media
 
     drawn = {}  # figure name -> the series each run's panels got
-    real = cvae.media.plot_panels
+    real = cvae.tracking.media.plot_panels
 
     def spy(path, runs, panels, **kw):
         drawn[path.name] = (runs, [key for key, _, _ in panels])
         return real(path, runs, panels, **kw)
 
-    monkeypatch.setattr(cvae.media, "plot_panels", spy)
+    monkeypatch.setattr(cvae.tracking.media, "plot_panels", spy)
     out = tmp_path / "report"
     report = make_report([str(tiny_runs["mono"].parent / "*")], out)
     assert report.skipped == []

@@ -16,8 +16,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from conftest import subprocess_env
-from test_sweep import assert_ok, cvae, trials_of, write_sweep
+from helpers import assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
 from cvae.sweep.confirm import mean_interval, summarize, t_quantile, verdict
@@ -130,7 +129,7 @@ def test_status_names_the_objective_shows_importance_and_says_when_trials_are_fe
     assert [t["label"] for t in st["trials"]][0] == "the base's lr"
     assert all(isinstance(t["vs_mean_frame"], float) for t in st["trials"])
     table = cvae("sweep", "status", path, "--dir", out).stdout
-    assert "what mattered" in table and "vs mean" in table
+    assert "what mattered" in table and "vs the mean frame" in table
     from cvae.sweep.study import load_study
 
     assert load_study(str(out / "optuna.journal"), "sweep").metric_names == ["val/psnr"]

@@ -8,22 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_lab4, make_split, solid, write_png
+from helpers import make_lab4, make_split, solid, write_png
 
-import cvae.data as data
-from cvae.data import (
-    VideoSet,
-    clip_starts,
-    epoch_batches,
-    gather,
-    load_split,
-    load_test,
-    resize,
-    scan_split,
-)
+import cvae.data.frames as frames
+from cvae.data.clips import clip_starts, epoch_batches, gather
+from cvae.data.frames import VideoSet, load_split, load_test, resize
+from cvae.data.layout import scan_split
 from cvae.errors import DataError
 
 SIZE = (8, 12)  # H, W of the hand-made frames
+
+
+def load(root: Path, split: str, size: tuple[int, int]) -> VideoSet:
+    """A split scanned and decoded (or read from the cache)."""
+    return load_split(scan_split(root, split), size)
 
 
 def red(vs: VideoSet) -> list[int]:
@@ -37,15 +35,15 @@ def red(vs: VideoSet) -> list[int]:
 def test_numeric_sort(tmp_path):
     names = [f"frame{i}.png" for i in (10, 2, 1, 0, 11, 3)]
     make_split(tmp_path, "train", {"": names})
-    (videos,) = scan_split(tmp_path, "train")
+    (videos,) = scan_split(tmp_path, "train").videos
     assert [p.name for p, _ in videos.pairs] == ["frame0.png", "frame1.png", "frame2.png", "frame3.png",
                                                  "frame10.png", "frame11.png"]  # fmt: skip
-    assert red(load_split(tmp_path, "train", SIZE)) == [0, 10, 20, 30, 100, 110]
+    assert red(load(tmp_path, "train", SIZE)) == [0, 10, 20, 30, 100, 110]
 
 
 def test_flat_folder_is_one_video(tmp_path):
     make_split(tmp_path, "val", {"": [f"frame{i}.png" for i in range(7)]})
-    vs = load_split(tmp_path, "val", SIZE)
+    vs = load(tmp_path, "val", SIZE)
     assert vs.names == [""] and vs.starts == [0] and vs.lengths == [7]
     assert vs.frames.shape == vs.poses.shape == (7, 3, *SIZE)
     # the pose of the same name: green channel carries the same value
@@ -59,7 +57,7 @@ def test_subfolders_are_videos(tmp_path):
         {"v2": [f"f{i}.png" for i in range(3)], "v10": [f"f{i}.png" for i in range(5)]},
         value=lambda v, i: (100 if v == "v10" else 0) + i,
     )
-    vs = load_split(tmp_path, "train", SIZE)
+    vs = load(tmp_path, "train", SIZE)
     assert vs.names == ["v2", "v10"]  # numeric order of folder names too
     assert vs.lengths == [3, 5] and vs.starts == [0, 3]
     assert vs.video(0)[0][:, 0, 0, 0].tolist() == [0, 1, 2]
@@ -83,7 +81,7 @@ def test_missing_pose_file_names_it(tmp_path):
     make_split(tmp_path, "train", {"": [f"frame{i}.png" for i in range(5)]})
     (tmp_path / "train/train_label/frame3.png").unlink()
     with pytest.raises(DataError) as e:
-        load_split(tmp_path, "train", SIZE)
+        load(tmp_path, "train", SIZE)
     assert "frame3.png" in str(e.value) and "no pose image" in str(e.value)
 
 
@@ -91,7 +89,7 @@ def test_extra_pose_file_names_it(tmp_path):
     make_split(tmp_path, "train", {"": [f"frame{i}.png" for i in range(5)]})
     write_png(tmp_path / "train/train_label/frame7.png", solid(0, SIZE))
     with pytest.raises(DataError) as e:
-        load_split(tmp_path, "train", SIZE)
+        load(tmp_path, "train", SIZE)
     assert str(tmp_path / "train/train_label/frame7.png") in str(e.value)
 
 
@@ -107,7 +105,7 @@ def test_unreadable_png_names_it(tmp_path):
     bad = tmp_path / "train/train_img/frame2.png"
     bad.write_bytes(b"\x89PNG this is not an image at all")
     with pytest.raises(DataError) as e:
-        load_split(tmp_path, "train", SIZE)
+        load(tmp_path, "train", SIZE)
     assert str(bad) in str(e.value) and "not a readable PNG" in str(e.value)
 
 
@@ -116,7 +114,7 @@ def test_mixed_sizes_name_the_odd_file(tmp_path):
     odd = tmp_path / "train/train_img/frame3.png"
     write_png(odd, solid(30, (9, 12)))
     with pytest.raises(DataError) as e:
-        load_split(tmp_path, "train", SIZE)
+        load(tmp_path, "train", SIZE)
     msg = str(e.value)
     assert msg.startswith(str(odd)) and "12x9" in msg and "differs" in msg
 
@@ -132,7 +130,7 @@ def test_resize_antialiased_uint8(tmp_path):
     for name in ("frame0.png", "frame1.png"):
         write_png(tmp_path / "val/val_img" / name, big)
         write_png(tmp_path / "val/val_label" / name, big)
-    vs = load_split(tmp_path, "val", (32, 64))
+    vs = load(tmp_path, "val", (32, 64))
     assert vs.frames.dtype == vs.poses.dtype == torch.uint8
     assert vs.frames.shape == vs.poses.shape == (2, 3, 32, 64)
     interior = vs.frames[:, :, :, 1:-1]
@@ -156,37 +154,37 @@ def test_resize_identity_and_upscale():
 
 def test_cache_is_reused(tmp_path, monkeypatch):
     make_lab4(tmp_path)
-    first = load_split(tmp_path, "train", SIZE)
+    first = load(tmp_path, "train", SIZE)
     assert list((tmp_path / ".cvae-cache").glob("train-8x12.npz"))
 
     def no_decoding(path):
         raise AssertionError(f"decoded {path} although the cache is fresh")
 
-    monkeypatch.setattr(data, "decode_png", no_decoding)
-    second = load_split(tmp_path, "train", SIZE)
+    monkeypatch.setattr(frames, "decode_png", no_decoding)
+    second = load(tmp_path, "train", SIZE)
     assert torch.equal(first.frames, second.frames) and torch.equal(first.poses, second.poses)
     assert (second.names, second.starts, second.lengths) == (first.names, first.starts, first.lengths)
 
 
 def test_cache_is_rebuilt_when_a_file_changes(tmp_path):
     make_lab4(tmp_path)
-    before = load_split(tmp_path, "val", SIZE)
+    before = load(tmp_path, "val", SIZE)
     frame = tmp_path / "val/val_img/frame5.png"
     write_png(frame, solid(222, SIZE))
     st = frame.stat()
     os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a distinct mtime on any filesystem
-    after = load_split(tmp_path, "val", SIZE)
+    after = load(tmp_path, "val", SIZE)
     assert before.frames[5, 0, 0, 0] == 50 and after.frames[5, 0, 0, 0] == 222
     assert torch.equal(before.frames[:5], after.frames[:5])
 
 
 def test_cache_per_size_and_a_corrupt_cache_is_rebuilt(tmp_path):
     make_lab4(tmp_path)
-    small = load_split(tmp_path, "val", (4, 6))
+    small = load(tmp_path, "val", (4, 6))
     assert small.frames.shape[-2:] == (4, 6)
     cache = tmp_path / ".cvae-cache" / "val-4x6.npz"
     cache.write_bytes(b"garbage")
-    again = load_split(tmp_path, "val", (4, 6))
+    again = load(tmp_path, "val", (4, 6))
     assert torch.equal(small.frames, again.frames)
 
 
@@ -196,18 +194,18 @@ def test_cache_per_size_and_a_corrupt_cache_is_rebuilt(tmp_path):
 def test_clip_starts_never_cross_videos():
     vs = VideoSet(torch.zeros(12, 3, 2, 2, dtype=torch.uint8), torch.zeros(12, 3, 2, 2, dtype=torch.uint8),
                   ["a", "b"], [0, 5], [5, 7])  # fmt: skip
-    starts = clip_starts(vs, 3)
-    assert starts.tolist() == [0, 5, 8]  # video a: one clip (frames 0-2); b: two (5-7, 8-10)
-    for s in starts.tolist():
+    starts = clip_starts(vs.starts, vs.lengths, 3)
+    assert starts == [0, 5, 8]  # video a: one clip (frames 0-2); b: two (5-7, 8-10)
+    for s in starts:
         (v,) = [i for i, (a, n) in enumerate(zip(vs.starts, vs.lengths, strict=True)) if a <= s < a + n]
         assert s + 3 <= vs.starts[v] + vs.lengths[v]
     with pytest.raises(DataError, match="clip_len 8 exceeds the longest video"):
-        clip_starts(vs, 8)
+        clip_starts(vs.starts, vs.lengths, 8)
 
 
 def test_clip_starts_on_synthetic_data(tiny_data):
-    vs = load_split(tiny_data, "train", (32, 64))
-    starts = clip_starts(vs, 5).tolist()
+    vs = load(tiny_data, "train", (32, 64))
+    starts = clip_starts(vs.starts, vs.lengths, 5)
     assert len(starts) == 4 * (24 // 5)
     ends = [s + n for s, n in zip(vs.starts, vs.lengths, strict=True)]
     for s in starts:
@@ -259,7 +257,7 @@ def test_load_test_errors(tmp_path):
 
 
 def test_synthetic_splits_decode(tiny_data):
-    train, val = load_split(tiny_data, "train", (32, 64)), load_split(tiny_data, "val", (32, 64))
+    train, val = load(tiny_data, "train", (32, 64)), load(tiny_data, "val", (32, 64))
     assert train.lengths == [24] * 4 and val.lengths == [40]
     assert train.frames.shape == (96, 3, 32, 64)
     assert train.frames.float().std() > 10  # real pictures, not blank
@@ -268,6 +266,6 @@ def test_synthetic_splits_decode(tiny_data):
 def test_hand_made_dataset_loads(tmp_path):
     """The hand-made helper itself: a valid dataset loads in every split."""
     root = make_lab4(Path(tmp_path))
-    assert load_split(root, "train", SIZE).lengths == [12, 12]
-    assert load_split(root, "val", SIZE).lengths == [12]
+    assert load(root, "train", SIZE).lengths == [12, 12]
+    assert load(root, "val", SIZE).lengths == [12]
     assert len(load_test(root, SIZE)) == 1

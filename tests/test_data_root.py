@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_lab4, tiny_overrides, write_spec
-from test_cli import assert_bad_input, assert_ok, cvae, snapshot
+from helpers import REPO, assert_bad_input, assert_ok, cvae, make_lab4, snapshot, tiny_overrides, write_spec
 
-from cvae.data_root import check_request, synthesis_requested
+from cvae.data.root import check_request, synthesis_requested
 from cvae.errors import DataError
 from cvae.spec import load_spec_origins
 
@@ -159,3 +158,53 @@ def test_a_users_folder_is_recorded_as_such_and_compare_warns_about_different_da
     assert any("validated on different data" in w for w in warnings), mixed.stdout
     rows = (tmp_path / "cmp2" / "compare.csv").read_text()
     assert ids["c"]["train_fingerprint"] in rows and "synthetic tiny/0" in rows
+
+
+# --------------------------------------------------------------------------- one scan per split
+
+
+@pytest.fixture
+def scan_counter(monkeypatch):
+    """Counts every file stat'ed while scanning a split and every fingerprint pass over a scan."""
+    from functools import cached_property
+
+    from cvae.data import layout
+
+    counts = {"stats": 0, "fingerprints": []}
+    real_stat, real_digests = layout._stat, layout.SplitFiles._digests.func
+
+    def stat(path):
+        counts["stats"] += 1
+        return real_stat(path)
+
+    def digests(self):
+        counts["fingerprints"].append(self.split)
+        return real_digests(self)
+
+    prop = cached_property(digests)
+    prop.__set_name__(layout.SplitFiles, "_digests")
+    monkeypatch.setattr(layout, "_stat", stat)
+    monkeypatch.setattr(layout.SplitFiles, "_digests", prop)
+    return counts
+
+
+def test_each_split_is_scanned_and_fingerprinted_once_per_run(tmp_path, tiny_data, scan_counter):
+    """A new run, its resume and an evaluation each stat every file of both splits once and
+    fingerprint each split once (the data identity and the frame cache's key come from that pass)."""
+    from cvae.launch import launch
+    from cvae.runs.evaluate import evaluate_run
+    from cvae.spec import load_spec
+
+    files = 2 * (4 * 24 + 40)  # frames and poses: train 4 videos x 24, val 1 x 40 (tiny preset)
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    run = tmp_path / "run"
+    launch(spec, run)
+    assert scan_counter["stats"] == files and sorted(scan_counter["fingerprints"]) == ["train", "val"]
+
+    scan_counter["stats"], scan_counter["fingerprints"] = 0, []
+    launch(load_spec(run / "spec.yaml"), run, resume=True)  # checked against the recorded data, then loaded
+    assert scan_counter["stats"] == files and sorted(scan_counter["fingerprints"]) == ["train", "val"]
+
+    scan_counter["stats"], scan_counter["fingerprints"] = 0, []
+    evaluate_run(run, "best", None)
+    assert scan_counter["stats"] == files and sorted(scan_counter["fingerprints"]) == ["train", "val"]

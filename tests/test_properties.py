@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from cvae.cli import app
 from cvae.errors import SpecError
 from cvae.redact import redact
-from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec, all_keys, load_spec
+from cvae.training.schedules import kl_beta, teacher_forcing_ratio
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = all_keys()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cvae.model import CVAE, build_model
-from cvae.rollout import rollout
 from cvae.spec import load_spec
+from cvae.training.rollout import rollout
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 PUBLISHED = ["lab4_template.yaml", *sorted(p.name for p in EXPERIMENTS.glob("report_*.yaml"))]
@@ -69,7 +69,11 @@ def test_context_frame_adds_only_fusion_inputs():
         ctx.decode(f, l, z)
 
 
-def test_context_frame_rollout_depends_on_the_first_frame_only_through_the_model():
+@torch.no_grad()
+def test_context_frame_rollout_fuses_the_first_frames_features_at_every_step():
+    """With ``model.context_frame`` the rollout encodes the given first frame once and fuses those
+    features at every step: it equals a hand-written loop that does exactly that with the same z
+    draws, and that loop given another frame's features as the context gives other frames."""
     spec = load_spec(
         None,
         ["model.frame_dim=16", "model.pose_dim=8", "model.z_dim=4", "model.fusion_dim=16", "model.context_frame=true"],
@@ -77,6 +81,19 @@ def test_context_frame_rollout_depends_on_the_first_frame_only_through_the_model
     torch.manual_seed(0)
     model = build_model(spec).eval()
     first, poses = torch.rand(2, 3, 8, 16), torch.rand(2, 5, 3, 8, 16)
-    a = rollout(model, first, poses, seed=3)
-    b = rollout(model, first, poses, seed=3)
-    assert a.shape == (2, 5, 3, 8, 16) and torch.equal(a, b) and torch.equal(a[:, 0], first)
+    out = rollout(model, first, poses, seed=3)
+    assert out.shape == (2, 5, 3, 8, 16) and torch.equal(out[:, 0], first)
+    assert torch.equal(out, rollout(model, first, poses, seed=3))
+
+    def by_hand(context: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)  # the rollout's z stream: one draw per step, shared by the videos
+        f_ctx, prev, frames = model.frame_encoder(context), first, [first]
+        for t in range(1, poses.shape[1]):
+            z = torch.randn((1, model.z_dim, 8, 16), generator=g).expand(2, -1, -1, -1)
+            prev = model.decode(model.frame_encoder(prev), model.pose_encoder(poses[:, t]), z, f_ctx)
+            frames.append(prev)
+        return torch.stack(frames, dim=1)
+
+    assert torch.allclose(by_hand(first), out, atol=1e-6)
+    other = by_hand(torch.rand(2, 3, 8, 16))
+    assert all(not torch.allclose(other[:, t], out[:, t], atol=1e-4) for t in range(1, 5))

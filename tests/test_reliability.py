@@ -14,21 +14,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import subprocess_env, tiny_overrides, write_spec
-from test_cli import cvae, run_copy, snapshot, workspace  # noqa: F401  (fixtures reused here)
+from helpers import Stop, StopAtEpochEnd, cvae, python, snapshot, subprocess_env, tiny_overrides, write_spec
 from typer.testing import CliRunner
 
-from cvae import checkpoint
 from cvae.errors import CheckpointError, TrainingDiverged
 from cvae.spec import load_spec
-from cvae.training import train
+from cvae.training import checkpoint
+from cvae.training.loop import train
 
 STEPS = 6  # tiny preset, data.partial 0.5: 12 clips of 4 frames, batch 2 -> 6 steps per epoch
 KILL = {"train.epochs": 2, "data.partial": 0.5, "optim.milestones": [1]}  # epoch 2 crosses the LR milestone
@@ -72,18 +70,6 @@ def leftovers(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if ".tmp" in p.name and "wandb" not in p.parts)
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    env = subprocess_env()
-    env.update(extra)
-    return env
-
-
-def run_cli(*args, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, env=env or cli_env(), cwd=cwd, timeout=600
-    )
-
-
 # A wrapper around the CLI that plants one fault: `python fault.py WHERE N cvae-args...`.
 FAULT_SCRIPT = r"""
 import math, os, signal, sys
@@ -96,6 +82,9 @@ calls = [0]
 # at the point instead of SIGKILL.
 sig, _, where = where.rpartition(":")
 SIGNAL = {"term": signal.SIGTERM, "int": signal.SIGINT}.get(sig, signal.SIGKILL)
+# Python ignores SIGINT in a process started with it ignored (a shell's background job): a user's
+# Ctrl-C reaches a terminal's foreground job, so take it as the CLI in a terminal does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def nth():
@@ -119,23 +108,24 @@ def kill():
     os.kill(os.getpid(), SIGNAL)
 
 
-import cvae.checkpoint
-import cvae.step
-import cvae.training
+import cvae.data.clips
+import cvae.training.checkpoint
+import cvae.training.loop
+import cvae.training.step
 
 if where == "step":  # SIGKILL at the start of optimizer step n (inside an epoch)
-    kill_at_nth_call(cvae.step, "train_step")
+    kill_at_nth_call(cvae.training.step, "train_step")
 elif where == "epoch_start":  # SIGKILL as epoch n begins (between epochs)
-    kill_at_nth_call(cvae.training, "epoch_batches")
+    kill_at_nth_call(cvae.data.clips, "epoch_batches")
 elif where == "after_checkpoint":  # SIGKILL right after the n-th last.pt is complete
-    save = cvae.checkpoint.save
+    save = cvae.training.checkpoint.save
 
     def save_then_kill(path, state, keep_previous=False):
         save(path, state, keep_previous)
         if path.name == "last.pt" and nth():
             kill()
 
-    cvae.checkpoint.save = save_then_kill
+    cvae.training.checkpoint.save = save_then_kill
 elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp written, prev.pt kept, not renamed
     replace = os.replace
 
@@ -146,9 +136,9 @@ elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp writte
 
     os.replace = replace_or_kill
 elif where == "validation":  # the n-th validation begins
-    kill_at_nth_call(cvae.training, "validate_model")
+    kill_at_nth_call(cvae.training.loop, "validate_model")
 elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
-    step = cvae.step.train_step
+    step = cvae.training.step.train_step
 
     def train_step(model, x, *args, **kwargs):
         calls[0] += 1
@@ -156,7 +146,7 @@ elif where == "nan_from_step":  # the clips of step n and later are NaN: a real 
             x = x * math.nan
         return step(model, x, *args, **kwargs)
 
-    cvae.step.train_step = train_step
+    cvae.training.step.train_step = train_step
 else:
     sys.exit(f"unknown fault {where}")
 
@@ -176,7 +166,7 @@ def fault_script(tmp_path) -> Path:
 @pytest.fixture
 def wandb_env(tmp_path) -> dict[str, str]:
     """CLI environment with W&B offline and all its folders in tmp; no sweep agent."""
-    env = cli_env(WANDB_MODE="offline")
+    env = subprocess_env(WANDB_MODE="offline")
     for var in (
         "WANDB_SWEEP_ID",
         "WANDB_SWEEP_PARAM_PATH",
@@ -222,14 +212,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
 ):
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **KILL, **{"tracking.wandb.mode": "offline"}))
     run = tmp_path / "run"
-    killed = run_cli(fault_script, where, n, "train", spec, "--run-dir", run, env=wandb_env)
+    killed = python(fault_script, where, n, "train", spec, "--run-dir", run, env=wandb_env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run_id = (run / "wandb_run_id.txt").read_text().strip()
     if where == "checkpoint_rename":
         assert (run / "checkpoints/last.pt.tmp").exists()  # the kill landed inside checkpoint.save
         assert checkpoint.load(run / "checkpoints/last.pt")["epoch"] == 1  # last.pt: the old, complete one
 
-    resumed = run_cli("-m", "cvae.cli", "train", "--resume", run, env=wandb_env)
+    resumed = cvae("train", "--resume", run, env=wandb_env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     # Weights, optimizer, scheduler, counters: bit-identical to the uninterrupted run.
@@ -273,7 +263,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     file is left, and `cvae train --resume` ends where an uninterrupted run ends."""
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **KILL, **{"tracking.wandb.mode": "offline"}))
     run = tmp_path / "run"
-    stopped = run_cli(fault_script, where, n, "train", spec, "--run-dir", run, env=wandb_env)
+    stopped = python(fault_script, where, n, "train", spec, "--run-dir", run, env=wandb_env)
     assert stopped.returncode == code, stopped.stdout + stopped.stderr
     how = "SIGTERM" if where.startswith("term") else "Ctrl-C"
     assert f"stopped ({how})" in stopped.stderr and "Traceback" not in stopped.stderr
@@ -284,7 +274,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
 
     wb = read_offline_run(run)
     assert wb["state"] == "finished" and wb["summary"]["status"] == "stopped"  # closed, not crashed
-    resumed = run_cli("-m", "cvae.cli", "train", "--resume", run, env=wandb_env)
+    resumed = cvae("train", "--resume", run, env=wandb_env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_same_training_state(run / "checkpoints/last.pt", uninterrupted / "checkpoints/last.pt")
     assert without_perf(history(run)) == without_perf(history(uninterrupted))
@@ -350,7 +340,7 @@ def test_cli_resume_falls_back_to_prev(request, trained_run, damage):
 def test_cli_nan_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, fault_script):
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **KILL))
     run = tmp_path / "run"
-    r = run_cli(fault_script, "nan_from_step", STEPS + 3, "train", spec, "--run-dir", run)
+    r = python(fault_script, "nan_from_step", STEPS + 3, "train", spec, "--run-dir", run)
     assert r.returncode == 1, r.stdout + r.stderr
     failed = [line for line in r.stderr.splitlines() if line.startswith("failed:")]
     assert len(failed) == 1 and "Traceback" not in r.stderr
@@ -367,7 +357,7 @@ def test_cli_nan_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert s["status"] == "failed" and s["failure_reason"] == failed[0].removeprefix("failed: ")
     assert max(row["step"] for row in history(run)) == STEPS + 2  # the NaN step itself is not logged
     # The last good checkpoint (epoch 1) still loads, as evaluate loads it.
-    from cvae.evaluate import load_trained
+    from cvae.runs.evaluate import load_trained
 
     for name in ("last", "best"):
         _, model, state = load_trained(run, name)
@@ -377,9 +367,9 @@ def test_cli_nan_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, tiny
 
 def poison(monkeypatch, bad_steps, first_step: int = 0) -> dict:
     """Make the clips of the given optimizer steps NaN (counted from ``first_step``)."""
-    import cvae.step
+    import cvae.training.step
 
-    real = getattr(cvae.step.train_step, "unpoisoned", cvae.step.train_step)
+    real = getattr(cvae.training.step.train_step, "unpoisoned", cvae.training.step.train_step)
     count = {"step": first_step}
 
     def train_step(model, x, *args, **kwargs):
@@ -389,7 +379,7 @@ def poison(monkeypatch, bad_steps, first_step: int = 0) -> dict:
         return real(model, x, *args, **kwargs)
 
     train_step.unpoisoned = real
-    monkeypatch.setattr(cvae.step, "train_step", train_step)
+    monkeypatch.setattr(cvae.training.step, "train_step", train_step)
     return count
 
 
@@ -436,7 +426,6 @@ def test_skip_batch_stops_past_the_limit(tmp_path, tiny_data, monkeypatch):
 def test_skip_batch_resume_is_exact(tmp_path, tiny_data, monkeypatch):
     """Two NaN batches (one per epoch), skipped: a run stopped after epoch 1 and resumed ends
     bit-identical to one that was never stopped, with the skip count carried over."""
-    from test_training import Stop, StopAtEpochEnd
 
     spec = load_spec(None, tiny_overrides(tiny_data, **KILL, **{"train.on_nan": "skip_batch"}))
     bad = {3, STEPS + 2}.__contains__
@@ -521,15 +510,15 @@ def test_disk_full_later_keeps_the_old_checkpoint_and_resume_finishes(tmp_path, 
 # imageio's GIF writer, left open by the failed write, tries to flush again when collected.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_disk_full_while_writing_media(tmp_path, tiny_data, small_disk, monkeypatch):
-    import cvae.media
+    import cvae.tracking.media
 
-    real = cvae.media.write_gif
+    real = cvae.tracking.media.write_gif
 
     def write_gif_on_a_full_disk(path, frames, *args, **kwargs):
         fill(small_disk, 0)
         return real(path, frames, *args, **kwargs)
 
-    monkeypatch.setattr(cvae.media, "write_gif", write_gif_on_a_full_disk)
+    monkeypatch.setattr(cvae.tracking.media, "write_gif", write_gif_on_a_full_disk)
     run = small_disk / "run"
     with pytest.raises(OSError) as e:
         train(load_spec(None, tiny_overrides(tiny_data, **KILL)), run)
@@ -955,10 +944,10 @@ def test_secrets_stay_out_of_every_file_and_the_console(tmp_path, tiny_data, wan
     )
     run = tmp_path / "run"
     env = {**wandb_env, "WANDB_API_KEY": API_KEY}
-    r = run_cli("-m", "cvae.cli", "train", spec, "--run-dir", run, "--set", f"tracking.wandb.group={url}", env=env)
+    r = cvae("train", spec, "--run-dir", run, "--set", f"tracking.wandb.group={url}", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    shown = run_cli("-m", "cvae.cli", "spec", "show", spec, env=env)
-    bad = run_cli("-m", "cvae.cli", "spec", "show", spec, "--set", f"tracking.wandb.mode={url}", env=env)
+    shown = cvae("spec", "show", spec, env=env)
+    bad = cvae("spec", "show", spec, "--set", f"tracking.wandb.mode={url}", env=env)
     assert bad.returncode == 2 and "alice:***@db.example.org" in bad.stderr
 
     for text in (r.stdout, r.stderr, shown.stdout, shown.stderr, bad.stdout, bad.stderr):
@@ -991,7 +980,7 @@ def test_checkpoints_load_weights_only(trained_run, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    from cvae.evaluate import load_trained
+    from cvae.runs.evaluate import load_trained
 
     load_trained(trained_run, "best")
     checkpoint.load(trained_run / "checkpoints/last.pt")

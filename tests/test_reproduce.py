@@ -7,12 +7,12 @@ import json
 from fractions import Fraction
 
 import pytest
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
-from cvae.reproduce import REPORT_SPECS, SCALES, Scale, scaled, scaled_specs
-from cvae.run_queue import train_all
-from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.runs.queue import train_all
+from cvae.runs.reproduce import REPORT_SPECS, SCALES, Scale, scaled, scaled_specs
 from cvae.spec import load_spec, validate_spec
+from cvae.training.schedules import kl_beta, teacher_forcing_ratio
 
 
 def test_the_cpu_scale_scales_every_setting_counted_in_epochs():

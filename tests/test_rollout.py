@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from cvae.model import CVAE
-from cvae.rollout import MAX_VIDEOS, PSNR_CAP_DB, batches_by_length, psnr, reference_scores, rollout, shift_poses
-from cvae.validation import frame_scores
+from cvae.training.rollout import (
+    MAX_VIDEOS,
+    PSNR_CAP_DB,
+    batches_by_length,
+    psnr,
+    reference_scores,
+    rollout,
+    shift_poses,
+)
+from cvae.training.validation import frame_scores
 
 
 def full(value: float, *shape: int) -> torch.Tensor:

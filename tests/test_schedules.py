@@ -6,8 +6,8 @@ from itertools import pairwise
 
 import pytest
 
-from cvae.schedules import epoch_coin, kl_beta, teacher_forced_epoch, teacher_forcing_ratio
 from cvae.spec import KLAnnealingSpec, TeacherForcingSpec
+from cvae.training.schedules import epoch_coin, kl_beta, teacher_forced_epoch, teacher_forcing_ratio
 
 
 def betas(total: int, **kw) -> list[float]:
@@ -190,8 +190,8 @@ def test_epoch_coin_forces_an_epoch_with_the_ratios_probability(ratio):
 
 
 def test_step_tfr_in_epoch_mode_is_the_coin_for_the_whole_epoch():
-    from cvae.schedules import step_tfr
     from cvae.spec import ExperimentSpec
+    from cvae.training.schedules import step_tfr
 
     spec = ExperimentSpec.model_validate({"seed": 5, "teacher_forcing": {"mode": "epoch", "ratio": 0.5}})
     for epoch in range(30):

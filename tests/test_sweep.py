@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,74 +24,20 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, nested, subprocess_env
+from helpers import REPO, assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
 from cvae.sweep.file import load_sweep
-from cvae.sweep.study import load_study
 from cvae.sweep.trial import run_epoch_rows as epoch_rows
 from cvae.sweep.wandb_export import wandb_sweep_yaml
 
 SWEEPS = REPO / "sweeps"
 
 
-def cvae(*args, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cvae.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env or subprocess_env(),
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-def assert_ok(r: subprocess.CompletedProcess) -> None:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def base_spec(root: Path, **extra: Any) -> dict[str, Any]:
-    """A trial of seconds: tiny widths, 16x32 frames, 4-frame clips, 2 epochs of 3 steps, 8-frame rollouts."""
-    out = {
-        "name": "tiny",
-        "seed": 0,
-        "data.root": str(root),
-        "data.preset": None,
-        "data.frame_size": [16, 32],
-        "data.partial": 0.5,
-        "data.clip_len": 4,
-        "data.val_len": 8,
-        "model.frame_dim": 16,
-        "model.pose_dim": 8,
-        "model.z_dim": 4,
-        "model.fusion_dim": 16,
-        "train.epochs": 2,
-        "train.batch_size": 4,
-        "train.device": "cpu",
-        "optim.schedule": "none",
-        "kl_annealing.type": "monotonic",
-        "teacher_forcing.ratio": 0.5,
-        "teacher_forcing.decay_start": 1,
-        "teacher_forcing.decay_step": 0.2,
-        "tracking.wandb.mode": "disabled",
-        "tracking.gif_frames": 8,
-    }
-    return out | extra
-
-
-def write_sweep(folder: Path, data_root: Path, sweep: dict[str, Any], **spec_extra: Any) -> Path:
-    """folder/base.yaml (a tiny spec) and folder/sweep.yaml (``sweep`` with base: base.yaml)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "base.yaml").write_text(yaml.safe_dump(nested(base_spec(data_root, **spec_extra)), sort_keys=False))
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", **sweep}, sort_keys=False))
-    return path
 
 
 SEARCH = {
@@ -110,10 +57,6 @@ def tpe_sweep(n_trials: int, study: str = "sweep", n_startup_trials: int = 2) ->
         "budget": {"n_trials": n_trials},
         "study": study,
     }
-
-
-def trials_of(url: str, study: str):
-    return load_study(url, study).get_trials(deepcopy=False)
 
 
 def assert_clean_sweep(trials, n: int, n_epochs: int = 2, study: str = "sweep") -> None:
@@ -302,11 +245,14 @@ def test_the_exported_sweep_through_wandbs_own_agent_two_runs_in_a_row(tmp_path,
 def journal_sweep(tmp_path_factory, tiny_data):
     """A 6-trial TPE + median-pruning sweep run by 2 worker processes on the default journal."""
     folder = tmp_path_factory.mktemp("journal")
-    path = write_sweep(
-        folder,
-        tiny_data,
-        tpe_sweep(6),
-    )
+    # Two good points first, then one that cannot learn in 3 steps (lr 1e-5): it starts once a good one
+    # is complete, so its first epoch falls below the median and it is pruned, on any CPU.
+    enqueue = [
+        {"name": "good", "params": {"optim.lr": 1e-2, "kl_annealing.ratio": 1.0}},
+        {"name": "good too", "params": {"optim.lr": 1e-2, "kl_annealing.ratio": 0.5}},
+        {"name": "too slow", "params": {"optim.lr": 1e-5, "kl_annealing.ratio": 1.0}},
+    ]
+    path = write_sweep(folder, tiny_data, tpe_sweep(6) | {"enqueue": enqueue})
     t0 = time.monotonic()
     r = cvae("sweep", "run", path, "--workers", "2", "--dir", folder / "out")
     assert_ok(r)
@@ -320,12 +266,14 @@ def test_two_workers_on_journal(journal_sweep):
     url = str(out / "optuna.journal")
     trials = trials_of(url, "sweep")
     assert_clean_sweep(trials, 6)
-    assert any(t.state.name == "PRUNED" for t in trials), [
+    states = {t.number: t.state.name for t in trials}
+    assert states[2] == "PRUNED" and states[0] == states[1] == "COMPLETE", [
         (t.number, t.state.name, t.intermediate_values) for t in trials
     ]
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
-    assert all(f"trial {t.number}:" in r.stdout for t in trials)  # one line per trial
+    for t in trials:  # one line per trial, its label beside its number
+        assert re.search(rf"^trial {t.number}( \[[^]]+\])?: ", r.stdout, re.M), r.stdout
     for t in trials:  # pruning saw every epoch
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
 

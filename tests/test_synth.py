@@ -10,8 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from cvae.data.synth import PRESETS, Appearance, dance, render_frame, render_pose, synthesize
 from cvae.errors import DataError, SpecError
-from cvae.synth import PRESETS, Appearance, dance, render_frame, render_pose, synthesize
 
 TINY = PRESETS["tiny"]
 

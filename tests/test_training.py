@@ -15,19 +15,20 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import poison_generator, tiny_overrides
+from helpers import Stop, StopAtEpochEnd, poison_generator, tiny_overrides
 
-from cvae import checkpoint
-from cvae.data import load_split
+from cvae.data.frames import load_split
+from cvae.data.layout import scan_split
 from cvae.errors import CheckpointError, DataError, RunDirError, TrainingDiverged
-from cvae.media import GIF_SCALE, LABEL_HEIGHT
 from cvae.model import build_model
-from cvae.rollout import reference_scores
 from cvae.run_folder import prepare as prepare_run_dir
-from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.spec import dump_yaml, load_spec
-from cvae.step import train_step
-from cvae.training import train
+from cvae.tracking.media import GIF_SCALE, LABEL_HEIGHT
+from cvae.training import checkpoint
+from cvae.training.loop import train
+from cvae.training.rollout import reference_scores
+from cvae.training.schedules import kl_beta, teacher_forcing_ratio
+from cvae.training.step import train_step
 
 STEPS_PER_EPOCH = 12  # 4 videos x (24 // 4) clips / batch 2
 
@@ -60,21 +61,6 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAtEpochEnd:
-    """A callback that stops the run after epoch ``epoch`` (from 1; its checkpoint is already written)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == self.epoch:
-            raise Stop(f"stopped after epoch {epoch}")
 
 
 # --------------------------------------------------------------------------- what a run writes
@@ -119,7 +105,9 @@ def test_history_rows(trained_run, tiny_spec):
 
 
 def test_reference_psnrs_match_the_val_video(trained_run, tiny_spec):
-    val = load_split(tiny_spec.data.root, "val", tiny_spec.data.frame_size).truncated(tiny_spec.data.val_len)
+    val = load_split(scan_split(tiny_spec.data.root, "val"), tiny_spec.data.frame_size).truncated(
+        tiny_spec.data.val_len
+    )
     frames = val.video(0)[0].float() / 255
     assert frames.shape[0] == 12
     repeat, mean = reference_scores(frames)
@@ -174,9 +162,9 @@ def test_gif_and_plots_decode(trained_run, tiny_spec):
 def test_gif_frames_decode_close_to_what_was_written(tmp_path, tiny_data):
     """The dancer's frames beside their poses, written with one shared palette: every frame
     comes back, the white gaps exactly, the rest within a level or two on average."""
-    from cvae.media import side_by_side, write_gif
+    from cvae.tracking.media import side_by_side, write_gif
 
-    frames, poses = load_split(tiny_data, "val", (32, 64)).video(0)
+    frames, poses = load_split(scan_split(tiny_data, "val"), (32, 64)).video(0)
     video = side_by_side(frames, poses)  # (T, 32, 130, 3), a white gap between
     back = iio.imread(write_gif(tmp_path / "v.gif", video), index=None)[..., :3].astype(int)
     assert back.shape == video.shape
@@ -192,7 +180,7 @@ def test_epoch_mode_forces_whole_epochs_and_a_resume_tosses_the_same_coins(tmp_p
     """``teacher_forcing.mode: epoch`` (the lab's trainer): every step of an epoch is teacher-forced
     or none is, as the epoch's coin says; ``train/teacher_forced`` shows it; a run stopped after
     epoch 2 and resumed logs the same coins and values as one never stopped."""
-    from cvae.schedules import epoch_coin
+    from cvae.training.schedules import epoch_coin
 
     epochs, ratio = 4, 0.5
     seed = next(s for s in range(100) if len({epoch_coin(s, e) < ratio for e in range(epochs)}) == 2)

@@ -17,11 +17,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from conftest import REPO, subprocess_env, tiny_overrides, write_spec
+from helpers import REPO, subprocess_env, tiny_overrides, write_spec
 from wandb_offline import read_offline_run
 
-from cvae.media import LABEL_HEIGHT
-from cvae.wandb_tracker import RUN_ID_FILE
+from cvae.tracking.media import LABEL_HEIGHT
+from cvae.tracking.wandb_run import RUN_ID_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -225,8 +225,8 @@ class StopAfterFirstEpoch:
 def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wandb_env):
     from cvae.run_folder import prepare as prepare_run_dir
     from cvae.spec import load_spec
-    from cvae.training import train
-    from cvae.wandb_tracker import WandbTracker
+    from cvae.tracking.wandb_run import WandbTracker
+    from cvae.training.loop import train
 
     spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.wandb.mode": "offline"}))
     run_dir = tmp_path / "run"
@@ -303,7 +303,7 @@ def test_nan_loss_marks_the_wandb_run_failed(tmp_path, tiny_data, wandb_env):
 def wandb_references(run_dir: Path) -> tuple[list[Path], list[Path]]:
     """The files a run folder's W&B logs refer to: (media and other run files, relative to their
     segment's files/ folder, as absolute paths; the local files of logged artifacts, absolute)."""
-    from cvae.wandb_tracker import inspect_log, wandb_files
+    from cvae.tracking.wandb_run import inspect_log, wandb_files
 
     files, artifacts = [], []
     for log in wandb_files(run_dir):

@@ -15,7 +15,7 @@ from wandb_offline import read_offline_run
 
 from cvae.redact import redact
 from cvae.spec import flatten as flatten_config
-from cvae.wandb_tracker import RUN_ID_FILE, WandbTracker
+from cvae.tracking.wandb_run import RUN_ID_FILE, WandbTracker
 
 CONFIG = {
     "name": "t",
@@ -240,7 +240,7 @@ def test_sweep_agent_values_win(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     script = f"""
 import json
-from cvae.wandb_tracker import WandbTracker
+from cvae.tracking.wandb_run import WandbTracker
 tracker = WandbTracker(mode="offline")
 tracker.start({str(run_dir)!r}, json.loads({json.dumps(json.dumps(CONFIG))}), resume=False)
 tracker.log({{"train/mse": 1.0}}, step=1)

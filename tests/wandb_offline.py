@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cvae.wandb_tracker import RUN_ID_FILE, inspect_log, wandb_files
+from cvae.tracking.wandb_run import RUN_ID_FILE, inspect_log, wandb_files
 
 # Summary aggregates W&B writes for ``define_metric(summary=...)``: ``{"max": 14.0}``.
 _SUMMARY_AGGS = {"min", "max", "mean", "last", "first", "best"}

@@ -153,7 +153,7 @@ def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[
 def run_confirm(sweep: Sweep, study, top: int, n_seeds: int, workers: int, console=None) -> dict[str, Any]:
     """Train the settings' seeds (skipping finished runs, resuming stopped ones), then score them:
     the content of confirm.json, also written to the sweep folder with its plot."""
-    from cvae.run_queue import train_all
+    from cvae.runs.queue import train_all
 
     settings = pick_settings(study, sweep, top)
     seeds = fresh_seeds(sweep, n_seeds)
@@ -209,7 +209,7 @@ def to_json(result: dict[str, Any]) -> str:
 def plot_confirm(path: Path, result: dict[str, Any]) -> Path:
     """One dot per seed for each setting, its mean and 95% interval, the base's mean dashed, the mean
     frame's PSNR dotted."""
-    from cvae.media import pyplot, save_figure
+    from cvae.tracking.media import pyplot, save_figure
 
     plt = pyplot()
     rows = result["settings"]
@@ -235,26 +235,36 @@ def plot_confirm(path: Path, result: dict[str, Any]) -> Path:
 
 
 def confirm_table(result: dict[str, Any]):
-    """The rich table of ``cvae sweep confirm``."""
-    from rich.table import Table
+    """The table of ``cvae sweep confirm``."""
+    from cvae.sweep.study import params_text
+    from cvae.terminal import Col, table
 
-    from cvae.console import fmt
-
-    table = Table(title=f"{result['study']}: {result['metric']} over seeds {result['seeds']} (95% intervals)")
-    for col in ("setting", "values", "mean", "sd", "95% interval", "vs base (paired)", "verdict", "params"):
-        table.add_column(col, justify="right" if col in ("mean", "sd") else "left", overflow="fold")
+    columns = [
+        Col("setting"),
+        Col("values"),
+        Col("mean", numeric=True),
+        Col("sd", numeric=True),
+        Col("95% interval", numeric=True, short="95% CI"),
+        Col("the paired difference from the base and its 95% interval", numeric=True, short="vs base"),
+        Col("verdict"),
+        Col("parameters", short="params"),
+    ]
+    rows = []
     for row in result["settings"]:
         low, high = row["ci95"]
         vs = row.get("vs_base")
-        vs_text = "" if vs is None else f"{vs['mean']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
-        table.add_row(
-            row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
-            " ".join(f"{v:.2f}" for v in row["values"]),
-            f"{row['mean']:.2f}",
-            f"{row['sd']:.2f}",
-            f"[{low:.2f}, {high:.2f}]",
-            vs_text,
-            "" if vs is None else vs["verdict"],
-            ", ".join(f"{k}={fmt(v)}" for k, v in row["params"].items()) or "(the base spec)",
+        vs_text = "" if vs is None else f"{vs['mean']:+.2f}\n[{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
+        rows.append(
+            [
+                row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
+                " ".join(f"{v:.2f}" for v in row["values"]),
+                f"{row['mean']:.2f}",
+                f"{row['sd']:.2f}",
+                f"[{low:.2f},\n{high:.2f}]",
+                vs_text,
+                "" if vs is None else vs["verdict"],
+                params_text(row["params"]) or "(the base spec)",
+            ]
         )
-    return table
+    title = f"{result['study']}: {result['metric']} over seeds {result['seeds']} (95% intervals)"
+    return table(title, columns, rows)

@@ -201,7 +201,7 @@ class Sweep:
     def check_data(self) -> None:
         """A base spec whose data.root is missing (and not asked to be generated) or not a Lab4 dataset
         is bad input before the first trial, not once per trial."""
-        from cvae.data_root import check_request
+        from cvae.data.root import check_request
 
         check_request(self.base_spec(), self.origins)
 

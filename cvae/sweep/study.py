@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from cvae import history
-from cvae.console import fmt
 from cvae.errors import SpecError, UserError
 from cvae.redact import redact
 from cvae.spec import apply_overrides, dump_yaml, validate_spec
 from cvae.sweep.file import CategoricalParam, FloatParam, HeartbeatSpec, IntParam, Sweep, grid_values, load_sweep
+from cvae.terminal import fmt
 
 JOURNAL_NAME = "optuna.journal"
 STORAGE_ENV = "CVAE_SWEEP_STORAGE"  # the storage URL handed to worker processes (not on argv)
@@ -329,3 +329,71 @@ def trial_line(t) -> str:
     dur = f" ({t.duration.total_seconds():.0f} s)" if t.duration is not None else ""
     label = f" [{t.user_attrs['label']}]" if "label" in t.user_attrs else ""
     return f"trial {t.number}{label}: {params} -> {what}{dur}"
+
+
+# --------------------------------------------------------------------------- what `cvae sweep status` prints
+
+
+def status_tables(st: dict[str, Any]) -> list:
+    """``status``'s result as ``cvae sweep status`` prints it: tables and lines, in order."""
+    from cvae.terminal import Col, table
+
+    out: list = [table(f"study {st['study']} ({st['direction']})", ["state", Col("trials", numeric=True)],
+                       [[s.lower(), n] for s, n in st["states"].items() if n])]  # fmt: skip
+    if st["best"]:
+        b = st["best"]
+        out.append(f"best: trial {b['number']} = {b['value']:.4g}  run folder {b['run_dir']}")
+        out += [f"  {k}: {v}" for k, v in b["params"].items()]
+    if st["running"]:
+        rows = [
+            [r["number"], f"{r['epoch']}/{r['epochs']}" if r["epochs"] else r["epoch"], params_text(r["params"]),
+             r["worker"] or ""]
+            for r in st["running"]
+        ]  # fmt: skip
+        out.append(table("running", [Col("trial", True), Col("epoch", True), "params", "worker"], rows))
+    out += [f"failed trial {f['number']}: {f['reason']}" for f in st["failed"]]
+    out.append(f"epochs trained: {st['epochs_spent']}")
+    if st["trials"]:
+        out.append(trials_table(st))
+    if st["importance"]:
+        title = "what mattered: each parameter's importance (fANOVA over the complete trials)"
+        rows = [[k, f"{v:.2f}"] for k, v in st["importance"].items()]
+        out.append(table(title, ["parameter", Col("importance", numeric=True)], rows))
+    if st["importance_note"]:
+        out.append(f"note: {st['importance_note']}")
+    return out
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``key=value`` a line: a table's parameters column, wrapped whole."""
+    return "\n".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
+def trials_table(st: dict[str, Any]):
+    """The finished trials, best first: state, score, its margin over the mean frame, epochs, values."""
+    from cvae.terminal import Col, table
+
+    reverse = st["direction"] == "maximize"
+    ordered = sorted(
+        st["trials"], key=lambda t: (t["value"] is None, -(t["value"] or 0) if reverse else t["value"] or 0)
+    )
+    columns = [
+        Col("trial", numeric=True),
+        Col("state"),
+        Col(st["metric"], numeric=True),
+        Col("vs the mean frame", numeric=True, short="vs mf"),
+        Col("epochs", numeric=True, short="ep"),
+        Col("parameters", short="params"),
+    ]
+    rows = [
+        [
+            t["number"],
+            t["state"],
+            "-" if t["value"] is None else f"{t['value']:.2f}",
+            "-" if t["vs_mean_frame"] is None else f"{t['vs_mean_frame']:+.2f}",
+            t["epochs_done"] or "-",
+            (f"[{t['label']}]\n" if t["label"] else "") + params_text(t["params"]),
+        ]
+        for t in ordered
+    ]
+    return table(f"trials of {st['study']}, best first", columns, rows)

@@ -1,6 +1,7 @@
-"""One Optuna trial: the base spec plus the trial's values, trained by the same ``train()`` as
+"""One Optuna trial: the base spec plus the trial's values, started by the same ``cvae.launch`` as
 ``cvae train`` into ``<sweep folder>/trials/<trial number>``, reported to the pruner every epoch
-that validates, tracked as one W&B run (group = the study, name = the trial number).
+that validates, tracked as one W&B run (group = the study, name = the trial number, the study and
+the trial's number and values in its config under ``trial.*``, through ``tracking.wandb``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cvae import history
+from cvae import history, run_folder
 from cvae.errors import Pruned, Stopped
 from cvae.history import REFERENCE_NAMES
 from cvae.spec import validate_spec
 from cvae.sweep.file import Sweep, trial_spec_dict
 from cvae.sweep.study import resume_source, suggest
-from cvae.tracking import Tracker
+from cvae.tracking.wandb_run import RUN_ID_FILE
 
 MAX_REASON_CHARS = 2000  # a trial's fail_reason attribute: the message, cut to a readable length
 
@@ -76,34 +77,6 @@ class PruningCallback:
             self.reported.add(step)
 
 
-class TrialTracker(Tracker):
-    """The W&B tracker of one trial: its config also holds the study, trial number and params."""
-
-    def __init__(self, inner: Tracker, study: str, number: int, params: dict[str, Any]) -> None:
-        self.inner, self.extra = inner, {"trial": {"study": study, "number": number, "params": dict(params)}}
-
-    def start(self, run_dir, config, resume):
-        self.inner.start(run_dir, {**config, **self.extra}, resume)
-
-    def on_epoch_start(self, epoch, steps, first_step):
-        self.inner.on_epoch_start(epoch, steps, first_step)
-
-    def log(self, metrics, step):
-        self.inner.log(metrics, step)
-
-    def log_media(self, key, path, step):
-        self.inner.log_media(key, path, step)
-
-    def log_curve(self, key, xs, ys, x_name, y_name, step):
-        self.inner.log_curve(key, xs, ys, x_name, y_name, step)
-
-    def summary(self, values):
-        self.inner.summary(values)
-
-    def finish(self, status="finished", reason=None):
-        self.inner.finish(status, reason)
-
-
 def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
     """The Optuna objective: one training run per trial. ``lock`` (held while the trial is created)
     is released once the trial exists; ``worker`` is recorded on the trial."""
@@ -111,8 +84,7 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
     def objective(trial) -> float:
         import optuna
 
-        from cvae.training import train
-        from cvae.wandb_tracker import from_spec
+        from cvae.launch import launch
 
         if lock is not None:
             lock.release()  # the trial exists now: other workers may ask for theirs
@@ -121,14 +93,17 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("worker", worker)
         try:
-            extra = {"tracking.wandb.group": study_name, "tracking.wandb.name": str(trial.number)}
+            extra = {
+                "tracking.wandb.group": study_name,
+                "tracking.wandb.name": str(trial.number),
+                "tracking.wandb.config": {"trial": {"study": study_name, "number": trial.number, "params": params}},
+            }
             data = trial_spec_dict(sweep, params, extra)
             data["name"] = f"{data.get('name', 'experiment')}-t{trial.number}"
             spec = validate_spec(data, f"trial {trial.number}")
-            resume = prepare_trial_dir(sweep, trial, run_dir)
-            trackers = [TrialTracker(from_spec(spec), study_name, trial.number, params)]
+            resume = resume_replaced_trial(sweep, trial, run_dir)
             callbacks = [PruningCallback(trial, sweep.spec.objective.metric, run_dir)]
-            train(spec, run_dir, trackers, callbacks, resume=resume, console=None)
+            launch(spec, run_dir, resume=resume, overwrite=True, callbacks=callbacks)
             o = sweep.spec.objective
             row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
             record_references(trial, row)
@@ -150,25 +125,23 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
     return objective
 
 
-def prepare_trial_dir(sweep: Sweep, trial, run_dir: Path) -> bool:
-    """A fresh folder, or a copy of the replaced trial's folder to resume from (True)."""
-    from cvae import run_folder
-
+def resume_replaced_trial(sweep: Sweep, trial, run_dir: Path) -> bool:
+    """Whether the trial resumes a replaced trial's run: then its folder is a copy of that one's
+    (``launch`` prepares a fresh folder otherwise)."""
     # A running Trial shows no system attrs (where a heartbeat retry is marked): read them
     # from the study's record of it.
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     src = resume_source(frozen)
     if src is not None and src != trial.number:
         source = sweep.trials_dir / str(src)
-        if (source / "checkpoints" / "last.pt").exists() and (source / "spec.yaml").exists():
+        if run_folder.checkpoint_path(source).exists() and run_folder.is_run(source):
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             shutil.copytree(source, run_dir)
             # The retry is a W&B run of its own (name = its trial number).
-            for name in ("wandb", "wandb_run_id.txt"):
+            for name in ("wandb", RUN_ID_FILE):
                 p = run_dir / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             trial.set_user_attr("resumed_from", src)
             return True
-    run_folder.prepare(run_dir, resume=False, overwrite=True)
     return False

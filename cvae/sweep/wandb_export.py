@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from cvae.sweep.file import CategoricalParam, FloatParam, IntParam, Sweep, grid_values
-from cvae.wandb_tracker import DEFAULT_PROJECT
+from cvae.tracking.wandb_run import DEFAULT_PROJECT
 
 _METHOD = {"tpe": "bayes", "random": "random", "grid": "grid", "cmaes": "bayes"}
 

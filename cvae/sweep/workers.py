@@ -140,7 +140,7 @@ def workers_lock(sweep: Sweep) -> FileLock:
 
 def prepare(sweep: Sweep, url: str, console=None):
     """Create or load the study, queue resumes, make sure the data exists (once per machine)."""
-    from cvae.data_root import ensure_data
+    from cvae.data.root import ensure_data
 
     with workers_lock(sweep):
         study = open_study(sweep, url)

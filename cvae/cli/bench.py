@@ -1,0 +1,53 @@
+"""``cvae bench``: the published Lab4 loop against ours (the benchmark is cvae/bench/run.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cvae.cli.common import SetOpt, handle_errors
+from cvae.terminal import err_console, make_console
+
+
+@handle_errors
+def bench(
+    spec: Annotated[Path, typer.Argument(help="Experiment spec YAML (widths, batch, clip).")] = Path(
+        "experiments/quickstart.yaml"
+    ),
+    set_: SetOpt = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    quick: Annotated[bool, typer.Option(help="Few repeats, no compilation: a smoke run.")] = False,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="Time the bf16 settings. Default: where bf16 is native (avx512_bf16 or AMX; CUDA 8.0+); "
+            "emulated bf16 runs many times slower than fp32.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Time the published loop against ours: train step, rollout, loader, FLOPs (docs/performance.md)."""
+    import json
+
+    from cvae.bench.run import run
+    from cvae.bench.settings import FULL, QUICK
+    from cvae.bench.tables import tables
+    from cvae.device import resolve_device
+    from cvae.spec import load_spec
+
+    spec_obj = load_spec(spec, list(set_ or []))
+    result = run(spec_obj, resolve_device(device, "--device"), QUICK if quick else FULL, err_console, bf16)
+    if json_:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    console = make_console(False)
+    rendered, notes = tables(result)
+    for table in rendered:
+        console.print(table)
+    for note in notes:
+        console.print(note, markup=False)

@@ -1,0 +1,147 @@
+"""``cvae evaluate``, ``predict``, ``score``, ``compare`` and ``report``: what is done with trained runs
+(the logic is cvae/runs/)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cvae.cli.common import DeviceOpt, QuietOpt, SetOpt, ThreadsOpt, apply_threads, handle_errors
+from cvae.errors import UserError
+from cvae.terminal import make_console
+
+
+@handle_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
+    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    pose_shift: Annotated[int | None, typer.Option(help="Rotate the poses by K frames (default: a quarter).")] = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
+    apply_threads(threads, quiet)
+    from cvae.runs.evaluate import evaluate_run
+
+    console = make_console(quiet)
+    report = evaluate_run(run_dir, ckpt, pose_shift, console, device)
+    console.print(report.table())
+
+
+@handle_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
+    data: Annotated[Path, typer.Option(help="Dataset root holding test/test_img and test/test_label.")],
+    out: Annotated[Path, typer.Option(help="Output folder for GIFs and submission.csv.")],
+    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
+    apply_threads(threads, quiet)
+    from cvae.runs.evaluate import predict_run
+
+    console = make_console(quiet)
+    written = predict_run(run_dir, data, out, ckpt, overwrite, console, device)
+    console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
+
+
+@handle_errors
+def score(
+    submission: Annotated[Path, typer.Argument(help="submission.csv written by cvae predict.")],
+    data: Annotated[Path, typer.Option(help="Dataset root whose val videos are the truth.")],
+    frame_size: Annotated[str, typer.Option(help="Frame size HxW of the submission.")] = "32x64",
+) -> None:
+    """Score predictions of `cvae data val-as-test` videos against the real val frames."""
+    from cvae.runs.evaluate import score_submission, score_table
+
+    parts = frame_size.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--frame-size {frame_size!r}: expected HxW, two positive whole numbers, e.g. 32x64")
+    size = (int(parts[0]), int(parts[1]))
+    make_console(False).print(score_table(score_submission(submission, data, size), submission, data))
+
+
+RunsArg = Annotated[
+    list[str], typer.Argument(help="Run folders, globs (runs/report_*) or sweep folders (their trials/*).")
+]
+
+
+@handle_errors
+def compare(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option(help="Folder for compare.csv and the PNG figures.")] = Path("compare"),
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown",
+            help="Print only a markdown table: each run's last validation beside the references (writes nothing).",
+        ),
+    ] = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Table of the settings that differ and the val PSNR of each run; curves and per-frame PSNR as PNG."""
+    apply_threads(threads, quiet)
+    from cvae.runs.compare import compare_runs, load_runs, markdown_table
+
+    if markdown:
+        sys.stdout.write(markdown_table(load_runs(runs)))
+        return
+    console = make_console(quiet)
+    result = compare_runs(runs, out, console)
+    console.print(result.table())
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print("wrote " + ", ".join(str(p) for p in [out / "compare.csv", *result.figures]))
+
+
+@handle_errors
+def report(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run folders, globs (runs/report_*) or sweep folders; none with --reproduce."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the PNG figures.")] = Path("report"),
+    reproduce: Annotated[
+        str | None,
+        typer.Option(help="Train the report's seven settings at this scale first: cpu (minutes) or full (a GPU job)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="--reproduce: runs trained at a time.")] = 2,
+    set_: SetOpt = None,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
+    apply_threads(threads, quiet)
+    from cvae.runs.report import make_report
+
+    console = make_console(quiet)
+    if reproduce is not None:
+        from cvae.runs.queue import train_all
+        from cvae.runs.reproduce import scaled_specs
+        from cvae.spec import parse_override
+
+        if runs:
+            raise UserError("--reproduce trains the report's runs itself; give no RUNS with it")
+        specs = scaled_specs(reproduce, dict(parse_override(o) for o in set_ or []))
+        run_dirs, failed = train_all(specs, Path("runs") / f"report-{reproduce}", workers, console)
+        for line in failed:  # a setting that diverges is a finding: the figures show it up to its end
+            console.print(f"warning: run failed: {line}", style="yellow", markup=False)
+        runs = [str(p) for p in run_dirs]
+    elif not runs:
+        raise UserError("give the report's run folders (RUNS), or --reproduce cpu|full to train them")
+    elif set_:
+        raise UserError("--set goes with --reproduce")
+    result = make_report(runs, out, console)
+    console.print(result.table())
+    for line in result.skipped:
+        console.print(f"skipped: {line}")

@@ -1,0 +1,431 @@
+"""Weights & Biases tracker: one W&B run per run folder, offline by default.
+
+The W&B files live inside the run folder (``RUN/wandb/...``) and the run id in
+``RUN/wandb_run_id.txt``, so ``cvae train --resume RUN`` continues the same W&B run and
+``wandb sync RUN/wandb`` uploads it later. W&B is a side channel: any W&B failure warns once and
+turns this tracker into a no-op; training (and the local history) goes on.
+
+``wandb`` is imported inside methods only: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import string
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from cvae import history
+from cvae.redact import redact
+from cvae.spec import flatten
+from cvae.tracking.tracker import Tracker
+
+DEFAULT_PROJECT = "cvae-sweeps"
+RUN_ID_FILE = "wandb_run_id.txt"
+
+# W&B's modes and its aliases for them.
+_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+    "shared": "shared",
+}
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    """Package versions for the run's config; never imports torch (slow) if nobody has yet."""
+    from importlib import metadata
+
+    import wandb
+
+    versions = {"versions.python": sys.version.split()[0], "versions.wandb": wandb.__version__}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        versions["versions.torch"] = str(getattr(torch, "__version__", "unknown"))
+        cuda = getattr(getattr(torch, "version", None), "cuda", None)
+        if cuda:
+            versions["versions.cuda"] = str(cuda)
+    for package in ("torch", "optuna"):
+        if f"versions.{package}" not in versions:
+            try:
+                versions[f"versions.{package}"] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                pass
+    return versions
+
+
+def _git_commit() -> str | None:
+    """The commit of the repository the program runs from, if it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit or None
+
+
+def _plain(value: Any) -> Any:
+    """Config values W&B stores as they are: paths and other objects become strings."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The flat, redacted config a W&B run gets: the spec plus where/what it ran with."""
+    flat = {k: _plain(v) for k, v in flatten(config).items() if not k.startswith("tracking.wandb.config")}
+    flat["run_dir"] = str(run_dir)
+    if "device" not in flat and "train.device" in flat:
+        flat["device"] = flat["train.device"]
+    flat.update(_versions())
+    commit = _git_commit()
+    if commit:
+        flat["git_commit"] = commit
+    return redact(flat)
+
+
+def resolve_mode(mode: str | None) -> str:
+    """``None`` -> ``WANDB_MODE`` (or ``WANDB_DISABLED=true``) -> ``offline``; aliases normalised."""
+    source = "mode"
+    if mode is None:
+        if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+            return "disabled"
+        mode, source = os.environ.get("WANDB_MODE") or "offline", "WANDB_MODE"
+    resolved = _MODES.get(mode.strip().lower())
+    if resolved is None:
+        raise ValueError(f"W&B {source} {mode!r} is not one of: online, offline, disabled")
+    return resolved
+
+
+# --- the tracker ------------------------------------------------------------------------------
+
+
+class WandbTracker(Tracker):
+    """Logs to one W&B run. Steps: ``train/*`` against the optimizer step (W&B's step);
+    ``val/*``, ``epoch/*`` and ``perf/*`` against ``epoch`` (send ``epoch`` in the same row).
+    The summary of ``val/psnr`` is its maximum over the run (``{"max": x}`` in W&B's files).
+    """
+
+    def __init__(
+        self,
+        mode: str | None = "offline",
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: list[str] | None = None,
+        name: str | None = None,
+        notes: str | None = None,
+        console: Any = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.mode = resolve_mode(mode)
+        self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        self.entity = entity  # None: wandb reads WANDB_ENTITY itself
+        # Free text the spec passes to W&B: passwords in URLs are masked as in the config.
+        self.group = redact(group)
+        self.job_type = redact(job_type)
+        self.tags = redact(list(tags)) if tags else None
+        self.name = redact(name)
+        self.notes = redact(notes)
+        self.extra_config = dict(extra_config or {})
+        self.console = console
+        self.run_dir: Path | None = None
+        self.run_id: str | None = None
+        self._set_data_dir = False  # WANDB_DATA_DIR set by this tracker, unset when it finishes
+        self.error: str | None = None  # set by the first failure; the tracker is a no-op after it
+        self._run: Any = None
+        # Smallest step the next row may use: W&B drops rows whose step goes backwards.
+        self._min_step = 0
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None and self.error is None
+
+    # -- failure handling
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        """Warn once, then stop talking to W&B for the rest of the run."""
+        if self.error is not None:
+            return
+        self.error = f"{what}: {type(exc).__name__}: {exc}"
+        where = f" (run folder {self.run_dir})" if self.run_dir is not None else ""
+        message = f"W&B tracking is off for the rest of this run{where}: {self.error}. Training goes on."
+        if self.console is not None:
+            try:
+                self.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+                return
+            except Exception:
+                pass
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    # -- Tracker interface
+
+    def start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        if self.mode == "disabled" or self.error is not None:
+            return
+        self.run_dir = Path(run_dir)
+        try:
+            self._start(self.run_dir, config, resume)
+        except Exception as exc:
+            self._fail("starting the W&B run failed", exc)
+
+    def _start(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        import wandb
+
+        # Create the W&B folder ourselves: an unusable one fails here, with a plain message.
+        wandb_dir = run_dir / "wandb"
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(wandb_dir, os.W_OK):
+            raise PermissionError(f"{wandb_dir} is not writable")
+        # W&B stages the files of logged tables (the per-frame PSNR) under $WANDB_DATA_DIR, else the
+        # user's home, and its records point there: keep them in the run folder, so a folder copied
+        # to another machine still holds every file it refers to. A WANDB_DATA_DIR of the user's wins.
+        if "WANDB_DATA_DIR" not in os.environ:
+            os.environ["WANDB_DATA_DIR"] = str(wandb_dir.resolve())
+            self._set_data_dir = True
+
+        id_file = run_dir / RUN_ID_FILE
+        run_id = None
+        if resume and id_file.exists():
+            run_id = id_file.read_text().strip() or None
+            if run_id:
+                # Rows after a resume must come after every row already written.
+                last = _last_logged_step(run_dir, run_id)
+                self._min_step = last + 1 if last is not None else 0
+        if run_id is None:
+            run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
+
+        # Under a sweep agent (WANDB_SWEEP_ID), wandb.init replaces config values with the
+        # agent's parameters and uses the agent's run id; both are fine here.
+        # W&B keeps the command line (sys.argv) in the run's metadata: mask URL passwords in it.
+        argv = sys.argv[:]
+        sys.argv[1:] = [redact(a) for a in argv[1:]]
+        try:
+            run = wandb.init(
+                dir=str(run_dir),
+                mode=self.mode,
+                project=self.project,
+                entity=self.entity,
+                group=self.group,
+                job_type=self.job_type,
+                tags=self.tags,
+                name=self.name,
+                notes=self.notes,
+                config=run_config({**config, **self.extra_config}, run_dir),
+                id=run_id,
+                resume="allow",
+                # Each tracker owns its run: never hand back (or finish) another tracker's run.
+                reinit="create_new",
+                settings=wandb.Settings(silent=True),
+            )
+        finally:
+            sys.argv[:] = argv
+        self._run = run
+        self.run_id = run.id
+        id_file.write_text(run.id + "\n")
+        # Online resumes know the server's next step.
+        self._min_step = max(self._min_step, int(getattr(run, "starting_step", 0) or 0))
+
+        run.define_metric("epoch")
+        run.define_metric("val/*", step_metric="epoch")
+        run.define_metric("val/psnr", step_metric="epoch", summary="max")
+        run.define_metric("epoch/*", step_metric="epoch")
+        run.define_metric("perf/*", step_metric="epoch")
+        if resume:
+            self._backfill(run_dir)
+
+    def _backfill(self, run_dir: Path) -> None:
+        """Log again the rows of ``history.jsonl`` that W&B lost. A SIGKILL loses what wandb-core
+        had not yet written (often the whole killed segment); the local history (already cut back
+        to the checkpoint by the trainer) is complete, so rows past W&B's last step are re-sent."""
+        for row in history.read(run_dir / history.FILE):
+            step = row.pop("step", None)
+            if isinstance(step, int) and step >= self._min_step:
+                self._run.log(row, step=self._step(step))
+
+    def _step(self, step: int) -> int:
+        """A step W&B will keep: never below the last one (a late row joins the current row)."""
+        step = max(int(step), self._min_step)
+        self._min_step = step
+        return step
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.active:
+            return
+        try:
+            self._run.log(dict(metrics), step=self._step(step))
+        except Exception as exc:
+            self._fail("logging metrics failed", exc)
+
+    def log_media(self, key: str, path: Path, step: int) -> None:
+        if not self.active:
+            return
+        try:
+            import wandb
+
+            path = Path(path)
+            suffix = path.suffix.lower().lstrip(".")
+            # A new media object every call: W&B reuses the first file of a re-logged object.
+            if suffix in ("gif", "mp4", "webm", "ogg"):
+                media = wandb.Video(str(path), format=suffix)
+            elif suffix in ("png", "jpg", "jpeg"):
+                media = wandb.Image(str(path))
+            else:
+                raise ValueError(f"cannot log {path.name}: expected .gif, .mp4, .webm, .png or .jpg")
+            self._run.log({key: media}, step=self._step(step))
+        except Exception as exc:
+            self._fail(f"logging media {key!r} failed", exc)
+
+    def log_curve(self, key: str, xs: list[float], ys: list[float], x_name: str, y_name: str, step: int) -> None:
+        if not self.active:
+            return
+        try:
+            import wandb
+
+            table = wandb.Table(columns=[x_name, y_name], data=[[x, y] for x, y in zip(xs, ys, strict=True)])
+            plot = wandb.plot.line(table, x_name, y_name, title=key)
+            self._run.log({key: plot}, step=self._step(step))
+        except Exception as exc:
+            self._fail(f"logging curve {key!r} failed", exc)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        try:
+            for k, v in values.items():
+                self._run.summary[k] = v
+        except Exception as exc:
+            self._fail("setting the summary failed", exc)
+
+    def finish(self, status: str = "finished", reason: str | None = None) -> None:
+        run, self._run = self._run, None
+        try:
+            self._finish(run, status, reason)
+        finally:
+            if self._set_data_dir:
+                os.environ.pop("WANDB_DATA_DIR", None)
+                self._set_data_dir = False
+
+    def _finish(self, run, status: str, reason: str | None) -> None:
+        if run is None:
+            return
+        if self.error is not None:
+            # Close what is left quietly (the warning was given already), saying why it stopped.
+            try:
+                run.summary["status"] = status
+                run.summary["tracker_error"] = self.error
+                run.finish(exit_code=1 if status == "failed" else 0)
+            except Exception:
+                pass
+            return
+        try:
+            # One vocabulary with summary.json: finished, pruned, stopped (all W&B "finished", exit 0)
+            # or failed (exit 1, W&B "failed").
+            run.summary["status"] = status
+            if status == "failed":
+                run.summary["failure_reason"] = reason or "unknown"
+                run.finish(exit_code=1)
+            else:
+                run.summary["failure_reason"] = None  # a resumed run that finished: no longer failed
+                run.summary["stop_reason"] = reason
+                run.finish(exit_code=0)
+        except Exception as exc:
+            self._fail("finishing the run failed", exc)
+
+
+def _new_run_id() -> str:
+    """8 lower-case letters and digits, like W&B's own ids."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _segment_key(folder: Path) -> tuple[str, int]:
+    """Order of a run's folders: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]``.
+
+    Two starts within one second get ``-1``, ``-2``... suffixes (seen with wandb 0.31).
+    """
+    match = re.search(r"run-(\d{8}_\d{6})-", folder.name)
+    stamp = match.group(1) if match else ""
+    wandb_files = list(folder.glob("run-*.wandb"))
+    run_id = wandb_files[0].stem[len("run-") :] if wandb_files else ""
+    tail = folder.name.rsplit(f"-{run_id}", 1)[-1] if run_id else ""
+    n = int(tail[1:]) if tail.startswith("-") and tail[1:].isdigit() else 0
+    return stamp, n
+
+
+def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
+    """The run's ``.wandb`` logs, oldest first (offline and online folders; not ``latest-run``)."""
+    found = []
+    for pattern in ("offline-run-*/run-*.wandb", "run-*/run-*.wandb"):
+        for path in Path(run_dir, "wandb").glob(pattern):
+            if path.parent.is_symlink() or not path.is_file():
+                continue
+            if run_id is not None and path.stem != f"run-{run_id}":
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: _segment_key(p.parent))
+
+
+def inspect_log(path: Path, summary: bool, timeout: float = 120) -> str:
+    """``wandb leet inspect --json [--summary] PATH`` (the CLI of the installed wandb)."""
+    args = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
+    if summary:
+        args.append("--summary")
+    out = subprocess.run(args + [str(path)], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"wandb leet inspect failed on {path}: {out.stderr.strip()[-500:]}")
+    return out.stdout
+
+
+def _last_logged_step(run_dir: Path, run_id: str) -> int | None:
+    """The last history step written by earlier starts of this run (newest readable log)."""
+    for path in reversed(wandb_files(run_dir, run_id)):
+        try:
+            step = json.loads(inspect_log(path, summary=True)).get("step")
+        except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):
+            continue
+        if isinstance(step, int) and step > 0:
+            return step
+    return None
+
+
+# --- wiring from a spec -----------------------------------------------------------------------
+
+
+def from_spec(spec: Any, console: Any = None) -> WandbTracker:
+    """The W&B tracker that ``spec.tracking.wandb`` asks for (W&B env vars fill unset values)."""
+    from cvae.errors import SpecError
+
+    w = spec.tracking.wandb
+    # A sweep agent's runs all train the base spec: name each by the W&B run id the agent gave it.
+    agent_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    try:
+        return WandbTracker(
+            mode=w.mode,
+            project=w.project,
+            entity=w.entity,
+            group=w.group,
+            job_type=w.job_type,
+            tags=list(w.tags),
+            name=w.name or (f"{spec.name}-{agent_run}" if agent_run else spec.name),
+            notes=w.notes,
+            console=console,
+            extra_config=w.config,
+        )
+    except ValueError as e:
+        raise SpecError(f"tracking.wandb.mode: {e}") from None

@@ -1,0 +1,188 @@
+"""Checkpoints: plain state only, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts (no pickled objects), so
+loading it cannot run code. ``RUN/checkpoints/last.pt`` is written every epoch (the one before is
+kept as ``prev.pt``), ``best.pt`` when the mean validation PSNR improves. ``save_checkpoint`` and
+``restore_training`` put a training run's whole state in and out of one; ``resume_checkpoint``
+finds the one a resume continues from.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvae import run_folder
+from cvae.errors import CheckpointError
+from cvae.redact import redact
+from cvae.run_folder import LAST, PREVIOUS
+
+FORMAT = "cvae-checkpoint/1"
+
+
+def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write ``path.tmp``, then rename it over ``path``: a kill or a full disk at any point leaves
+    ``path`` either the old complete file or the new one, never a half-written one.
+
+    With ``keep_previous`` the old file is kept as ``prev.pt`` (a hard link, so ``path`` never goes
+    missing in between). A failed write removes its tmp file and raises an OSError naming ``path``
+    (torch wraps a full disk in a RuntimeError; the OSError underneath is what is raised).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            _keep_as_previous(path)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is not None and isinstance(e, Exception):
+            raise OSError(cause.errno, f"{cause.strerror or cause} (writing checkpoint)", str(path)) from None
+        raise
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``path`` -> ``prev.pt`` beside it, ``path`` staying in place until the new file replaces it."""
+    prev, link = path.with_name(PREVIOUS), path.with_name(PREVIOUS + ".tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)  # prev.pt.tmp and path: one file, two names
+    except OSError:  # no hard links here: rename (path is missing until the final rename)
+        os.replace(path, prev)
+        return
+    os.replace(link, prev)
+    link.unlink(missing_ok=True)  # rename does nothing when prev.pt already is this file (a kill before)
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError in an exception's chain (torch's zip writer raises RuntimeError from it)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; a missing, truncated or foreign file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        _check_crc(path)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
+        reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable cvae checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cvae checkpoint (no '{FORMAT}' format tag)")
+    return state
+
+
+def _check_crc(path: Path) -> None:
+    """torch.load does not check the zip members' CRC-32: a flipped byte inside a tensor loads as
+    a wrong weight. zipfile does: any damage is an error here."""
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise ValueError(f"checksum mismatch in {bad}: the file is damaged")
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy and python, as plain tensors and numbers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- a training run's state
+
+
+def save_checkpoint(
+    run_dir: Path, name: str, spec, model, opt, sched, counters: dict[str, Any], keep_previous: bool = False
+) -> None:
+    """``RUN/checkpoints/<name>``: everything a resume needs: weights, optimizer, LR scheduler, every RNG
+    state, the spec (as a dict, URL passwords masked as in spec.yaml) and the run's counters (epoch,
+    step, best PSNR, ...)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng_state(),
+        "spec": redact(spec.to_dict()),
+        **counters,
+    }
+    save(run_folder.checkpoint_path(run_dir, name), state, keep_previous=keep_previous)
+
+
+def resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any] | None:
+    """The checkpoint a resume continues from (``read_resume_checkpoint``), or None for a run stopped
+    before its first epoch ended: no checkpoint yet, no epoch recorded."""
+    folder = Path(run_dir) / run_folder.CHECKPOINTS
+    never_saved = not (folder / LAST).exists() and not (folder / PREVIOUS).exists()
+    if never_saved and not run_folder.read_summary(run_dir).get("epochs_done"):
+        if console is not None:
+            console.print(f"{run_dir}: stopped before its first epoch ended; training it from the start")
+        return None
+    return read_resume_checkpoint(run_dir, device, console)
+
+
+def read_resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any]:
+    """``last.pt``, or ``prev.pt`` (with a warning) when last.pt is missing or damaged; a
+    CheckpointError naming both when neither loads."""
+    ckpt_dir = Path(run_dir) / run_folder.CHECKPOINTS
+    try:
+        return load(ckpt_dir / LAST, device)
+    except CheckpointError as e:
+        if not (ckpt_dir / PREVIOUS).exists():
+            raise
+        try:
+            ck = load(ckpt_dir / PREVIOUS, device)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; the one before is no better: {e2}") from None
+        if console is not None:
+            console.print(f"warning: {e}; resuming from {ckpt_dir / PREVIOUS}", style="yellow", markup=False)
+        return ck
+
+
+def restore_training(ck: dict[str, Any], model, opt, sched) -> None:
+    """Put a checkpoint's weights, optimizer, scheduler and RNG states back."""
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    set_rng_state(ck["rng"])

@@ -1,0 +1,268 @@
+"""Helpers shared by the test files: the ``cvae`` command run for real, what its results must show,
+snapshots of folders, tiny sweeps, and training callbacks that stop a run.
+
+Test files import these (and conftest's fixtures come by name); no test file imports another.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for `python -m cvae.cli` children: this checkout first on the path, one thread,
+    W&B off (``extra`` on top)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    env["WANDB_MODE"] = "disabled"
+    env.pop("CVAE_DEBUG", None)
+    env["COLUMNS"] = "200"  # rich: one message per line
+    env.update(extra)
+    return env
+
+
+def cvae(*args, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m cvae.cli ARGS`` in a subprocess, its output captured."""
+    return python("-m", "cvae.cli", *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def python(
+    *args, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` (a script, or ``-m module``) in a subprocess with ``subprocess_env``."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+def assert_bad_input(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2, one ``error:`` line naming every needle, no traceback."""
+    assert r.returncode == 2, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr  # one message
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root and its bytes (folders as empty entries)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
+
+
+def nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> the nested dict a spec YAML file holds."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def write_spec(path: Path, overrides: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(nested(overrides), sort_keys=False))
+    return path
+
+
+def tiny_overrides(root: Path | str, **extra: Any) -> dict[str, Any]:
+    """Dotted overrides for a run that takes seconds on one CPU thread: tiny widths, 4-frame clips,
+    12-frame validation rollouts, teacher forcing 0.5 per frame from the start (so the coins and
+    the model's own outputs are used), frames squashed by a sigmoid (the template's unbounded
+    output can blow up in a tiny model that feeds on itself), W&B off."""
+    out: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "data.root": str(root),
+        "data.preset": None,
+        "data.clip_len": 4,
+        "data.val_len": 12,
+        "model.frame_dim": 16,
+        "model.pose_dim": 8,
+        "model.z_dim": 4,
+        "model.fusion_dim": 16,
+        "model.output": "sigmoid",
+        "train.epochs": 2,
+        "train.batch_size": 2,
+        "train.device": "cpu",
+        "kl_annealing.type": "monotonic",
+        "teacher_forcing.ratio": 0.5,
+        "teacher_forcing.decay_start": 1,
+        "teacher_forcing.decay_step": 0.2,
+        "teacher_forcing.mode": "frame",
+        "tracking.wandb.mode": "disabled",
+        "tracking.gif_frames": 10,
+    }
+    out.update(extra)
+    return out
+
+
+# --------------------------------------------------------------------------- tiny sweeps
+
+
+def sweep_base_spec(root: Path, **extra: Any) -> dict[str, Any]:
+    """A trial of seconds: tiny widths, 16x32 frames, 4-frame clips, 2 epochs of 3 steps, 8-frame rollouts."""
+    out = {
+        "name": "tiny",
+        "seed": 0,
+        "data.root": str(root),
+        "data.preset": None,
+        "data.frame_size": [16, 32],
+        "data.partial": 0.5,
+        "data.clip_len": 4,
+        "data.val_len": 8,
+        "model.frame_dim": 16,
+        "model.pose_dim": 8,
+        "model.z_dim": 4,
+        "model.fusion_dim": 16,
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.device": "cpu",
+        "optim.schedule": "none",
+        "kl_annealing.type": "monotonic",
+        "teacher_forcing.ratio": 0.5,
+        "teacher_forcing.decay_start": 1,
+        "teacher_forcing.decay_step": 0.2,
+        "tracking.wandb.mode": "disabled",
+        "tracking.gif_frames": 8,
+    }
+    return out | extra
+
+
+def write_sweep(folder: Path, data_root: Path, sweep: dict[str, Any], **spec_extra: Any) -> Path:
+    """folder/base.yaml (a tiny spec) and folder/sweep.yaml (``sweep`` with base: base.yaml)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = nested(sweep_base_spec(data_root, **spec_extra))
+    (folder / "base.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **sweep}, sort_keys=False))
+    return path
+
+
+def trials_of(url: str, study: str):
+    from cvae.sweep.study import load_study
+
+    return load_study(url, study).get_trials(deepcopy=False)
+
+
+# --------------------------------------------------------------------------- training callbacks
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAtEpochEnd:
+    """A callback that stops the run after epoch ``epoch`` (from 1; its checkpoint is already written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            raise Stop(f"stopped after epoch {epoch}")
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def poison_generator(monkeypatch, from_step: int, frames_per_step: int) -> None:
+    """Make the Generator's output NaN from optimizer step ``from_step`` on (it runs
+    ``frames_per_step`` times per step: the clip's predicted frames)."""
+    from cvae.model import Generator
+
+    calls = {"n": 0}
+    original = Generator.forward
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out * float("nan") if calls["n"] > (from_step - 1) * frames_per_step else out
+
+    monkeypatch.setattr(Generator, "forward", poisoned)
+
+
+def cli_in_process(*arg_lists: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cvae.cli.app`` on each argument list in one fresh interpreter (each must exit 0); its
+    stdout ends with ``HEAVY [...]``: the torch, wandb and optuna modules the calls imported."""
+    code = (
+        "import sys\n"
+        "from cvae.cli import app\n"
+        f"for args in {list(arg_lists)!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+# --------------------------------------------------------------------------- hand-made Lab4 folders
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def solid(value: int, size: tuple[int, int] = (8, 12), channel: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 image, ``value`` in one channel: frames tell their index by their color."""
+    a = np.zeros((*size, 3), np.uint8)
+    a[..., channel] = value
+    return a
+
+
+def make_split(
+    root: Path,
+    split: str,
+    videos: dict[str, list[str]],
+    size: tuple[int, int] = (8, 12),
+    value: Callable[[str, int], int] | None = None,
+) -> None:
+    """Write ROOT/<split>/<split>_img and _label. ``videos`` maps a subfolder name ("" for a flat
+    folder) to its file names; frame i of a video is solid red ``value(video, i)`` (default 10 * i),
+    its pose solid green with the same value."""
+    value = value or (lambda v, i: 10 * i)
+    for video, names in videos.items():
+        for name in names:
+            i = int("".join(c for c in name if c.isdigit()))
+            write_png(root / split / f"{split}_img" / video / name, solid(value(video, i), size, 0))
+            write_png(root / split / f"{split}_label" / video / name, solid(value(video, i), size, 1))
+
+
+def make_lab4(root: Path, n_frames: int = 12, size: tuple[int, int] = (8, 12)) -> Path:
+    """A minimal valid dataset: train = 2 videos, val = 1 flat video, test = 1 video."""
+    names = [f"frame{i}.png" for i in range(n_frames)]
+    make_split(root, "train", {"a": names, "b": names}, size)
+    make_split(root, "val", {"": names}, size)
+    write_png(root / "test/test_img/0/frame0.png", solid(0, size))
+    for name in names:
+        write_png(root / "test/test_label/0" / name, solid(0, size, 1))
+    return root
