@@ -42,6 +42,10 @@ def launch(
     wandb_tracker = from_spec(spec, console)  # a bad tracking.wandb.mode is bad input, here
     if not resume:  # a mistyped data.root stops here: nothing written, nothing generated
         check_request(spec, origins)  # (a resumed run's data is checked against what it trained on)
+        if spec.train.init_from is not None and not Path(spec.train.init_from).is_file():
+            from cvae.errors import CheckpointError
+
+            raise CheckpointError(f"train.init_from {spec.train.init_from!r}: no such checkpoint file")
     run_folder.prepare(run_dir, resume, overwrite)
     trackers = ([ConsoleTracker(console)] if console is not None else []) + [wandb_tracker]
     return train(spec, run_dir, trackers, callbacks, resume=resume, console=console)

@@ -10,6 +10,7 @@ Shapes: frames and pose images are (B, 3, H, W) in [0, 1]; features keep H x W.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -67,6 +68,31 @@ class FrameEncoder(nn.Sequential):
         )
 
 
+class PoseNorm(nn.BatchNorm2d):
+    """The PoseEncoder's BatchNorm2d. Training normalizes with the batch's statistics, as BatchNorm2d
+    does. Outside training (``eval()``: validation and test rollouts) ``eval_stats`` decides:
+
+    - ``running``: the running averages, as nn.Module.eval makes a BatchNorm do;
+    - ``batch``: each image's own mean and variance over H x W. The template never switches its model
+      to eval mode (its Trainer and Tester define an ``eval`` method of their own, which shadows
+      nn.Module.eval) and rolls out one video at a time, one pose per step, so its BatchNorm
+      normalizes each pose image with that image's statistics; batched videos here get exactly that.
+      (The template's BatchNorm also updates its running averages during validation; nothing of
+      the template ever reads them, so they are left alone here.)
+    """
+
+    def __init__(self, channels: int, eval_stats: str = "running") -> None:
+        if eval_stats not in ("batch", "running"):
+            raise ValueError(f"eval_stats must be batch or running, got {eval_stats!r}")
+        super().__init__(channels)
+        self.eval_stats = eval_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.eval_stats == "running":
+            return super().forward(x)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
 class PoseEncoder(nn.Sequential):
     """Label_Encoder: pose image (B, 3, H, W) -> features (B, L, H, W).
 
@@ -74,11 +100,11 @@ class PoseEncoder(nn.Sequential):
     Kept as published so template runs reproduce; see docs/model.md.
     """
 
-    def __init__(self, l_dim: int) -> None:
+    def __init__(self, l_dim: int, eval_batchnorm: str = "running") -> None:
         super().__init__(
             nn.ReflectionPad2d(3),
             nn.Conv2d(3, l_dim // 2, 7),
-            nn.BatchNorm2d(l_dim // 2),
+            PoseNorm(l_dim // 2, eval_batchnorm),
             nn.LeakyReLU(1.0),  # template: nn.LeakyReLU(True)
             ResidualBlock(l_dim // 2, l_dim),
         )
@@ -156,12 +182,13 @@ class CVAE(nn.Module):
         fusion_dim: int = 192,
         context_frame: bool = False,
         output: str = "linear",
+        eval_batchnorm: str = "running",
     ) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.context_frame = context_frame
         self.frame_encoder = FrameEncoder(frame_dim)
-        self.pose_encoder = PoseEncoder(pose_dim)
+        self.pose_encoder = PoseEncoder(pose_dim, eval_batchnorm)
         self.posterior = Posterior(frame_dim + pose_dim, z_dim)
         context = frame_dim if context_frame else 0
         self.fusion = Fusion(frame_dim + context + pose_dim + z_dim, fusion_dim)
@@ -204,4 +231,4 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str) -> tor
 def build_model(spec) -> CVAE:
     """The CVAE with the widths of ``spec.model`` (an ExperimentSpec)."""
     m = spec.model
-    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame, m.output)
+    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame, m.output, m.eval_batchnorm)

@@ -75,6 +75,11 @@ class ModelSpec(_Section):
         "linear",
         description="The Generator's last layer as it is (`linear`, the template) or squashed into [0, 1] (`sigmoid`).",
     )
+    eval_batchnorm: Literal["batch", "running"] = Field(
+        "running",
+        description="PoseEncoder BatchNorm in validation and test rollouts: each frame's own statistics (`batch`, the "
+        "template: it never calls nn.Module.eval) or the running averages (`running`, nn.Module.eval's).",
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> ModelSpec:
@@ -102,6 +107,11 @@ class TrainSpec(_Section):
         False, description="Run convolutions in channels-last memory format; `auto`: with bf16 (cvae/device.py)."
     )
     compile: bool = Field(False, description="torch.compile the model modules.")
+    init_from: str | None = Field(
+        None,
+        description="Start from these weights: a cvae checkpoint or one saved by the template's Trainer (its "
+        "module names); the run still begins at epoch 1 with fresh optimizer and schedules.",
+    )
     activation_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them (B images at a time): "
@@ -177,12 +187,17 @@ class WandbSpec(_Section):
     project: str | None = Field(None, description="W&B project; null: $WANDB_PROJECT, else cvae-sweeps.")
     entity: str | None = Field(None, description="W&B entity; null: $WANDB_ENTITY.")
     group: str | None = Field(None, description="W&B run group.")
-    job_type: str | None = Field(None, description="W&B job type.")
+    job_type: str | None = Field(None, description="W&B job type; null: train (sweeps set trial, confirm, reproduce).")
     tags: tuple[str, ...] = Field((), description="W&B tags.")
     name: str | None = Field(None, description="W&B run name; null: the spec name.")
     notes: str | None = Field(None, description="W&B run notes.")
     config: dict[str, Any] = Field(
         {}, description="Extra values for the W&B run's config, at its top level (a confirm run: its trial's params)."
+    )
+    log_model: Literal["best", "all", "none"] = Field(
+        "best",
+        description="The best checkpoint as a W&B `model` artifact: `best` once when the run ends, `all` at every "
+        "improvement, `none` never.",
     )
 
 
@@ -412,29 +427,6 @@ def load_spec_origins(
     for _, values in layers:
         data = apply_overrides(data, values)  # unknown keys: errors with a did-you-mean
     return validate_spec(data, str(path) if path is not None else "spec"), origins([*files, *layers])
-
-
-def split_cli_overrides(args: list[str]) -> list[str]:
-    """Turn `--a.b=value` arguments (W&B agent `${args}` form) into `a.b=value` overrides."""
-    out = []
-    for arg in args:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SpecError(f"unexpected argument {arg!r}: overrides are --set key=value or --key=value")
-        out.append(arg[2:])
-    return out
-
-
-def command_line_layers(
-    set_items: Sequence[str], agent_params: dict[str, Any], extra_args: Sequence[str]
-) -> list[Layer]:
-    """The override layers of ``cvae train``, later wins: ``--set key=value`` items, then a W&B
-    sweep agent's parameter file (``WANDB_SWEEP_PARAM_PATH``), then ``--key=value`` arguments (what
-    the agent's ``${args}`` expands to)."""
-    return [
-        ("--set", dict(parse_override(o) for o in set_items)),
-        ("the W&B sweep's parameter file", dict(agent_params)),
-        ("--key=value arguments", dict(parse_override(o) for o in split_cli_overrides(list(extra_args)))),
-    ]
 
 
 def dump_yaml(spec: ExperimentSpec) -> str:

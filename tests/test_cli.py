@@ -208,7 +208,7 @@ def test_evaluate_truncated_checkpoint(run_copy):
 
 def test_evaluate_foreign_checkpoint(run_copy):
     torch.save({"a": 1}, run_copy / "checkpoints/best.pt")
-    evaluate_bad(run_copy, "not a cvae checkpoint")
+    evaluate_bad(run_copy, "neither a cvae checkpoint nor one saved by the Lab4 template's Trainer")
 
 
 class _RunsCode:
@@ -311,13 +311,13 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     with open(out / "submission.csv") as f:
         sub = list(csv.reader(f))
     assert sub[0] == ["id", *map(str, range(3 * 32 * 64))]
-    assert [row[0] for row in sub[1:]] == [f"{k}_{t}" for k in ("0", "1") for t in range(40)]
+    assert [row[0] for row in sub[1:]] == [str(i) for i in range(2 * 40)]  # the template's ids: rows, from 0
     values = np.array([row[1:] for row in sub[1:]], dtype=np.int64)
     assert values.shape == (80, 6144) and values.min() >= 0 and values.max() <= 255
     first = np.asarray(iio.imread(tiny_data / "test/test_img/1/frame0.png"))[..., :3]
     assert np.array_equal(values[40], first.transpose(2, 0, 1).reshape(-1))  # frame 0: the given first frame
     # the two test videos were rolled out as one batch; each is what it would be alone
-    _, model, _ = load_trained(run, "best")
+    model = load_trained(run, "best").model
     for k, video in enumerate(load_test(tiny_data, (32, 64))):
         alone = rollout(model, video.first_frame[None].float() / 255, video.poses[None], saved.seed + VAL_SEED_OFFSET)
         expected = (alone[0].clamp(0, 1) * 255).round().flatten(1).numpy()
@@ -337,30 +337,30 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
 
 
 def test_spec_show_schedule_prints_the_reports_beta_and_the_labs_coins(tmp_path):
-    """The report's cyclical beta (epoch mod 10) / 10 and the template's teacher forcing (1.0, from
-    epoch 10, -0.1 an epoch), one object per epoch, with each epoch's coin; no training, no data
-    loading: torch is not even imported."""
+    """The report's cyclical beta (epoch mod 10) / 10 and its teacher forcing 0.5 (from epoch 5,
+    -0.1 an epoch), one object per epoch, with each epoch's coin; no training, no data loading:
+    torch is not even imported."""
     from cvae.training.schedules import epoch_coin
 
     plot = tmp_path / "schedule.png"
-    spec = REPO / "experiments" / "report_kl_cyclical.yaml"
+    spec = REPO / "experiments" / "report_tf_0.5.yaml"
     r = cli_in_process(["spec", "show", str(spec), "--schedule", "--json", "--plot", str(plot)])
     rows = json.loads(r.stdout.splitlines()[0])
     assert [row["epoch"] for row in rows] == list(range(1, 71))
     assert [row["beta"] for row in rows] == pytest.approx([(e % 10) / 10 for e in range(70)])
-    tfr = [1.0] * 10 + [round(0.9 - 0.1 * k, 10) for k in range(9)] + [0.0] * 51
+    tfr = [0.5] * 5 + [round(0.4 - 0.1 * k, 10) for k in range(4)] + [0.0] * 61
     assert [row["tfr"] for row in rows] == pytest.approx(tfr)
     seed = load_spec(spec).seed
     assert [row["teacher_forced"] for row in rows] == [epoch_coin(seed, e) < t for e, t in enumerate(tfr)]
-    assert all(row["teacher_forced"] for row in rows[:10]) and not any(row["teacher_forced"] for row in rows[19:])
+    assert any(row["teacher_forced"] for row in rows[:5]) and not any(row["teacher_forced"] for row in rows[9:])
     assert "HEAVY []" in r.stdout  # nothing of torch, wandb or optuna
     image = iio.imread(plot)
     assert image.ndim == 3 and image.shape[1] > 500 and image.std() > 0
     # the table: one line per epoch, the coin's outcome spelled out
     table = cli_in_process(["spec", "show", str(spec), "--schedule"]).stdout
     assert "coin per epoch" in table
-    cells = next(c for li in table.splitlines() if (c := [x.strip() for x in li.strip("│").split("│")])[0] == "11")
-    assert (cells[2], cells[3]) == ("0", "0.9")  # epoch 11: a new KL cycle (beta 0), the first drop of the ratio
+    cells = next(c for li in table.splitlines() if (c := [x.strip() for x in li.strip("│").split("│")])[0] == "6")
+    assert (cells[2], cells[3]) == ("0.5", "0.4")  # epoch 6: mid-cycle, the first drop of the ratio
 
 
 def test_spec_show_schedule_counts_steps_for_a_step_schedule(lab4_factory, tmp_path):
@@ -375,3 +375,25 @@ def test_spec_show_schedule_counts_steps_for_a_step_schedule(lab4_factory, tmp_p
     got = [(row["steps"], row["tfr"], row["tfr_last"]) for row in rows]
     assert got == [(3, 1.0, pytest.approx(0.6)), (3, pytest.approx(0.4), 0.0)]
     assert "coin" not in rows[0]  # coins per clip are tossed in the step, not before
+
+
+# --------------------------------------------------------------------------- cvae doctor
+
+
+@pytest.mark.slow
+def test_doctor_checks_the_cpu_one_line_per_check():
+    r = cvae("doctor", "--device", "cpu", timeout=600)
+    assert_ok(r)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("torch ") and any(line.startswith("cpu: ") for line in lines)
+    checks = [line for line in lines if line[:4] in ("ok  ", "FAIL", "skip")]
+    names = [line[6:].split(":", 1)[0] for line in checks]
+    assert names[0] == "data" and "train fp32" in names and names[-1] == "exact resume"
+    assert all(not line.startswith("FAIL") for line in checks), r.stdout
+    assert "weights equal the uninterrupted run's (off by 0)" in checks[-1]
+
+
+def test_doctor_on_a_device_this_machine_lacks_is_bad_input():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_bad_input(cvae("doctor", "--device", "cuda"), "--device", "CUDA is not available")

@@ -214,7 +214,10 @@ def test_confirm_stopped_with_ctrl_c_resumes_without_retraining_finished_seeds(t
     assert vs["mean"] == pytest.approx(sum(diffs) / 2) and vs["verdict"] in ("better", "no evidence", "worse")
     spec = yaml.safe_load((confirm_dir / settings[1]["name"] / "seed1" / "spec.yaml").read_text())
     assert spec["optim"]["lr"] == pytest.approx(best.params["optim.lr"]) and spec["seed"] == 1
-    assert spec["tracking"]["wandb"]["group"] == "sweep-confirm" and spec["tracking"]["wandb"]["tags"] == ["confirm"]
+    assert spec["tracking"]["wandb"]["group"] == "sweep-confirm" and spec["tracking"]["wandb"]["tags"] == [
+        "confirm",
+        "sweep",
+    ]
     assert spec["tracking"]["wandb"]["config"]["trial"]["params"] == best.params
     assert iio.imread(out / "confirm.png").ndim == 3
     assert os.environ.get("CVAE_DEBUG") is None

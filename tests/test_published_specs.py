@@ -29,7 +29,11 @@ OFF = {
     "train.channels_last": False,
     "train.compile": False,
     "train.activation_checkpointing": False,
+    "train.init_from": None,
+    "model.eval_batchnorm": "batch",  # the template never calls nn.Module.eval
 }
+# Where the report itself ran a value that is an option here: its PSNR run's beta stayed at 0.001.
+REPORT_OWN = {"report_psnr.yaml": {"kl_annealing.max_beta": 0.001}}
 
 
 def _get(spec, dotted):
@@ -46,7 +50,8 @@ def test_published_specs_are_all_there():
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_spec_has_every_new_option_off(name):
     spec = load_spec(EXPERIMENTS / name)
-    on = {k: _get(spec, k) for k, off in OFF.items() if _get(spec, k) != off}
+    expected = OFF | REPORT_OWN.get(name, {})
+    on = {k: _get(spec, k) for k, off in expected.items() if _get(spec, k) != off}
     assert not on, f"{name} turns on options beyond the template: {on}"
     assert (spec.model.frame_dim, spec.model.pose_dim, spec.model.z_dim, spec.model.fusion_dim) == (128, 32, 12, 192)
 

@@ -27,8 +27,9 @@ def test_the_cpu_scale_scales_every_setting_counted_in_epochs():
         # nothing but epochs, data and widths changes: the settings the report varies are kept
         assert s["teacher_forcing"]["mode"] == "epoch" and s["model"]["posterior"] == "previous"
     tf = {n: specs[n]["teacher_forcing"] for n in specs}
-    assert (tf["report_kl_cyclical"]["decay_start"], tf["report_kl_cyclical"]["decay_step"]) == (2, 0.5)  # 10, 0.1
-    assert (tf["report_tf_0.5"]["decay_start"], tf["report_tf_0.5"]["ratio"]) == (1, 0.5)  # from epoch 5
+    assert (tf["report_tf_0.5"]["decay_start"], tf["report_tf_0.5"]["decay_step"]) == (1, 0.5)  # 5, 0.1
+    assert tf["report_tf_0.5"]["ratio"] == 0.5
+    assert (tf["report_kl_cyclical"]["ratio"], tf["report_kl_cyclical"]["decay_step"]) == (0.0, 0.0)  # none to scale
     assert specs["report_psnr"]["train"]["fast_epochs"] == 4  # 22 / 5
 
 

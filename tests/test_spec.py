@@ -8,6 +8,7 @@ import pydantic
 import pytest
 import yaml
 
+from cvae.cli.train import split_cli_overrides
 from cvae.errors import SpecError
 from cvae.spec import (
     ExperimentSpec,
@@ -17,7 +18,6 @@ from cvae.spec import (
     load_spec,
     load_spec_dict,
     parse_override,
-    split_cli_overrides,
     validate_spec,
 )
 
@@ -56,13 +56,16 @@ def test_defaults_are_the_published_template():
 
 
 def test_template_file_equals_the_defaults():
-    """experiments/lab4_template.yaml writes every default out; only its name, seed and data place differ."""
+    """experiments/lab4_template.yaml writes every default out; only its name, seed and data place differ,
+    and its rollouts' BatchNorm: the template's per-frame statistics, where the default is what runs made
+    before that setting existed did (the running averages)."""
     from_file = load_spec(TEMPLATE).to_dict()
     defaults = ExperimentSpec().to_dict()
     assert from_file["name"] == "lab4_template"
     assert (from_file["data"]["root"], from_file["data"]["preset"]) == ("data/lab4", "lab4")
+    assert (from_file["model"]["eval_batchnorm"], defaults["model"]["eval_batchnorm"]) == ("batch", "running")
     for d in (from_file, defaults):
-        d.pop("name"), d.pop("seed"), d["data"].pop("root"), d["data"].pop("preset")
+        d.pop("name"), d.pop("seed"), d["data"].pop("root"), d["data"].pop("preset"), d["model"].pop("eval_batchnorm")
     assert from_file == defaults
 
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, assert_ok, cvae, subprocess_env, trials_of, write_sweep
+from helpers import REPO, assert_bad_input, assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
 from cvae.sweep.file import load_sweep
+from cvae.sweep.study import load_study
 from cvae.sweep.trial import run_epoch_rows as epoch_rows
 from cvae.sweep.wandb_export import wandb_sweep_yaml
 
@@ -74,7 +75,9 @@ def assert_clean_sweep(trials, n: int, n_epochs: int = 2, study: str = "sweep") 
         spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
         assert spec["optim"]["lr"] == pytest.approx(t.params["optim.lr"])
         assert spec["kl_annealing"]["ratio"] == pytest.approx(t.params["kl_annealing.ratio"])
-        assert spec["tracking"]["wandb"]["group"] == study and spec["tracking"]["wandb"]["name"] == str(t.number)
+        assert (
+            spec["tracking"]["wandb"]["group"] == study and spec["tracking"]["wandb"]["name"] == f"{study}-t{t.number}"
+        )
         assert run_dir.name == str(t.number)
         epochs = [r["epoch"] for r in epoch_rows(run_dir)]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs
@@ -295,7 +298,7 @@ def test_summary_compare_and_optuna_agree_on_every_trials_state(journal_sweep, t
     assert_ok(cvae("compare", out, "--out", tmp_path / "cmp"))
     with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
         rows = {row["run"]: row["status"] for row in csv.DictReader(f)}
-    assert rows == {f"trials/{t.number}": word[t.state.name] for t in trials}
+    assert rows == {f"sweep-t{t.number}": word[t.state.name] for t in trials}
 
 
 @pytest.mark.slow
@@ -660,24 +663,129 @@ def test_journal_trial_of_a_dead_worker_is_queued_again(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_wandb_run_per_trial(tmp_path, tiny_data):
-    """Offline W&B: each trial's run is in the study's group, named by the trial number, with
-    the trial's values in its config."""
-    sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
-    path = write_sweep(tmp_path, tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
-    assert_ok(cvae("sweep", "run", path, "--dir", tmp_path / "out", "--study", "wb"))
+def test_a_trial_its_wandb_run_and_its_dashboard_page_point_at_each_other(tmp_path, tiny_data):
+    """Offline W&B: the trial's run is named after study and trial, job type `trial`, tagged with the
+    study, its config holds the study and the trial's values, and its best checkpoint is a `model`
+    artifact; the Optuna trial records the W&B run id and the device; its GIF and plot are Optuna
+    artifacts that `cvae sweep dashboard` serves, and its Note gives the score beside the references."""
+    import optuna_dashboard
+    from optuna.artifacts import get_all_artifact_meta
     from wandb_offline import read_offline_run
 
-    trial = trials_of(str(tmp_path / "out" / "optuna.journal"), "wb")[0]
+    sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
+    path = write_sweep(tmp_path, tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
+    out, url = tmp_path / "out", str(tmp_path / "out" / "optuna.journal")
+    assert_ok(cvae("sweep", "run", path, "--dir", out, "--study", "wb"))
+    study = load_study(url, "wb")
+    trial = study.get_trials(deepcopy=False)[0]
     run = read_offline_run(Path(trial.user_attrs["run_dir"]))
     assert run["state"] == "finished"
     assert run["config"]["trial.number"] == 0 and run["config"]["trial.study"] == "wb"
     assert run["config"]["trial.params.optim.lr"] == pytest.approx(trial.params["optim.lr"])
-    records = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run["segments"][0])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    meta = next(json.loads(line)["run"] for line in records.splitlines() if json.loads(line).get("type") == "run")
-    assert meta["run_group"] == "wb" and meta["display_name"] == "0"
+    meta = run["meta"]
+    assert meta["run_group"] == "wb" and meta["display_name"] == "wb-t0" and meta["job_type"] == "trial"
+    assert "wb" in meta["tags"]
+    (model,) = [a for a in run["artifacts"] if a["type"] == "model"]  # (tables are artifacts too)
+    assert model["type"] == "model" and set(model["aliases"]) == {"best", "latest"}
+    assert model["name"] == f"wb-t0-{run['run_id']}"
+    info = json.loads(model["metadata"])
+    assert info["epoch"] == 1 and info["val/psnr"] == pytest.approx(trial.value) and info["spec"] == "tiny-t0"
+    assert info["data_identity"]["train_frames"] == 96
+    assert trial.user_attrs["wandb_run_id"] == run["run_id"] and trial.user_attrs["device"] == "cpu"
+
+    media = get_all_artifact_meta(trial, storage=study._storage)
+    assert sorted(m.mimetype for m in media) == ["image/gif", "image/png"]
+    note = optuna_dashboard.get_note(_TrialRef(study, trial))
+    assert f"val/psnr {trial.value:.2f}" in note and "mean-frame" in note and "poses shifted in time" in note
+    assert trial.user_attrs["run_dir"] in note and run["run_id"] in note
+    study_id = study._storage.get_study_id_from_name("wb")
+    gif = next(m for m in media if m.mimetype == "image/gif")
+    assert f"/artifacts/{study_id}/{trial._trial_id}/{gif.artifact_id}" in note  # shown on the trial's page
+    assert "```yaml" in optuna_dashboard.get_note(study)  # the base spec, readable, on the study's page
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvae.cli", "sweep", "dashboard", str(path), "--dir", str(out), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        served = _get(f"http://127.0.0.1:{port}/artifacts/{study_id}/{trial._trial_id}/{gif.artifact_id}", proc)
+        assert served.headers["Content-Type"] == "image/gif" and served.read()[:6] in (b"GIF87a", b"GIF89a")
+        busy = cvae("sweep", "dashboard", path, "--dir", out, "--port", port)
+        assert_bad_input(busy, f"--port {port}", "already in use")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class _TrialRef:
+    """A finished trial as optuna_dashboard.get_note takes one (its storage, study and id)."""
+
+    def __init__(self, study, frozen) -> None:
+        self.storage, self.study, self._trial_id = study._storage, study, frozen._trial_id
+
+
+def _get(url: str, proc: subprocess.Popen, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the dashboard exited"
+        with contextlib.suppress(OSError):
+            return urllib.request.urlopen(url, timeout=5)
+        time.sleep(0.3)
+    raise AssertionError(f"no answer from {url}")
+
+
+# --------------------------------------------------------------------------- GPUs per worker
+
+
+@pytest.mark.slow
+def test_gpus_go_round_robin_to_the_workers_through_their_environment(tmp_path, tiny_data, monkeypatch):
+    """Worker i gets the i-th GPU of --gpus (default: every visible one) as its CUDA_VISIBLE_DEVICES,
+    and each trial records the one it ran with. Two GPUs are simulated: the worker processes are
+    real, and on this CPU they train on the CPU whatever the variable says."""
+    from cvae.errors import UserError
+    from cvae.sweep import workers
+    from cvae.terminal import make_console
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda: ["0", "1"])
+    assert workers.worker_gpus(3, None) == ["0", "1", "0"]
+    assert workers.worker_gpus(4, "1") == ["1"] * 4  # workers sharing one GPU
+    with pytest.raises(UserError, match="no GPU 7 here; visible: 0, 1"):
+        workers.worker_gpus(2, "0,7")
+    sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 4}}
+    path = write_sweep(tmp_path, tiny_data, sweep)
+    loaded = load_sweep(path, "gpus", tmp_path / "out")
+    opts = workers.RunOptions(str(tmp_path / "out" / "optuna.journal"), 4, None)
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
+    assert workers.run_workers(loaded, opts, 2, make_console(quiet=True), workers.worker_gpus(2, None)) == 0
+    seen: dict[str, set[str]] = {}
+    for t in trials_of(opts.url, "gpus"):
+        seen.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["cuda_visible_devices"])
+    assert sorted(v for gpus in seen.values() for v in gpus) == ["0", "1"] and all(len(g) == 1 for g in seen.values())
+
+
+def test_gpus_on_a_machine_without_cuda_are_refused(tmp_path, tiny_data):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    sweep = {"search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
+    path = write_sweep(tmp_path, tiny_data, sweep)
+    assert_bad_input(cvae("sweep", "run", path, "--dir", tmp_path / "out", "--gpus", "0"), "--gpus 0", "no CUDA device")
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_a_sweep_file_with_three_mistakes_names_all_three(tmp_path, tiny_data):
+    sweep = {
+        "search": {
+            "optim.lrr": {"type": "float", "low": 1e-4, "high": 1e-2},
+            "kl_annealing.ratio": {"type": "float", "low": 0.1, "high": 1.5},
+        },
+        "budget": {"n_trials": 2},
+        "objectiv": {"metric": "val/psnr"},
+    }
+    r = cvae("sweep", "run", write_sweep(tmp_path, tiny_data, sweep), "--dir", tmp_path / "out")
+    assert_bad_input(r, "3 problems")
+    for needle in ("unknown key `objectiv` (did you mean `objective`?)", "`optim.lrr` is not a key of the spec",
+                   "search.kl_annealing.ratio: the value 1.5 gives an invalid spec"):  # fmt: skip
+        assert needle in r.stderr, r.stderr

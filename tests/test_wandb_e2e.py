@@ -303,7 +303,7 @@ def test_nan_loss_marks_the_wandb_run_failed(tmp_path, tiny_data, wandb_env):
 def wandb_references(run_dir: Path) -> tuple[list[Path], list[Path]]:
     """The files a run folder's W&B logs refer to: (media and other run files, relative to their
     segment's files/ folder, as absolute paths; the local files of logged artifacts, absolute)."""
-    from cvae.tracking.wandb_run import inspect_log, wandb_files
+    from cvae.tracking.wandb_files import inspect_log, wandb_files
 
     files, artifacts = [], []
     for log in wandb_files(run_dir):

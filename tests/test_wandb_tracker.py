@@ -254,3 +254,43 @@ assert tracker.error is None, tracker.error
     assert run["run_id"] == "agentrun1"
     assert run["config"]["optim.lr"] == 0.5 and run["config"]["kl_annealing.cycles"] == 3
     assert run["config"]["seed"] == 3  # values the sweep does not set stay
+
+
+@pytest.mark.parametrize("policy, versions", [("best", 1), ("all", 2), ("none", 0)])
+def test_the_best_checkpoint_as_a_model_artifact(tmp_path, policy, versions):
+    """tracking.wandb.log_model: `best` logs the run's best once as it ends, `all` a version at each
+    improvement (the final call adds none when that best is logged already), `none` never."""
+    run_dir = tmp_path / "run"
+    ckpt = tmp_path / "best.pt"
+    tracker = WandbTracker(mode="offline", project="test", name="m", log_model=policy)
+    tracker.start(run_dir, CONFIG, resume=False)
+    for epoch, psnr in ((1, 20.0), (2, 21.5)):
+        log_epoch(tracker, epoch, psnr)
+        ckpt.write_bytes(f"weights of epoch {epoch}".encode())
+        tracker.log_model(ckpt, {"epoch": epoch, "val/psnr": psnr, "spec": "m"}, final=False)
+    tracker.log_model(ckpt, {"epoch": 2, "val/psnr": 21.5, "spec": "m"}, final=True)
+    tracker.finish()
+    models = [a for a in read_offline_run(run_dir)["artifacts"] if a["type"] == "model"]
+    assert len(models) == versions
+    for a in models:
+        assert a["name"] == f"m-{tracker.run_id}" and set(a["aliases"]) == {"best", "latest"}
+    if models:
+        assert json.loads(models[-1]["metadata"]) == {"epoch": 2, "val/psnr": 21.5, "spec": "m"}
+        entry = models[-1]["manifest"]["contents"][0]
+        assert entry["path"] == "best.pt" and int(entry["size"]) == len(b"weights of epoch 2")
+
+
+def test_a_pruned_run_is_tagged_and_a_sigterm_stop_marked_preempting(tmp_path):
+    pruned = WandbTracker(mode="offline", project="test", tags=["study"])
+    pruned.start(tmp_path / "p", CONFIG, resume=False)
+    log_epoch(pruned, 1, 10.0)
+    pruned.finish("pruned", "pruned after epoch 1")
+    run = read_offline_run(tmp_path / "p")
+    assert set(run["meta"]["tags"]) == {"study", "pruned"} and not run["preempting"]
+    assert run["meta"]["job_type"] == "train"  # the default job type
+    for how, marked in (("SIGTERM", True), ("Ctrl-C", False)):
+        stopped = WandbTracker(mode="offline", project="test")
+        stopped.start(tmp_path / how, CONFIG, resume=False)
+        log_epoch(stopped, 1, 10.0)
+        stopped.finish("stopped", f"{how}; resumes with --resume")
+        assert read_offline_run(tmp_path / how)["preempting"] is marked, how

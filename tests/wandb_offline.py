@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cvae.tracking.wandb_run import RUN_ID_FILE, inspect_log, wandb_files
+from cvae.tracking.wandb_files import inspect_log, wandb_files
+from cvae.tracking.wandb_run import RUN_ID_FILE
 
 # Summary aggregates W&B writes for ``define_metric(summary=...)``: ``{"max": 14.0}``.
 _SUMMARY_AGGS = {"min", "max", "mean", "last", "first", "best"}
@@ -62,7 +63,8 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
     start; a single-aggregate value such as ``{"max": 14}`` is given as ``14``), ``history``
     (every row of every start, in order, media regrouped into dicts), ``files`` (the media files
     W&B copied, as absolute paths), ``state`` (``finished``, ``failed``, or ``running`` for a
-    run that crashed) and ``segments`` (the ``.wandb`` files read, one per start).
+    run that crashed), ``segments`` (the ``.wandb`` files read, one per start), ``meta``,
+    ``artifacts`` and ``preempting`` (see the returned dict).
     """
     run_dir = Path(run_dir)
     id_file = run_dir / RUN_ID_FILE
@@ -75,6 +77,9 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     files: list[Path] = []
+    artifacts: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    preempting = False
     state = None
     for path in paths:
         overview = json.loads(inspect_log(path, summary=True))
@@ -89,7 +94,13 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             except ValueError:
                 continue  # a torn last record of a crashed run
             kind = record.get("type")
-            if kind == "history":
+            if kind == "run":
+                meta = record["run"]
+            elif kind == "artifact":
+                artifacts.append(record["artifact"])
+            elif kind == "preempting":
+                preempting = True
+            elif kind == "history":
                 history.append(_nest_media(record["history"].get("item", {})))
             elif kind == "files":
                 for entry in record["files"].get("files", []):
@@ -111,4 +122,7 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
         "files": files,
         "state": state,
         "segments": paths,
+        "meta": meta,  # the last start's run record: display_name, job_type, run_group, tags
+        "artifacts": artifacts,  # every logged artifact record: type, name, aliases, metadata (JSON text)
+        "preempting": preempting,  # a start was marked preempting (a SIGTERM stop)
     }

@@ -1,8 +1,9 @@
-"""The published Lab4 training loop, as the template writes it: what ``cvae bench`` compares ours
-with, and what the tests check our step's arithmetic against.
+"""The published Lab4 training loop, step by step: what ``cvae bench`` compares ours with, and what
+the tests check our step's arithmetic against.
 
-- ``reference_step``: the template's ``training_one_step`` in fp32, one FrameEncoder call for the
-  previous frame, one for the target and one PoseEncoder call per time step;
+- ``reference_step``: a training step as the published report's code writes it (the template leaves
+  ``training_one_step`` as an exercise): fp32, per time step one FrameEncoder call for the previous
+  frame, one for the target and one PoseEncoder call;
 - ``load_clips_from_png``: the template's loader, every clip decoded from its PNG files.
 """
 
@@ -34,7 +35,7 @@ def load_clips_from_png(pairs: list, starts: list[int], clip_len: int, size, dev
 def reference_step(
     model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float
 ):
-    """The lab's training_one_step, fp32: per time step one FrameEncoder call
+    """A training step as the report's code writes it, fp32: per time step one FrameEncoder call
     for the previous frame (real or the model's own), one for the target (posterior `target`)
     and one PoseEncoder call. x, pose: (B, T, 3, H, W) in [0, 1]. Returns the loss per frame.
 

@@ -1,7 +1,7 @@
 """The ``cvae`` command: parse, call, print. Logic lives in the modules each command calls.
 
 One module per group of commands: ``train`` (train), ``runs`` (evaluate, predict, score, compare,
-report), ``data``, ``spec``, ``sweep``, ``bench``; ``common`` holds the shared options and turns
+report), ``data``, ``spec``, ``sweep``, ``bench`` (bench, doctor); ``common`` holds the shared options and turns
 errors into exit codes: 0 done, 1 the run failed (the message says why), 2 bad input (the message
 names the file, key or value and what is allowed), 130 / 143 stopped by Ctrl-C / SIGTERM after
 saving a checkpoint that ``cvae train --resume`` continues. torch and wandb are imported inside
@@ -25,7 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train.train)
-for command in (runs.evaluate, runs.predict, runs.score, runs.compare, runs.report, bench.bench):
+for command in (runs.evaluate, runs.predict, runs.score, runs.compare, runs.report, bench.bench, bench.doctor):
     app.command()(command)
 app.add_typer(data_app, name="data")
 app.add_typer(spec_app, name="spec")

@@ -1,4 +1,5 @@
-"""``cvae bench``: the published Lab4 loop against ours (the benchmark is cvae/bench/run.py)."""
+"""``cvae bench`` (the published Lab4 loop against ours: cvae/bench/run.py) and ``cvae doctor`` (what
+the machine offers, and a short end-to-end check on a device: cvae/doctor.py)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def bench(
         console.print(table)
     for note in notes:
         console.print(note, markup=False)
+
+
+@handle_errors
+def doctor(
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N: the device to check.")] = "auto",
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Run the end-to-end check (under a minute or two).")
+    ] = True,
+) -> None:
+    """What this machine offers (devices, bf16, threads), then a few template-widths training steps in
+    each native precision, a rollout, checkpoints and an exact resume on --device: one line per check."""
+    from cvae.doctor import machine_lines, run_checks
+
+    console = make_console(False)
+    for line in machine_lines():
+        console.print(line, markup=False)
+    if not check:
+        return
+    checks = run_checks(device, report=lambda c: console.print(c.line(), markup=False))
+    if any(c.ok is False for c in checks):
+        raise typer.Exit(1)

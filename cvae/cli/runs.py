@@ -13,12 +13,48 @@ from cvae.cli.common import DeviceOpt, QuietOpt, SetOpt, ThreadsOpt, apply_threa
 from cvae.errors import UserError
 from cvae.terminal import make_console
 
+SourceArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A run folder made by cvae train, or a checkpoint file: a cvae one, or one saved by the Lab4 "
+        "template's Trainer (its module names)."
+    ),
+]
+CkptOpt = Annotated[str, typer.Option(help="A run folder's checkpoint: best or last.")]
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec",
+        help="With a checkpoint file: the spec of its model and data (default: the one a cvae checkpoint holds, "
+        "else experiments/lab4_template.yaml).",
+    ),
+]
+BatchNormOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="PoseEncoder BatchNorm in the rollouts: batch (each frame's statistics, the template) or running "
+        "(the running averages); default: the spec's model.eval_batchnorm.",
+    ),
+]
+
+
+def _batchnorm(value: str | None) -> str | None:
+    if value not in (None, "batch", "running"):
+        raise UserError(f"--eval-batchnorm {value!r}: allowed: batch, running")
+    return value
+
 
 @handle_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
-    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    source: SourceArg,
+    ckpt: CkptOpt = "best",
     pose_shift: Annotated[int | None, typer.Option(help="Rotate the poses by K frames (default: a quarter).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default RUN/eval, or <file>-eval beside a checkpoint file).")
+    ] = None,
+    spec: SpecOpt = None,
+    set_: SetOpt = None,
+    eval_batchnorm: BatchNormOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -28,27 +64,36 @@ def evaluate(
     from cvae.runs.evaluate import evaluate_run
 
     console = make_console(quiet)
-    report = evaluate_run(run_dir, ckpt, pose_shift, console, device)
+    report = evaluate_run(source, ckpt, pose_shift, console, device, out, spec, set_ or [], _batchnorm(eval_batchnorm))
     console.print(report.table())
 
 
 @handle_errors
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder made by cvae train.")],
+    source: SourceArg,
     data: Annotated[Path, typer.Option(help="Dataset root holding test/test_img and test/test_label.")],
     out: Annotated[Path, typer.Option(help="Output folder for GIFs and submission.csv.")],
-    ckpt: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    ckpt: CkptOpt = "best",
+    gif_names: Annotated[
+        str, typer.Option(help="name: <video>.gif; lab: the template's pred_seq<k>.gif (k from 0 in test order).")
+    ] = "name",
     overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
+    spec: SpecOpt = None,
+    set_: SetOpt = None,
+    eval_batchnorm: BatchNormOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Roll out every test video from its first frame and poses: a GIF each and submission.csv."""
+    """Roll out every test video from its first frame and poses: a GIF each and submission.csv (the
+    template's Kaggle format)."""
     apply_threads(threads, quiet)
     from cvae.runs.evaluate import predict_run
 
     console = make_console(quiet)
-    written = predict_run(run_dir, data, out, ckpt, overwrite, console, device)
+    written = predict_run(
+        source, data, out, ckpt, overwrite, console, device, spec, set_ or [], _batchnorm(eval_batchnorm), gif_names
+    )
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
 
 

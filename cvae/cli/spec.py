@@ -73,9 +73,14 @@ def schedule_table(spec_obj, rows: list[dict], where: str):
     from cvae.terminal import Col, table
 
     kl, tf = spec_obj.kl_annealing, spec_obj.teacher_forcing
+    if kl.type == "none":
+        kl_text = f"KL none (beta {kl.max_beta:g} throughout)"
+    else:
+        top = f", up to beta {kl.max_beta:g}" if kl.max_beta != 1 else ""
+        kl_text = f"KL {kl.type} ({kl.cycles} cycles, ratio {kl.ratio:g}, per {kl.unit}{top})"
     title = (
-        f"{spec_obj.name}: KL {kl.type} ({kl.cycles} cycles, ratio {kl.ratio:g}, per {kl.unit}); teacher forcing "
-        f"{tf.ratio:g}, -{tf.decay_step:g}/{tf.unit} from {tf.unit} {tf.decay_start}, coin per {tf.mode}; {where}"
+        f"{spec_obj.name}: {kl_text}; teacher forcing {tf.ratio:g}, -{tf.decay_step:g}/{tf.unit} from {tf.unit} "
+        f"{tf.decay_start}, coin per {tf.mode}; {where}"
     )
     columns = [Col(c, numeric=True) for c in ("epoch", "steps", "beta", "tfr")]
     if "beta_last" in rows[0]:

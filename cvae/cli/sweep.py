@@ -43,6 +43,13 @@ def run(
         int | None, typer.Option(help="Trials in the study in all (default: the sweep's budget).")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs for the workers, round-robin (worker i gets the i-th, its CUDA_VISIBLE_DEVICES): "
+            "0,1,2,3; one id for workers that share it (--workers 8 --gpus 0). Default: every visible GPU.",
+        ),
+    ] = None,
     storage: StorageOpt = None,
     study: StudyOpt = None,
     out_dir: DirOpt = None,
@@ -54,7 +61,7 @@ def run(
     from cvae.redact import redact
     from cvae.sweep.file import budget, load_sweep
     from cvae.sweep.study import load_study, status, storage_url, trial_line
-    from cvae.sweep.workers import RunOptions, run_worker, run_workers
+    from cvae.sweep.workers import RunOptions, run_worker, run_workers, worker_gpus
 
     console = make_console(quiet)
     sweep = load_sweep(sweep_file, study, out_dir)
@@ -68,12 +75,15 @@ def run(
             f"sweep [bold]{sweep.study}[/]: {'up to ' + str(limit) if limit else 'unlimited'} trials, "
             f"{workers} worker(s), storage {redact(opts.url)}, trials in {sweep.trials_dir}"
         )
+    assigned = worker_gpus(workers, gpus) if worker_index == 0 else []
+    if assigned and worker_index == 0:
+        console.print(f"GPUs of the workers: {', '.join(assigned)}", markup=False)
     try:
-        if workers == 1:
+        if workers == 1 and not assigned:
             run_worker(sweep, opts, console, report=lambda t: console.print(trial_line(t), markup=False))
             code = 0
         else:
-            code = run_workers(sweep, opts, workers, console)
+            code = run_workers(sweep, opts, workers, console, assigned)
     except KeyboardInterrupt as e:
         how = e.how if isinstance(e, Stopped) else "Ctrl-C"
         console.print(
@@ -181,22 +191,28 @@ def dashboard(
     out_dir: DirOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on (local only by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(help="With --storage alone: the folder of the trials' media (the sweep file's artifacts)."),
+    ] = None,
 ) -> None:
-    """Serve optuna-dashboard for the sweep's storage (Ctrl-C stops it)."""
+    """Serve optuna-dashboard for the sweep's storage, with the trials' media (Ctrl-C stops it)."""
     try:
-        import optuna_dashboard
+        import optuna_dashboard  # noqa: F401
     except ImportError:
         raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
     from cvae.redact import redact
+    from cvae.sweep.dashboard import artifact_dir, serve
     from cvae.sweep.study import is_rdb, open_storage, resolve
 
     if sweep_file is None and storage is None:
         raise UserError("give a SWEEP file or --storage URL")
-    url = storage if sweep_file is None else resolve(sweep_file, storage, study, out_dir)[0]
+    url, _, sweep = resolve(sweep_file, storage, study, out_dir) if sweep_file is not None else (storage, None, None)
     if not is_rdb(url) and not Path(url).exists():
         raise UserError(f"{url}: no such journal file (run the sweep first)")
+    folder = artifact_dir(sweep) if sweep is not None else artifacts
     print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    optuna_dashboard.run_server(open_storage(url), host=host, port=port)
+    serve(open_storage(url), folder, host, port)
 
 
 @sweep_app.command("export-wandb")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cvae.cli.common import QuietOpt, SetOpt, ThreadsOpt, apply_threads, handle_errors
-from cvae.errors import UserError
+from cvae.errors import SpecError, UserError
 from cvae.terminal import make_console
+
+if TYPE_CHECKING:
+    from cvae.spec import Layer
 
 
 @handle_errors
@@ -23,6 +27,13 @@ def train(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in the run folder.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights (train.init_from): a cvae checkpoint or one saved by the template's "
+            "Trainer; the run begins at epoch 1 with its spec's optimizer and schedules."
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -30,10 +41,12 @@ def train(
     apply_threads(threads, quiet)
     from cvae import run_folder
     from cvae.launch import launch
-    from cvae.spec import command_line_layers, load_spec_origins
+    from cvae.spec import load_spec_origins
     from cvae.tracking.wandb_agent import agent_run_dir, sweep_agent_overrides
 
     layers = command_line_layers(set_ or [], sweep_agent_overrides(), ctx.args)
+    if init_from is not None:
+        layers.append(("--init-from", {"train.init_from": str(init_from)}))
     if resume is not None:
         if spec is not None or any(values for _, values in layers):
             raise UserError("--resume continues a run with its saved spec; give no SPEC or overrides with it")
@@ -53,3 +66,28 @@ def train(
             f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']}; "
             f"run folder {folder}"
         )
+
+
+def split_cli_overrides(args: list[str]) -> list[str]:
+    """Turn `--a.b=value` arguments (W&B agent `${args}` form) into `a.b=value` overrides."""
+    out = []
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SpecError(f"unexpected argument {arg!r}: overrides are --set key=value or --key=value")
+        out.append(arg[2:])
+    return out
+
+
+def command_line_layers(
+    set_items: Sequence[str], agent_params: dict[str, Any], extra_args: Sequence[str]
+) -> list[Layer]:
+    """The override layers of ``cvae train``, later wins: ``--set key=value`` items, then a W&B
+    sweep agent's parameter file (``WANDB_SWEEP_PARAM_PATH``), then ``--key=value`` arguments (what
+    the agent's ``${args}`` expands to)."""
+    from cvae.spec import parse_override
+
+    return [
+        ("--set", dict(parse_override(o) for o in set_items)),
+        ("the W&B sweep's parameter file", dict(agent_params)),
+        ("--key=value arguments", dict(parse_override(o) for o in split_cli_overrides(list(extra_args)))),
+    ]

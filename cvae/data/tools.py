@@ -60,7 +60,7 @@ def val_as_test(root: Path, out: Path, pose_shift: int | None = None) -> list[st
     for i, video in enumerate(scan_split(root, "val").videos):
         n = len(video.pairs)
         shift = n // 4 if pose_shift is None else pose_shift
-        for name, k in ((str(i), 0), (f"{i}_shifted", shift)):
+        for name, k in zip(val_as_test_names(i), (0, shift), strict=True):
             img_dir, label_dir = out / "test" / "test_img" / name, out / "test" / "test_label" / name
             img_dir.mkdir(parents=True)
             label_dir.mkdir(parents=True)
@@ -69,3 +69,9 @@ def val_as_test(root: Path, out: Path, pose_shift: int | None = None) -> list[st
                 shutil.copyfile(video.pairs[(t + k) % n][1], label_dir / f"frame{t}.png")
             names.append(name)
     return names
+
+
+def val_as_test_names(i: int) -> tuple[str, str]:
+    """The two test videos ``val_as_test`` makes of val video i, in the order a test split sorts them
+    (by the number in the name): its own poses, then the shifted ones."""
+    return str(i), f"{i}_shifted"

@@ -95,8 +95,15 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def load_runs(args: Sequence[str | Path]) -> list[RunRecord]:
+    """The runs, each labelled by the name its W&B run has (``tracking.wandb.name``, else the spec's
+    name: ``quick-t7``), or by its folder where two runs share a name."""
     paths = resolve_runs(args)
-    return [read_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
+    runs = [read_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
+    names = [r.settings.get("tracking.wandb.name") or r.settings.get("name") for r in runs]
+    if all(names) and len(set(names)) == len(names):
+        for r, name in zip(runs, names, strict=True):
+            r.label = str(name)
+    return runs
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> list[str]:
@@ -127,8 +134,10 @@ def best_frame_curve(run: RunRecord, console=None) -> FrameCurve | None:
     csv_path, metrics_path = run.path / "eval" / "psnr_per_frame.csv", run.path / "eval" / "metrics.json"
     best = run.best_epoch
     fresh = csv_path.is_file() and metrics_path.is_file()
-    if fresh and best is not None:  # eval/ of the best checkpoint: saved after epoch best/epoch
-        fresh = json.loads(metrics_path.read_text()).get("epoch") == best
+    if fresh and best is not None:  # eval/ of the best checkpoint (saved after epoch best/epoch), as validated
+        made = json.loads(metrics_path.read_text())
+        batchnorm = run.settings.get("model.eval_batchnorm", "running")
+        fresh = made.get("epoch") == best and made.get("eval_batchnorm", "running") == batchnorm
     if not fresh:
         if not run_folder.checkpoint_path(run.path, run_folder.BEST).is_file():
             run.notes.append("no best checkpoint: no per-frame PSNR")

@@ -1,53 +1,99 @@
-"""What a trained run is used for: ``cvae evaluate``, ``cvae predict`` and ``cvae score``."""
+"""What a trained model is used for: ``cvae evaluate``, ``cvae predict`` and ``cvae score``.
+
+The model comes from a run folder (its ``best`` or ``last`` checkpoint, its own spec.yaml) or from a
+checkpoint file: a cvae checkpoint (its spec inside) or one saved by the template's Trainer (with
+``experiments/lab4_template.yaml`` unless ``--spec`` names another), cvae/training/weights.py.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cvae import run_folder
 from cvae.data.frames import load_split, load_test
 from cvae.device import resolve_device, tune_cpu_allocator
-from cvae.errors import DataError, RunDirError, UserError
+from cvae.errors import RunDirError, UserError
 from cvae.history import REFERENCE_NAMES, references_of
 from cvae.model import CVAE, build_model
-from cvae.spec import ExperimentSpec, load_spec
-from cvae.training import checkpoint
+from cvae.spec import ExperimentSpec, apply_overrides, load_spec, validate_spec
 from cvae.training.rollout import batches_by_length, rollout
 from cvae.training.validation import VAL_SEED_OFFSET, reference_metrics, validate_model, write_media
+from cvae.training.weights import load_weights, read_weights
+
+TEMPLATE_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "lab4_template.yaml"
+GIF_NAMES = ("name", "lab")  # <video>.gif, or the template's pred_seq<k>.gif
 
 
-def load_trained(run_dir: Path, ckpt: str, device: str | None = None) -> tuple[ExperimentSpec, CVAE, dict]:
-    """The run's spec and its model with the weights of checkpoint ``best`` or ``last``, on
-    ``device`` (``auto``, ``cpu``, ``cuda``...; None: the run's own ``train.device``)."""
+@dataclass
+class Trained:
+    """A model ready to roll out, and where it came from."""
+
+    spec: ExperimentSpec
+    model: CVAE
+    checkpoint: Path  # the file the weights came from
+    run_dir: Path | None  # the run folder, when the model came from one
+    epoch: int | None  # epochs done when it was saved (None: the template's checkpoint does not say)
+    notes: list[str] = field(default_factory=list)  # what reading a template checkpoint found
+
+    @property
+    def label(self) -> str:
+        return f"{self.checkpoint.name}" + (f", epoch {self.epoch}" if self.epoch is not None else "")
+
+
+def load_trained(
+    source: Path,
+    ckpt: str = "best",
+    device: str | None = None,
+    spec_file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    eval_batchnorm: str | None = None,
+) -> Trained:
+    """The model of a run folder (checkpoint ``ckpt``: best or last) or of a checkpoint file, on
+    ``device`` (``auto``, ``cpu``, ``cuda``...; None: the spec's ``train.device``). A file's spec is
+    ``spec_file`` (with ``overrides``), else the one a cvae checkpoint holds, else the template's.
+    ``eval_batchnorm`` (batch, running) overrides ``model.eval_batchnorm`` for this use."""
+    source = Path(source)
     if ckpt not in ("best", "last"):
         raise UserError(f"--ckpt {ckpt!r}: allowed: best, last")
-    if not run_folder.is_run(run_dir):
-        raise RunDirError(f"{run_dir}: not a run folder ({run_folder.SPEC_FILE} missing)")
-    spec = load_spec(run_dir / run_folder.SPEC_FILE)
-    if device is None:
-        dev = resolve_device(
-            spec.train.device, f"train.device of {run_dir / run_folder.SPEC_FILE} (override: --device)"
-        )
+    if source.is_dir():
+        if spec_file is not None or overrides:
+            raise UserError(
+                f"{source}: a run folder uses its own spec.yaml; --spec and --set go with a checkpoint file"
+            )
+        if not run_folder.is_run(source):
+            raise RunDirError(f"{source}: not a run folder ({run_folder.SPEC_FILE} missing)")
+        spec, where, run_dir = load_spec(source / run_folder.SPEC_FILE), str(source / run_folder.SPEC_FILE), source
+        path = run_folder.checkpoint_path(source, f"{ckpt}.pt")
+        weights = read_weights(path)
+    elif source.is_file():
+        if ckpt != "best":
+            raise UserError(f"--ckpt {ckpt}: goes with a run folder; {source} is a checkpoint file")
+        path, run_dir, weights = source, None, read_weights(source)
+        if spec_file is None and weights.spec is not None:
+            spec, where = (
+                validate_spec(apply_overrides(weights.spec, list(overrides)), f"the spec in {path}"),
+                str(path),
+            )
+        else:
+            spec_file = spec_file or TEMPLATE_SPEC
+            spec, where = load_spec(spec_file, list(overrides)), str(spec_file)
     else:
-        dev = resolve_device(device, "--device")
+        raise RunDirError(f"{source}: no such run folder or checkpoint file")
+    if eval_batchnorm is not None:
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"eval_batchnorm": eval_batchnorm})})
+    key = f"train.device of {where} (override: --device)"
+    dev = resolve_device(spec.train.device, key) if device is None else resolve_device(device, "--device")
     if dev.type == "cpu":
         tune_cpu_allocator()  # batched rollouts run faster with it (docs/performance.md)
-    path = run_folder.checkpoint_path(run_dir, f"{ckpt}.pt")
-    state = checkpoint.load(path, dev)
     model = build_model(spec).to(dev)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: weights do not fit the run's spec ({e})") from None
+    load_weights(model, weights, path, where)
     model.eval()
-    return spec, model, state
+    return Trained(spec, model, path, run_dir, weights.epoch, weights.notes)
 
 
 @dataclass
@@ -75,15 +121,27 @@ class Evaluation:
 
 
 def evaluate_run(
-    run_dir: Path, ckpt: str, pose_shift: int | None, console=None, device: str | None = None
+    source: Path,
+    ckpt: str = "best",
+    pose_shift: int | None = None,
+    console=None,
+    device: str | None = None,
+    out: Path | None = None,
+    spec_file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    eval_batchnorm: str | None = None,
 ) -> Evaluation:
-    """Validation rollout of a checkpoint: eval/ gets metrics.json, the per-frame CSV and PNG, the GIF.
-    ``device``: where to roll out (None: the run's ``train.device``)."""
+    """Validation rollout of a trained model (``load_trained``'s arguments): ``out`` (default RUN/eval,
+    or ``<file>-eval`` beside a checkpoint file) gets metrics.json, the per-frame CSV and PNG, the GIF."""
     from cvae.data.root import RunData, scan_dataset
     from cvae.terminal import task
 
-    spec, model, state = load_trained(run_dir, ckpt, device)
-    recorded = RunData(run_dir, strict=False)
+    trained = load_trained(source, ckpt, device, spec_file, overrides, eval_batchnorm)
+    spec, model = trained.spec, trained.model
+    say_notes(trained, console)
+    if trained.run_dir is None:
+        require_data(spec, spec_file or trained.checkpoint)
+    recorded = RunData(trained.run_dir, strict=False) if trained.run_dir is not None else None
     _, val_files = scan_dataset(spec, console, recorded)  # a warning when the data changed since training
     with task(console, "loading val frames") as update:
         val_set = load_split(val_files, spec.data.frame_size, update).truncated(spec.data.val_len)
@@ -91,34 +149,75 @@ def evaluate_run(
     t = spec.train
     with task(console, "rolling out val videos"):
         val = validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last, pose_shift)
-    shift = val.pose_shift
     refs = reference_metrics(val_set)
-    metrics = val.metrics | refs | {"epoch": state["epoch"], "pose_shift": shift}
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
+    metrics = val.metrics | refs | {"epoch": trained.epoch, "pose_shift": val.pose_shift}
+    metrics |= {"checkpoint": str(trained.checkpoint), "eval_batchnorm": spec.model.eval_batchnorm}
+    if out is None:
+        out = (
+            trained.run_dir / "eval"
+            if trained.run_dir is not None
+            else trained.checkpoint.with_name(f"{trained.checkpoint.stem}-eval")
+        )
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     with open(out / "psnr_per_frame.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "psnr", "psnr_shifted_pose"])
         for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist(), strict=True), start=1):
             w.writerow([i, f"{a:.4f}", f"{b:.4f}"])
-    title = f"{spec.name} ({ckpt} checkpoint, epoch {state['epoch']}): per-frame PSNR"
+    title = f"{spec.name} ({trained.label}): per-frame PSNR"
     write_media(out / "rollout.gif", out / "psnr_per_frame.png", val, val_set, refs, title, len(val.pred))
-    return Evaluation(metrics, shift, out)
+    return Evaluation(metrics, val.pose_shift, out)
+
+
+def say_notes(trained: Trained, console) -> None:
+    if console is not None:
+        for note in trained.notes:
+            console.print(f"note: {trained.checkpoint}: {note}", markup=False)
+
+
+def require_data(spec: ExperimentSpec, spec_source: Path) -> None:
+    """A checkpoint file is evaluated on the data its spec names, never on data generated for it."""
+    from cvae.data.root import check_root, near_misses
+    from cvae.errors import DataError
+
+    root = Path(spec.data.root)
+    if not root.exists():
+        raise DataError(
+            f"data.root {str(root)!r} (of {spec_source}): folder not found{near_misses(root)}; point it at the "
+            "dataset the checkpoint's model was trained on: --set data.root=PATH"
+        )
+    check_root(root)
 
 
 def predict_run(
-    run_dir: Path, data: Path, out: Path, ckpt: str, overwrite: bool, console=None, device: str | None = None
+    source: Path,
+    data: Path,
+    out: Path,
+    ckpt: str = "best",
+    overwrite: bool = False,
+    console=None,
+    device: str | None = None,
+    spec_file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    eval_batchnorm: str | None = None,
+    gif_names: str = "name",
 ) -> list[Path]:
-    """Roll out each test video from its first frame and poses: ``<k>.gif`` (prediction | pose)
-    and ``submission.csv`` (column ``id`` = ``<k>_<frame>``, then 3*H*W integers 0..255 in C, H, W
-    order; one row per frame, frame 0 being the given first frame). ``device``: as ``evaluate_run``."""
+    """Roll out each test video from its first frame and poses: a GIF each (prediction | pose),
+    ``<video>.gif`` or with ``gif_names`` ``lab`` the template's ``pred_seq<k>.gif`` (k from 0 in the
+    test split's order), and ``submission.csv`` in the template's Kaggle format (cvae/runs/submission.py).
+    The model: ``load_trained``'s arguments."""
+    from cvae.runs.submission import frame_values, write_submission
     from cvae.terminal import task
     from cvae.tracking.media import labelled_panels, write_gif
 
+    if gif_names not in GIF_NAMES:
+        raise UserError(f"--gif-names {gif_names!r}: allowed: {', '.join(GIF_NAMES)}")
     if (out / "submission.csv").exists() and not overwrite:
         raise RunDirError(f"{out / 'submission.csv'}: exists; pass --overwrite to replace it")
-    spec, model, _ = load_trained(run_dir, ckpt, device)
+    trained = load_trained(source, ckpt, device, spec_file, overrides, eval_batchnorm)
+    spec, model = trained.spec, trained.model
+    say_notes(trained, console)
     dev = next(model.parameters()).device
     videos = load_test(data, spec.data.frame_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,57 +234,39 @@ def predict_run(
             )
             preds |= dict(zip(vids, pred.cpu(), strict=True))
             update(len(preds))
-    written, rows = [], []
+    written = []
     with task(console, "writing GIFs", total=len(videos)) as update:
-        for i, v in enumerate(videos):
-            written.append(write_gif(out / f"{v.name}.gif", labelled_panels({"prediction": preds[i], "pose": v.poses})))
-            flat = (preds[i].clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy()  # (T, 3*H*W)
-            rows.append((v.name, flat))
-            update(i + 1)
-    tmp = out / "submission.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", *range(rows[0][1].shape[1])])
-        for name, flat in rows:
-            for t, values in enumerate(flat):
-                w.writerow([f"{name}_{t}", *values.tolist()])
-    os.replace(tmp, out / "submission.csv")
+        for k, v in enumerate(videos):
+            name = f"pred_seq{k}.gif" if gif_names == "lab" else f"{v.name}.gif"
+            written.append(write_gif(out / name, labelled_panels({"prediction": preds[k], "pose": v.poses})))
+            update(k + 1)
+    write_submission(out / "submission.csv", [frame_values(preds[k]) for k in range(len(videos))])
     return written
 
 
-def read_submission(path: Path, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """submission.csv -> {video: (T, 3, H, W) float in [0, 1]} (to score predictions)."""
-    videos: dict[str, list[np.ndarray]] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for row in reader:
-            name = row[0].rsplit("_", 1)[0]
-            videos.setdefault(name, []).append(np.asarray(row[1:], dtype=np.uint8))
-    return {k: torch.from_numpy(np.stack(v)).view(len(v), 3, *size).float() / 255 for k, v in videos.items()}
-
-
 def score_submission(submission: Path, root: Path, size: tuple[int, int]) -> dict[str, dict[str, float]]:
-    """Score a submission.csv made from ``val_as_test`` output against the real val frames.
+    """Score a submission.csv made from ``cvae data val-as-test`` output against the real val frames.
 
     Returns {video name: {"psnr", "repeat_first", "mean_frame"}} (mean over frames 1..T-1).
     """
     from cvae.data.layout import scan_split
+    from cvae.data.tools import val_as_test_names
+    from cvae.errors import DataError
+    from cvae.runs.submission import read_submission, split_videos
     from cvae.training.rollout import psnr, reference_scores
 
-    if not submission.is_file():
-        raise DataError(f"{submission}: submission file not found")
+    ids, frames = read_submission(submission, size)
     val_set = load_split(scan_split(root, "val"), size)
+    expected = [(name, n) for i, n in enumerate(val_set.lengths) for name in val_as_test_names(i)]
     scores = {}
-    for name, pred in read_submission(submission, size).items():
-        index = name.removesuffix("_shifted")
-        if not index.isdigit() or int(index) >= len(val_set.lengths):
-            raise DataError(f"{submission}: video id {name!r} is not a val video of {root} (see cvae data val-as-test)")
-        frames = val_set.video(int(index))[0].float() / 255
-        if len(pred) != len(frames):
-            raise DataError(f"{submission}: video {name!r} has {len(pred)} frames, the val video {len(frames)}")
-        repeat, mean = reference_scores(frames)
-        scores[name] = {"psnr": psnr(pred[1:], frames[1:]).mean().item(), "repeat_first": repeat, "mean_frame": mean}
+    for name, pred in split_videos(submission, ids, frames, expected).items():
+        index = int(name.removesuffix("_shifted"))
+        truth = val_set.video(index)[0].float() / 255
+        if len(pred) != len(truth):
+            raise DataError(f"{submission}: video {name!r} has {len(pred)} frames, the val video {len(truth)}")
+        pred = torch.from_numpy(pred).float() / 255
+        repeat, mean = reference_scores(truth)
+        scores[name] = {"psnr": psnr(pred[1:], truth[1:]).mean().item(), "repeat_first": repeat, "mean_frame": mean}
     return scores
 
 

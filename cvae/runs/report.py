@@ -40,7 +40,12 @@ def _context(run: RunRecord, varying: str) -> tuple:
 
 
 def _section(run: RunRecord, prefix: str) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k.startswith(prefix)))
+    """A run's settings under ``prefix``, as what they do: with no decay step a teacher-forcing decay
+    start changes nothing, so two such specs are one setting."""
+    out = {k: v for k, v in run.settings.items() if k.startswith(prefix)}
+    if prefix == TF and not out.get(TF + "decay_step"):
+        out.pop(TF + "decay_start", None)
+    return tuple(sorted((k, repr(v)) for k, v in out.items()))
 
 
 def ablation(runs: Sequence[RunRecord], varying: str) -> list[RunRecord]:

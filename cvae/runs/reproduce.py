@@ -78,6 +78,16 @@ def scaled(spec: dict[str, Any], scale: Scale) -> dict[str, Any]:
     return apply_overrides(out, scale.overrides)
 
 
+def reproduce_tracking(name: str, scale_name: str) -> dict[str, Any]:
+    """A reproduction run's W&B name (``report_psnr-cpu``), group, job type and tags."""
+    return {
+        "tracking.wandb.name": f"{name}-{scale_name}",
+        "tracking.wandb.group": f"report-{scale_name}",
+        "tracking.wandb.job_type": "reproduce",
+        "tracking.wandb.tags": ["reproduce", scale_name],
+    }
+
+
 def scaled_specs(scale_name: str, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The seven report specs at the scale, ``overrides`` (``--set``) on top, each validated."""
     if scale_name not in SCALES:
@@ -89,6 +99,7 @@ def scaled_specs(scale_name: str, overrides: dict[str, Any]) -> dict[str, dict[s
         path = EXPERIMENTS / f"{name}.yaml"
         spec = validate_spec(load_spec_dict(path), str(path)).to_dict()
         data = apply_overrides(scaled(spec, SCALES[scale_name]), overrides)
+        data = apply_overrides(data, reproduce_tracking(name, scale_name))
         checked = validate_spec(data, f"{path} at scale {scale_name}")
         # data.root is generated only where its preset was set with it: the scale's own, or yours
         layers = [*file_layers(path), (f"the {scale_name} scale", SCALES[scale_name].overrides), ("--set", overrides)]

@@ -82,8 +82,9 @@ def confirm_specs(sweep: Sweep, settings: list[Setting], seeds: list[int]) -> di
             extra = {
                 "seed": seed,
                 "tracking.wandb.group": f"{sweep.study}-confirm",
-                "tracking.wandb.tags": ["confirm"],
-                "tracking.wandb.name": f"{s.name}-seed{seed}",
+                "tracking.wandb.job_type": "confirm",
+                "tracking.wandb.tags": ["confirm", sweep.study],
+                "tracking.wandb.name": f"{sweep.study}-{s.name}-s{seed}",
                 "tracking.wandb.config": {
                     "trial": {"study": sweep.study, "setting": s.name, "number": s.trial, "params": s.params}
                 },

@@ -134,6 +134,11 @@ class SweepSpec(_Strict):
     study: str | None = Field(None, description="Study name; null: the sweep file's name.")
     out_dir: str | None = Field(None, description="Sweep folder; null: runs/sweeps/<study>.")
     storage: str | None = Field(None, description="Optuna storage URL; null: a journal file in the sweep folder.")
+    artifacts: str | None = Field(
+        None,
+        description="Folder of the trials' media for optuna-dashboard; null: <sweep folder>/artifacts. With a "
+        "storage shared by several machines: a folder every machine reaches at the same path.",
+    )
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     enqueue: list[Enqueued] = Field(
         [], description="Points of the space tried first, in order (the base, the template's schedules scaled...)."
@@ -151,28 +156,46 @@ class SweepSpec(_Strict):
 _PARAM_FIELDS = set(FloatParam.model_fields) | set(IntParam.model_fields) | set(CategoricalParam.model_fields)
 
 
-def _check_sweep_keys(data: dict[str, Any], source: str) -> None:
-    """Unknown keys of the sweep file, with a did-you-mean (pydantic's own message names none)."""
+def _unknown_keys(data: dict[str, Any], source: str) -> tuple[list[str], dict[str, Any]]:
+    """Every unknown key of the sweep file, with a did-you-mean (pydantic's own message names none),
+    and the file's data without them (so the rest is still checked)."""
+    problems: list[str] = []
 
-    def walk(d: Any, model: type[BaseModel], prefix: str) -> None:
+    def walk(d: Any, model: type[BaseModel], prefix: str) -> Any:
         if not isinstance(d, dict):
-            return
-        names = list(model.model_fields)
+            return d
+        names, kept = list(model.model_fields), {}
         for key, value in d.items():
             if key not in model.model_fields:
                 hint = did_you_mean(f"{prefix}{key}", [f"{prefix}{n}" for n in names])
-                raise SpecError(f"{source}: unknown key `{prefix}{key}`{hint}")
+                problems.append(f"{source}: unknown key `{prefix}{key}`{hint}")
+                continue
             ann = model.model_fields[key].annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(value, ann, f"{prefix}{key}.")
+            kept[key] = (
+                walk(value, ann, f"{prefix}{key}.") if isinstance(ann, type) and issubclass(ann, BaseModel) else value
+            )
+        return kept
 
-    walk(data, SweepSpec, "")
-    for key, param in (data.get("search") or {}).items():
+    kept = walk(data, SweepSpec, "")
+    for key, param in (kept.get("search") or {}).items():
         if isinstance(param, dict):
-            for k in param:
+            for k in list(param):
                 if k not in _PARAM_FIELDS:
                     hint = did_you_mean(k, sorted(_PARAM_FIELDS))
-                    raise SpecError(f"{source}: search.{key}: unknown key `{k}`{hint}")
+                    problems.append(f"{source}: search.{key}: unknown key `{k}`{hint}")
+                    param = {kk: vv for kk, vv in param.items() if kk != k}
+            kept["search"] = {**kept["search"], key: param}
+    return problems, kept
+
+
+def raise_all(path: Path, problems: list[str]) -> None:
+    """One SpecError naming every problem found (each already names the file)."""
+    if len(problems) == 1:
+        raise SpecError(problems[0])
+    if problems:
+        raise SpecError(
+            f"{path}: {len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        )
 
 
 @dataclass(frozen=True)
@@ -217,11 +240,11 @@ def load_sweep(path: str | Path, study: str | None = None, out_dir: str | Path |
         raise SpecError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep file must be a mapping of keys")
-    _check_sweep_keys(data, str(path))
+    problems, kept = _unknown_keys(data, str(path))  # all of a file's mistakes at once, not one per run
     try:
-        sweep = SweepSpec.model_validate(data)
+        sweep = SweepSpec.model_validate(kept)
     except ValidationError as e:
-        raise SpecError(format_validation(e, str(path), data)) from None
+        raise_all(path, [*problems, *format_validation(e, str(path), kept).splitlines()])
 
     base_path = path.parent / sweep.base
     layers = file_layers(base_path)
@@ -229,58 +252,70 @@ def load_sweep(path: str | Path, study: str | None = None, out_dir: str | Path |
     try:
         base = apply_overrides(base, sweep.overrides)
     except SpecError as e:
-        raise SpecError(f"{path}: overrides: {e}") from None
-    _check_search(sweep, base, path)
+        raise_all(path, [*problems, f"{path}: overrides: {e}"])
+    _check_search(sweep, base, path, problems)
     name = study or sweep.study or path.stem
     out = Path(out_dir) if out_dir is not None else Path(sweep.out_dir or Path("runs") / "sweeps" / name)
     return Sweep(sweep, path, base_path, base, name, out, origins([*layers, (f"{path} overrides", sweep.overrides)]))
 
 
-def _check_search(sweep: SweepSpec, base: dict[str, Any], path: Path) -> None:
-    """Every searched key is a spec key of the right type, and every bound gives a valid spec."""
+def _check_search(sweep: SweepSpec, base: dict[str, Any], path: Path, problems: list[str]) -> None:
+    """Every searched key is a spec key of the right type, every bound and enqueued point gives a
+    valid spec: all the problems found (after ``problems``, found before), in one SpecError."""
     leaves = all_keys()
-    validate_spec(base, f"{path}: base spec {sweep.base} with the overrides")
+    try:
+        validate_spec(base, f"{path}: base spec {sweep.base} with the overrides")
+    except SpecError as e:
+        raise_all(path, [*problems, str(e)])
+    problems = list(problems)
+
+    def valid(data: dict[str, Any], what: str) -> bool:
+        try:
+            validate_spec(data, "spec")
+            return True
+        except SpecError as e:
+            problems.append(f"{what}: {str(e).replace('spec: ', '')}")
+            return False
+
     for key, p in sweep.search.items():
         if key not in leaves:
-            raise SpecError(f"{path}: search: `{key}` is not a key of the spec{did_you_mean(key, sorted(leaves))}")
+            problems.append(f"{path}: search: `{key}` is not a key of the spec{did_you_mean(key, sorted(leaves))}")
+            continue
         if key in sweep.overrides:
-            raise SpecError(f"{path}: `{key}` is both fixed in overrides and searched")
+            problems.append(f"{path}: `{key}` is both fixed in overrides and searched")
         if isinstance(p, FloatParam) and leaves[key].annotation is int:
-            raise SpecError(f"{path}: search.{key}: `{key}` is an integer setting; use type: int")
-        values = p.choices if isinstance(p, CategoricalParam) else [p.low, p.high]
-        for v in values:
-            try:
-                validate_spec(apply_overrides(base, {key: v}), "spec")
-            except SpecError as e:
-                msg = str(e).replace("spec: ", "")
-                raise SpecError(f"{path}: search.{key}: the value {v!r} gives an invalid spec: {msg}") from None
+            problems.append(f"{path}: search.{key}: `{key}` is an integer setting; use type: int")
+            continue
+        for v in p.choices if isinstance(p, CategoricalParam) else [p.low, p.high]:
+            if not valid(
+                apply_overrides(base, {key: v}), f"{path}: search.{key}: the value {v!r} gives an invalid spec"
+            ):
+                break
+        if sweep.sampler.type == "grid" and isinstance(p, FloatParam) and p.step is None:
+            problems.append(f"{path}: search.{key}: the grid sampler needs a step for float ranges")
     if sweep.budget.n_trials is not None and len(sweep.enqueue) > sweep.budget.n_trials:
-        raise SpecError(
+        problems.append(
             f"{path}: enqueue holds {len(sweep.enqueue)} points, more than budget.n_trials ({sweep.budget.n_trials})"
         )
     for i, point in enumerate(sweep.enqueue):
         where = f"{path}: enqueue[{i}] ({point.name})"
         missing, extra = sorted(sweep.search.keys() - point.params.keys()), sorted(point.params.keys() - sweep.search)
         if missing or extra:
-            raise SpecError(f"{where}: params must give every searched key; missing {missing}, not searched {extra}")
-        for key, v in point.params.items():
-            if not _in_space(sweep.search[key], v):
-                raise SpecError(f"{where}: {key} {v!r} is outside its search range")
-        try:
-            validate_spec(apply_overrides(base, point.params), "spec")
-        except SpecError as e:
-            raise SpecError(f"{where}: gives an invalid spec: {str(e).replace('spec: ', '')}") from None
+            problems.append(f"{where}: params must give every searched key; missing {missing}, not searched {extra}")
+            continue
+        outside = [f"{key} {v!r}" for key, v in point.params.items() if not _in_space(sweep.search[key], v)]
+        if outside:
+            problems.append(f"{where}: {', '.join(outside)} is outside its search range")
+        elif all(k in leaves for k in point.params):
+            valid(apply_overrides(base, point.params), f"{where}: gives an invalid spec")
     if sweep.objective.metric not in METRICS:
         hint = did_you_mean(sweep.objective.metric, list(METRICS))
-        raise SpecError(f"{path}: objective.metric {sweep.objective.metric!r} is not one of {', '.join(METRICS)}{hint}")
-    if sweep.sampler.type == "grid":
-        for key, p in sweep.search.items():
-            if isinstance(p, FloatParam) and p.step is None:
-                raise SpecError(f"{path}: search.{key}: the grid sampler needs a step for float ranges")
+        problems.append(f"{path}: objective.metric {sweep.objective.metric!r} is not one of {', '.join(METRICS)}{hint}")
     if sweep.sampler.type == "cmaes":
         cats = [k for k, p in sweep.search.items() if isinstance(p, CategoricalParam)]
         if cats:
-            raise SpecError(f"{path}: sampler cmaes searches numbers only; {', '.join(cats)} is categorical")
+            problems.append(f"{path}: sampler cmaes searches numbers only; {', '.join(cats)} is categorical")
+    raise_all(path, problems)
 
 
 def _in_space(p: FloatParam | IntParam | CategoricalParam, v: Any) -> bool:

@@ -140,6 +140,9 @@ def open_study(sweep: Sweep, url: str, seed: int | None = None):
         study.set_user_attr("sweep_file", str(sweep.path))
         study.set_user_attr("objective", sweep.spec.objective.model_dump())
         study.set_user_attr("base_spec", sweep.base)
+        from cvae.sweep.dashboard import study_note
+
+        study_note(study, sweep)  # the base spec as YAML on the study's page in optuna-dashboard
     return study
 
 

@@ -7,6 +7,7 @@ the trial's number and values in its config under ``trial.*``, through ``trackin
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from cvae import history, run_folder
 from cvae.errors import Pruned, Stopped
 from cvae.history import REFERENCE_NAMES
 from cvae.spec import validate_spec
+from cvae.sweep.dashboard import run_info
 from cvae.sweep.file import Sweep, trial_spec_dict
 from cvae.sweep.study import resume_source, suggest
 from cvae.tracking.wandb_run import RUN_ID_FILE
@@ -92,23 +94,28 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
         run_dir = sweep.trials_dir / str(trial.number)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("worker", worker)
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker was given (--gpus)
+            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
+        o = sweep.spec.objective
         try:
-            extra = {
-                "tracking.wandb.group": study_name,
-                "tracking.wandb.name": str(trial.number),
-                "tracking.wandb.config": {"trial": {"study": study_name, "number": trial.number, "params": params}},
-            }
-            data = trial_spec_dict(sweep, params, extra)
-            data["name"] = f"{data.get('name', 'experiment')}-t{trial.number}"
-            spec = validate_spec(data, f"trial {trial.number}")
+            extra = trial_tracking(sweep, study_name, trial.number, params)
+            spec = validate_spec(trial_spec_dict(sweep, params, extra), f"trial {trial.number}")
             resume = resume_replaced_trial(sweep, trial, run_dir)
-            callbacks = [PruningCallback(trial, sweep.spec.objective.metric, run_dir)]
-            launch(spec, run_dir, resume=resume, overwrite=True, callbacks=callbacks)
-            o = sweep.spec.objective
+            callbacks = [PruningCallback(trial, o.metric, run_dir)]
+            try:
+                launch(spec, run_dir, resume=resume, overwrite=True, callbacks=callbacks)
+            finally:
+                for key, value in run_info(run_dir).items():  # the W&B run and the device, whatever the end
+                    trial.set_user_attr(key, value)
             row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
             record_references(trial, row)
+            publish(trial, sweep, run_dir, row, o.metric)
             return float(row[o.metric])
         except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
+            with contextlib.suppress(RuntimeError):  # no epoch validated: nothing to show
+                publish(
+                    trial, sweep, run_dir, scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch), o.metric
+                )
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt as e:
             how = e.how if isinstance(e, Stopped) else "Ctrl-C"
@@ -123,6 +130,32 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
                 trial.set_user_attr("epochs_done", len(run_epoch_rows(run_dir)))
 
     return objective
+
+
+def trial_tracking(sweep: Sweep, study: str, number: int, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's name, and its W&B run's name, group, job type, tags and config: ``quick-t7`` in group
+    ``quick``, job type ``trial``, tagged with the study, the study and trial in its config."""
+    tags = list(sweep.base_spec().tracking.wandb.tags)
+    return {
+        "name": f"{sweep.base.get('name', 'experiment')}-t{number}",
+        "tracking.wandb.group": study,
+        "tracking.wandb.name": f"{study}-t{number}",
+        "tracking.wandb.job_type": "trial",
+        "tracking.wandb.tags": [*tags, study] if study not in tags else tags,
+        "tracking.wandb.config": {"trial": {"study": study, "number": number, "params": params}},
+    }
+
+
+def publish(trial, sweep: Sweep, run_dir: Path, row: dict[str, Any], metric: str) -> None:
+    """The trial's media and Note for optuna-dashboard; a failure there warns and loses nothing else."""
+    import warnings
+
+    from cvae.sweep.dashboard import artifact_dir, publish_trial
+
+    try:
+        publish_trial(trial, artifact_dir(sweep), run_dir, row, metric)
+    except Exception as e:  # the dashboard's extras must never fail a trial
+        warnings.warn(f"trial {trial.number}: optuna-dashboard media not stored: {e}", RuntimeWarning, stacklevel=2)
 
 
 def resume_replaced_trial(sweep: Sweep, trial, run_dir: Path) -> bool:

@@ -38,6 +38,10 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         """Set summary values (best PSNR, its epoch, ...)."""
 
+    def log_model(self, path: Path, metadata: dict[str, Any], final: bool) -> None:
+        """The best checkpoint ``path`` was written (``final``: the run ended normally, this is its best),
+        with ``metadata``: its epoch and val/psnr, the spec's name, the data it trained on."""
+
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
         """Close the run. ``status``: ``finished``, ``pruned``, ``stopped`` or ``failed``
         (cvae/run_folder.py); ``reason`` says why a run failed or stopped."""
@@ -54,9 +58,10 @@ class LocalTracker(Tracker):
         self.run_dir = Path(run_dir)
         if resume:  # a summary cut short by a kill reads as empty: the trainer writes it again
             self._summary = read_summary(self.run_dir)
-        if DATA_KEY in config:  # what the run trains on, in summary.json from the start
-            self._summary[DATA_KEY] = config[DATA_KEY]
-            self._write_summary()
+        for key in (DATA_KEY, "device"):  # what the run trains on, and where: in summary.json from the start
+            if key in config:
+                self._summary[key] = config[key]
+        self._write_summary()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         assert self.run_dir is not None
@@ -116,6 +121,10 @@ class MultiTracker(Tracker):
     def summary(self, values: dict[str, Any]) -> None:
         for t in self.trackers:
             t.summary(values)
+
+    def log_model(self, path: Path, metadata: dict[str, Any], final: bool) -> None:
+        for t in self.trackers:
+            t.log_model(path, metadata, final)
 
     def finish(self, status: str = "finished", reason: str | None = None) -> None:
         """Every tracker is closed even if one fails (a full disk must not leave W&B open)."""

@@ -10,7 +10,6 @@ turns this tracker into a no-op; training (and the local history) goes on.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -25,9 +24,14 @@ from cvae import history
 from cvae.redact import redact
 from cvae.spec import flatten
 from cvae.tracking.tracker import Tracker
+from cvae.tracking.wandb_files import last_logged_step
 
 DEFAULT_PROJECT = "cvae-sweeps"
+DEFAULT_JOB_TYPE = "train"  # sweeps set trial, confirm and reproduce (cvae/sweep/, cvae/runs/reproduce.py)
 RUN_ID_FILE = "wandb_run_id.txt"
+RUN_URL_FILE = "wandb_run_url.txt"  # online runs only: where the run is on the W&B server
+LOG_MODEL = ("best", "all", "none")
+PRUNED_TAG = "pruned"
 
 # W&B's modes and its aliases for them.
 _MODES = {
@@ -133,13 +137,18 @@ class WandbTracker(Tracker):
         notes: str | None = None,
         console: Any = None,
         extra_config: dict[str, Any] | None = None,
+        log_model: str = "best",
     ) -> None:
+        if log_model not in LOG_MODEL:
+            raise ValueError(f"log_model must be one of {', '.join(LOG_MODEL)}, got {log_model!r}")
+        self.log_model_policy = log_model
+        self._model_logged: dict[str, Any] | None = None  # the metadata of the version logged last
         self.mode = resolve_mode(mode)
         self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.entity = entity  # None: wandb reads WANDB_ENTITY itself
         # Free text the spec passes to W&B: passwords in URLs are masked as in the config.
         self.group = redact(group)
-        self.job_type = redact(job_type)
+        self.job_type = redact(job_type) or DEFAULT_JOB_TYPE
         self.tags = redact(list(tags)) if tags else None
         self.name = redact(name)
         self.notes = redact(notes)
@@ -200,13 +209,15 @@ class WandbTracker(Tracker):
             os.environ["WANDB_DATA_DIR"] = str(wandb_dir.resolve())
             self._set_data_dir = True
 
+        # The run folder's W&B run, whenever it has one: a run resumed before its first checkpoint trains
+        # from the start but stays the same W&B run (a fresh run folder has no id file).
         id_file = run_dir / RUN_ID_FILE
         run_id = None
-        if resume and id_file.exists():
+        if id_file.exists():
             run_id = id_file.read_text().strip() or None
             if run_id:
                 # Rows after a resume must come after every row already written.
-                last = _last_logged_step(run_dir, run_id)
+                last = last_logged_step(run_dir, run_id)
                 self._min_step = last + 1 if last is not None else 0
         if run_id is None:
             run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
@@ -239,6 +250,8 @@ class WandbTracker(Tracker):
         self._run = run
         self.run_id = run.id
         id_file.write_text(run.id + "\n")
+        if self.mode == "online" and getattr(run, "url", None):
+            (run_dir / RUN_URL_FILE).write_text(run.url + "\n")
         # Online resumes know the server's next step.
         self._min_step = max(self._min_step, int(getattr(run, "starting_step", 0) or 0))
 
@@ -304,6 +317,26 @@ class WandbTracker(Tracker):
         except Exception as exc:
             self._fail(f"logging curve {key!r} failed", exc)
 
+    def log_model(self, path: Path, metadata: dict[str, Any], final: bool) -> None:
+        """``tracking.wandb.log_model``: ``all`` logs each best checkpoint as it is written; ``best`` logs
+        the run's best once, when it ends (unless that version is logged already)."""
+        policy = self.log_model_policy
+        if not self.active or policy == "none" or (policy == "best" and not final) or self._model_logged == metadata:
+            return
+        try:
+            self._log_artifact(Path(path), metadata)
+            self._model_logged = dict(metadata)
+        except Exception as exc:
+            self._fail("logging the model artifact failed", exc)
+
+    def _log_artifact(self, path: Path, metadata: dict[str, Any]) -> None:
+        import wandb
+
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self._run.name or 'run'}-{self.run_id}")
+        artifact = wandb.Artifact(name, type="model", metadata=_plain(redact(metadata)))
+        artifact.add_file(str(path), name=path.name)  # copied into W&B's staging folder: later writes do not touch it
+        self._run.log_artifact(artifact, aliases=["best", "latest"])
+
     def summary(self, values: dict[str, Any]) -> None:
         if not self.active:
             return
@@ -338,6 +371,10 @@ class WandbTracker(Tracker):
             # One vocabulary with summary.json: finished, pruned, stopped (all W&B "finished", exit 0)
             # or failed (exit 1, W&B "failed").
             run.summary["status"] = status
+            if status == "pruned":  # a tag W&B users filter by
+                run.tags = tuple(dict.fromkeys([*run.tags, PRUNED_TAG]))
+            if status == "stopped" and (reason or "").startswith("SIGTERM"):
+                run.mark_preempting()  # a W&B sweep may requeue it; it resumes with cvae train --resume
             if status == "failed":
                 run.summary["failure_reason"] = reason or "unknown"
                 run.finish(exit_code=1)
@@ -352,56 +389,6 @@ class WandbTracker(Tracker):
 def _new_run_id() -> str:
     """8 lower-case letters and digits, like W&B's own ids."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def _segment_key(folder: Path) -> tuple[str, int]:
-    """Order of a run's folders: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]``.
-
-    Two starts within one second get ``-1``, ``-2``... suffixes (seen with wandb 0.31).
-    """
-    match = re.search(r"run-(\d{8}_\d{6})-", folder.name)
-    stamp = match.group(1) if match else ""
-    wandb_files = list(folder.glob("run-*.wandb"))
-    run_id = wandb_files[0].stem[len("run-") :] if wandb_files else ""
-    tail = folder.name.rsplit(f"-{run_id}", 1)[-1] if run_id else ""
-    n = int(tail[1:]) if tail.startswith("-") and tail[1:].isdigit() else 0
-    return stamp, n
-
-
-def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
-    """The run's ``.wandb`` logs, oldest first (offline and online folders; not ``latest-run``)."""
-    found = []
-    for pattern in ("offline-run-*/run-*.wandb", "run-*/run-*.wandb"):
-        for path in Path(run_dir, "wandb").glob(pattern):
-            if path.parent.is_symlink() or not path.is_file():
-                continue
-            if run_id is not None and path.stem != f"run-{run_id}":
-                continue
-            found.append(path)
-    return sorted(found, key=lambda p: _segment_key(p.parent))
-
-
-def inspect_log(path: Path, summary: bool, timeout: float = 120) -> str:
-    """``wandb leet inspect --json [--summary] PATH`` (the CLI of the installed wandb)."""
-    args = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
-    if summary:
-        args.append("--summary")
-    out = subprocess.run(args + [str(path)], capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"wandb leet inspect failed on {path}: {out.stderr.strip()[-500:]}")
-    return out.stdout
-
-
-def _last_logged_step(run_dir: Path, run_id: str) -> int | None:
-    """The last history step written by earlier starts of this run (newest readable log)."""
-    for path in reversed(wandb_files(run_dir, run_id)):
-        try:
-            step = json.loads(inspect_log(path, summary=True)).get("step")
-        except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):
-            continue
-        if isinstance(step, int) and step > 0:
-            return step
-    return None
 
 
 # --- wiring from a spec -----------------------------------------------------------------------
@@ -426,6 +413,7 @@ def from_spec(spec: Any, console: Any = None) -> WandbTracker:
             notes=w.notes,
             console=console,
             extra_config=w.config,
+            log_model=w.log_model,
         )
     except ValueError as e:
         raise SpecError(f"tracking.wandb.mode: {e}") from None

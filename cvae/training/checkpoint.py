@@ -79,17 +79,24 @@ def _os_error(e: BaseException | None) -> OSError | None:
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; a missing, truncated or foreign file is a CheckpointError."""
     path = Path(path)
+    state = load_file(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cvae checkpoint (no '{FORMAT}' format tag)")
+    return state
+
+
+def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """A torch file's contents, CRC-checked, loaded with ``weights_only=True`` (nothing in it can run
+    code); a missing, truncated or damaged file, or one that holds pickled objects, is a CheckpointError."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         _check_crc(path)
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
         reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
         raise CheckpointError(f"{path}: not a readable cvae checkpoint ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cvae checkpoint (no '{FORMAT}' format tag)")
-    return state
 
 
 def _check_crc(path: Path) -> None:

@@ -113,6 +113,8 @@ def train(
         resume = False
         history.truncate(run_dir / history.FILE, 0, 0)
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
+    if ck is None and spec.train.init_from is not None:  # a resumed run has its own weights
+        init_weights(model, spec, console)
     opt, sched = build_optimizer(spec, model)
     state = State() if ck is None else resume_from(ck, run_dir, model, opt, sched)
     if spec.train.compile:
@@ -140,6 +142,8 @@ def train(
                 state.epoch = epoch
                 if epoch % spec.train.val_every == 0 or epoch == spec.train.epochs:
                     epoch_row |= validate_epoch(run_dir, spec, model, opt, sched, val_set, refs, state, tracker)
+                    if state.best_epoch == epoch:  # best.pt was just written
+                        tracker.log_model(*best_model(run_dir, spec, state, data_id), final=False)
                 # The epoch's row before its checkpoint: a kill in between leaves the row after last.pt's
                 # step, which resume drops and writes again (the other order would lose it).
                 tracker.log({"epoch": epoch, **epoch_row}, state.step)
@@ -148,13 +152,23 @@ def train(
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, epoch_row)
             plot_curves(run_dir)
+            if state.best_epoch:
+                tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
             tracker.finish(run_folder.FINISHED)
         except BaseException as e:
+            if isinstance(e, Pruned) and state.best_epoch:  # a normal end for a trial: its model as a finished run's
+                tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
             end_early(tracker, run_dir, e)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Stopped):
                 raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
             raise
         return summary(state, epoch_row)
+
+
+def best_model(run_dir: Path, spec: ExperimentSpec, state: State, data_id: dict[str, Any]) -> tuple[Path, dict]:
+    """best.pt and what a model registry keeps beside it: its epoch and score, the spec, the data."""
+    meta = {"epoch": state.best_epoch, "val/psnr": state.best_psnr, "spec": spec.name, run_folder.DATA_KEY: data_id}
+    return run_folder.checkpoint_path(run_dir, run_folder.BEST), meta
 
 
 def end_early(tracker: Tracker, run_dir: Path, e: BaseException) -> None:
@@ -263,6 +277,22 @@ def resume_from(ck: dict[str, Any], run_dir: Path, model, opt, sched) -> State:
     restore_training(ck, model, opt, sched)
     history.truncate(run_dir / history.FILE, ck["step"], ck["epoch"])
     return State.from_checkpoint(ck)
+
+
+def init_weights(model: CVAE, spec: ExperimentSpec, console=None) -> None:
+    """``train.init_from``'s weights into the new model (a cvae or a template checkpoint), with what
+    the file said that is not applied."""
+    from cvae.training.weights import load_weights, read_weights
+
+    path = Path(spec.train.init_from)
+    weights = read_weights(path)
+    load_weights(model, weights, path, "this spec (train.init_from)")
+    if console is not None:
+        console.print(
+            f"weights from {path} ({'the template' if weights.source == 'template' else 'cvae'})", markup=False
+        )
+        for note in weights.notes:
+            console.print(f"note: {path}: {note}", markup=False)
 
 
 def summary(state: State, last: dict[str, float]) -> dict[str, Any]:
