@@ -204,6 +204,11 @@ class WandbSpec(_Section):
 class TrackingSpec(_Section):
     log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
     gif_frames: int = Field(120, ge=2, description="Frames of the validation rollout put in the GIF.")
+    media: Literal["every", "end"] = Field(
+        "every",
+        description="The validation GIF and plot: at `every` validation, or once at the `end`, of the best epoch "
+        "(sweep trials and confirm runs: nothing reads them meanwhile).",
+    )
     wandb: WandbSpec = WandbSpec()
 
 

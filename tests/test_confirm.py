@@ -19,6 +19,7 @@ import yaml
 from helpers import assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
+from cvae.sweep import race
 from cvae.sweep.confirm import mean_interval, summarize, t_quantile, verdict
 from cvae.sweep.file import load_sweep
 
@@ -64,6 +65,133 @@ def test_summarize_pairs_seeds_and_decides_by_the_interval():
     flipped = {r["name"]: r["vs_base"]["verdict"] for r in summarize(values, "minimize") if "vs_base" in r}
     assert flipped == {"up": "worse", "down": "better", "noisy": "no evidence"}
     assert verdict((float("nan"), float("nan")), "maximize") == "no evidence"
+
+
+# --------------------------------------------------------------------------- the race
+
+
+def test_the_race_spends_alpha_over_its_looks():
+    # 3 to 5 seeds: 10% of 0.05 over the two interim looks, 90% at the last; one look: all of it
+    assert [race.look_alpha(n, 3, 5) for n in (3, 4, 5)] == pytest.approx([0.0025, 0.0025, 0.045])
+    assert race.look_alpha(5, 5, 5) == 0.05 and race.look_alpha(2, 2, 3) == pytest.approx(0.005)
+    assert sum(race.look_alpha(n, 3, 8) for n in range(3, 9)) == pytest.approx(0.05)
+    # [1, 2, 3]: mean 2, sd 1; at 5%, t(0.975, 2) = 4.3027: half width 4.3027 / sqrt(3) = 2.4841
+    mean, sd, (low, high) = race.interval([1.0, 2.0, 3.0], 0.05)
+    assert (mean, sd, low, high) == (2.0, 1.0, pytest.approx(-0.4841, abs=1e-4), pytest.approx(4.4841, abs=1e-4))
+
+
+def test_the_chance_of_a_final_verdict_by_hand():
+    from scipy.stats import norm, t
+
+    # diffs 0, 1, 2 (mean 1, sd 1) with 2 seeds to go of 5: final mean (3 + S) / 5, S ~ N(2, 2);
+    # a verdict when |final mean| > c / sqrt(5), c = t(1 - 0.045 / 2, 4)
+    c = t.ppf(1 - 0.045 / 2, 4)
+    by_hand = norm.cdf((5 - c * 5**0.5) / 2**0.5) + norm.cdf((-5 - c * 5**0.5) / 2**0.5)
+    assert race.final_chance([0.0, 1.0, 2.0], 5, 0.045) == pytest.approx(by_hand, rel=1e-9)
+    assert race.final_chance([1.0, 1.0, 1.0], 5, 0.045) == 1.0 and race.final_chance([0.0] * 3, 5, 0.045) == 0.0
+
+
+def test_the_race_on_a_measured_confirmation():
+    """The quick sweep's confirmation of 2026-12-01 (val PSNR, seeds 1-5), raced: trials 5 and 14 stop
+    after 3 seeds (their final 95% verdicts were `no evidence` too), trial 7 is `better` after 5, as it
+    was; a setting that cannot learn is `worse` after 3."""
+    base = [27.91, 28.09, 27.47, 27.37, 27.27]
+    measured = {
+        "trial-5": [28.46, 28.90, 27.37, 27.65, 27.62],
+        "trial-14": [28.35, 28.34, 27.31, 27.65, 27.64],
+        "trial-7": [28.53, 28.60, 27.58, 27.86, 27.61],
+        "summed KL": [18.1, 17.9, 18.0, 18.2, 17.8],
+    }
+    decided = {}
+    for name, values in measured.items():
+        d = race.race([v - b for v, b in zip(values, base, strict=True)], 3, 5, "maximize")
+        decided[name] = (d.verdict, d.settled, d.n)
+    assert decided == {
+        "trial-5": ("no evidence", "futility", 3),
+        "trial-14": ("no evidence", "futility", 3),
+        "trial-7": ("better", "verdict", 5),
+        "summed KL": ("worse", "verdict", 3),
+    }
+    # trial 7 at its last look: mean 0.414, sd 0.1974, t(1 - 0.045 / 2, 4) = 2.8780: [0.1600, 0.6680]
+    last = race.race([v - b for v, b in zip(measured["trial-7"], base, strict=True)], 3, 5, "maximize")
+    assert last.ci == pytest.approx((0.1602, 0.6678), abs=2e-4) and last.alpha == pytest.approx(0.045)
+
+
+def test_wrong_verdicts_at_no_true_difference_stay_under_five_percent():
+    """20,000 simulated races of 3 to 5 seeds with no true difference (normal noise): the share of
+    `better` or `worse` verdicts stays at or under 5%, and the races spend fewer seeds than 5 each."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    wrong, seeds = 0, 0
+    for _ in range(20_000):
+        d = race.race(list(rng.normal(0.0, 0.3, 5)), 3, 5, "maximize")
+        wrong += d.verdict != "no evidence"
+        seeds += d.n
+    assert wrong / 20_000 <= 0.05
+    assert seeds / 20_000 < 4
+
+
+def fake_confirm(tmp_path, tiny_data, monkeypatch, values: dict[str, list[float]], **kw):
+    """run_confirm over scripted values (setting -> val PSNR per seed 1..5): the rounds, which runs each
+    asks for, and the result; nothing is trained (the real path is tested through the CLI below)."""
+    from cvae.runs import queue
+    from cvae.sweep import confirm
+
+    sweep = load_sweep(
+        write_sweep(tmp_path, tiny_data, {"search": SEARCH, "budget": {"n_trials": 2}}), None, tmp_path / "out"
+    )
+    settings = [confirm.Setting("base", {})] + [confirm.Setting(n, {}, 1) for n in values if n != "base"]
+    monkeypatch.setattr(confirm, "pick_settings", lambda study, sweep, top: settings)
+    asked: list[list[str]] = []
+
+    def train_all(specs, runs_dir, workers, console=None):
+        asked.append(sorted(specs))
+        for name in specs:
+            run = runs_dir / name
+            if not (run / "history.jsonl").exists():
+                setting, seed = name.split("/seed")
+                run.mkdir(parents=True)
+                row = {"step": 1, "epoch": 1, "epoch/loss": 0.1, "val/psnr": values[setting][int(seed) - 1]}
+                (run / "history.jsonl").write_text(json.dumps(row) + "\n")
+        return [runs_dir / n for n in specs], []
+
+    monkeypatch.setattr(queue, "train_all", train_all)
+    return confirm.run_confirm(sweep, None, 3, 5, 2, None, **kw), asked
+
+
+def test_a_race_gives_seeds_to_open_settings_only(tmp_path, tiny_data, monkeypatch):
+    values = {
+        "base": [27.91, 28.09, 27.47, 27.37, 27.27],
+        "steady": [28.53, 28.60, 27.58, 27.86, 27.61],
+        "noise": [28.35, 28.34, 27.31, 27.65, 27.64],
+    }
+    result, asked = fake_confirm(tmp_path, tiny_data, monkeypatch, values)
+    assert asked == [
+        sorted(f"{s}/seed{k}" for s in values for k in (1, 2, 3)),  # the first 3 seeds of all
+        ["base/seed4", "steady/seed4"],  # noise stopped for futility
+        ["base/seed5", "steady/seed5"],
+    ]
+    rows = {r["name"]: r for r in result["settings"]}
+    assert rows["noise"]["values"] == values["noise"][:3] and rows["noise"]["vs_base"]["settled"] == "futility"
+    assert (rows["steady"]["vs_base"]["verdict"], rows["steady"]["vs_base"]["settled_at"]) == ("better", 5)
+    assert rows["steady"]["vs_base"]["level"] == pytest.approx(0.955)
+    assert (result["runs"], result["runs_saved"], result["race"]) == (13, 2, True)
+    again, asked_again = fake_confirm(tmp_path, tiny_data, monkeypatch, values)  # resumed: nothing new to train
+    assert again["settings"] == result["settings"]
+    assert all(name in asked[0] + asked[1] + asked[2] for names in asked_again for name in names)
+
+
+def test_no_race_trains_every_seed_and_decides_once_at_95_percent(tmp_path, tiny_data, monkeypatch):
+    values = {"base": [27.0, 28.0, 29.0, 30.0, 31.0], "up": [28.0, 29.2, 29.8, 31.1, 31.9]}
+    result, asked = fake_confirm(tmp_path, tiny_data, monkeypatch, values, race=False)
+    assert asked == [sorted(f"{s}/seed{k}" for s in values for k in range(1, 6))]
+    up = {r["name"]: r for r in result["settings"]}["up"]["vs_base"]
+    assert up["ci95"] == pytest.approx([0.80368, 1.19632], abs=1e-4) and up["verdict"] == "better"
+    assert (result["runs"], result["runs_saved"]) == (10, 0)
+
+
+SEARCH = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 
 
 # --------------------------------------------------------------------------- the sweep file

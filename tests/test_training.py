@@ -395,3 +395,18 @@ def test_prepare_run_dir(tmp_path):
     prepare_run_dir(run, resume=True, overwrite=False)
     prepare_run_dir(run, resume=False, overwrite=True)
     assert not run.exists()
+
+
+def test_media_at_the_end_writes_the_best_epochs_gif_once(tmp_path, tiny_data):
+    """tracking.media end (sweep trials, confirm runs): no GIF or plot while training; once the run ends,
+    the best epoch's GIF and per-frame plot, the same files an `every` run writes for that epoch."""
+    every, end = tmp_path / "every", tmp_path / "end"
+    train(load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3})), every)
+    train(load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.media": "end"})), end)
+    best = json.loads((end / "summary.json").read_text())["best/epoch"]
+    assert sorted(p.name for p in (every / "media").iterdir()) == [f"val_epoch00{e}.gif" for e in (1, 2, 3)]
+    assert sorted(p.name for p in (end / "media").iterdir()) == [f"val_epoch{best:03d}.gif"]
+    same = f"media/val_epoch{best:03d}.gif"
+    assert (end / same).read_bytes() == (every / same).read_bytes()
+    assert (end / "plots" / "val_psnr.png").is_file() and (end / "plots" / "curves.png").is_file()
+    assert without_perf(history(end)) == without_perf(history(every))  # the same training and scores

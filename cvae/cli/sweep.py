@@ -134,7 +134,21 @@ def status_cmd(
 def confirm(
     sweep_file: SweepArg,
     top: Annotated[int, typer.Option(min=1, help="Settings to confirm: the sweep's best distinct trials.")] = 3,
-    seeds: Annotated[int, typer.Option(min=2, help="Fresh seeds per setting (the base's too).")] = 5,
+    seeds: Annotated[int, typer.Option(min=2, help="The most fresh seeds a setting gets (the base's too).")] = 5,
+    min_seeds: Annotated[
+        int | None,
+        typer.Option(
+            min=2, help="Racing: the seeds every setting gets before any verdict (default 3, at most --seeds)."
+        ),
+    ] = None,
+    race: Annotated[
+        bool,
+        typer.Option(
+            "--race/--no-race",
+            help="Race: a setting whose verdict is settled stops getting seeds. --no-race: all settings on "
+            "all seeds, one look.",
+        ),
+    ] = True,
     workers: Annotated[int, typer.Option(min=1, help="Runs trained at a time on this machine.")] = 2,
     storage: StorageOpt = None,
     study: StudyOpt = None,
@@ -150,7 +164,12 @@ def confirm(
     console = make_console(quiet or as_json)
     sweep = load_sweep(sweep_file, study, out_dir)
     sweep.check_data()
-    result = run_confirm(sweep, load_study(storage_url(sweep, storage), sweep.study), top, seeds, workers, console)
+    if min_seeds is None:
+        min_seeds = min(3, seeds)
+    elif min_seeds > seeds:
+        raise UserError(f"--min-seeds {min_seeds}: at most --seeds ({seeds})")
+    study_obj = load_study(storage_url(sweep, storage), sweep.study)
+    result = run_confirm(sweep, study_obj, top, seeds, workers, console, min_seeds, race)
     if as_json:
         sys.stdout.write(to_json(result) + "\n")
         return

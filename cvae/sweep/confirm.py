@@ -3,16 +3,15 @@ which beat the base beyond the seeds' noise.
 
 A sweep's best trial is the largest of many noisy values, so it flatters itself (the winner's
 curse): retrained with other seeds it usually scores less. Confirm trains the top K settings
-(distinct complete trials, best first) and the base spec with N fresh seeds each, as ordinary run
+(distinct complete trials, best first) and the base spec with fresh seeds, as ordinary run
 folders (``<sweep folder>/confirm/<setting>/seed<k>``), ``--workers`` at a time, resumable, each a
 W&B run in group ``<study>-confirm`` with the tag ``confirm`` and the setting's ``trial.params.*``.
 
-Per setting: the values (the sweep's objective of each seed's run), their mean, the sample
-standard deviation and the 95% interval of the mean (Student's t, n - 1 degrees of freedom).
-Against the base, seed by seed (the same seed: the same initial weights and data order, so the
-noise they share cancels): the differences' mean and 95% interval (a paired t interval). The
-verdict follows the interval, not the mean: ``better`` when it lies wholly on the improving side of
-0, ``worse`` when wholly on the other, else ``no evidence``.
+Against the base, seed by seed: the paired differences and their interval decide the verdict
+(cvae/sweep/race.py). By default confirm races: every setting first gets ``min_seeds`` seeds, then
+one more seed per round while its verdict is open, up to ``max_seeds``; every setting on the same
+seeds, and the base on every seed an open setting has. ``race=False`` trains every setting on all
+``max_seeds`` seeds and decides once, by its 95% interval.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 
 from cvae.errors import SpecError
 from cvae.spec import validate_spec
+from cvae.sweep import race as stats
 from cvae.sweep.file import Sweep, trial_spec_dict
 from cvae.sweep.trial import run_epoch_rows, scored_row
 
@@ -75,23 +75,28 @@ def fresh_seeds(sweep: Sweep, n: int) -> list[int]:
 
 
 def confirm_specs(sweep: Sweep, settings: list[Setting], seeds: list[int]) -> dict[str, dict[str, Any]]:
-    """``<setting>/seed<k>`` -> the spec dict of that run."""
+    """``<setting>/seed<k>`` -> the spec dict of that run, for every setting on every seed."""
+    return runs_of(sweep, [(s, seed) for s in settings for seed in seeds])
+
+
+def runs_of(sweep: Sweep, pairs: list[tuple[Setting, int]]) -> dict[str, dict[str, Any]]:
+    """``<setting>/seed<k>`` -> the spec dict of that run, for each (setting, seed)."""
     out = {}
-    for s in settings:
-        for seed in seeds:
-            extra = {
-                "seed": seed,
-                "tracking.wandb.group": f"{sweep.study}-confirm",
-                "tracking.wandb.job_type": "confirm",
-                "tracking.wandb.tags": ["confirm", sweep.study],
-                "tracking.wandb.name": f"{sweep.study}-{s.name}-s{seed}",
-                "tracking.wandb.config": {
-                    "trial": {"study": sweep.study, "setting": s.name, "number": s.trial, "params": s.params}
-                },
-            }
-            data = trial_spec_dict(sweep, s.params, extra)
-            data["name"] = f"{data.get('name', 'experiment')}-{s.name}-s{seed}"
-            out[f"{s.name}/seed{seed}"] = validate_spec(data, f"confirm run {s.name}, seed {seed}").to_dict()
+    for s, seed in pairs:
+        extra = {
+            "seed": seed,
+            "tracking.wandb.group": f"{sweep.study}-confirm",
+            "tracking.wandb.job_type": "confirm",
+            "tracking.media": "end",  # the best epoch's GIF and plot once, at the end
+            "tracking.wandb.tags": ["confirm", sweep.study],
+            "tracking.wandb.name": f"{sweep.study}-{s.name}-s{seed}",
+            "tracking.wandb.config": {
+                "trial": {"study": sweep.study, "setting": s.name, "number": s.trial, "params": s.params}
+            },
+        }
+        data = trial_spec_dict(sweep, s.params, extra)
+        data["name"] = f"{data.get('name', 'experiment')}-{s.name}-s{seed}"
+        out[f"{s.name}/seed{seed}"] = validate_spec(data, f"confirm run {s.name}, seed {seed}").to_dict()
     return out
 
 
@@ -116,33 +121,58 @@ def mean_interval(values: list[float]) -> tuple[float, float, tuple[float, float
     return mean, sd, (mean - half, mean + half)
 
 
-def verdict(interval: tuple[float, float], direction: str) -> str:
-    low, high = interval
-    if math.isnan(low):
-        return "no evidence"
-    better, worse = (low > 0, high < 0) if direction == "maximize" else (high < 0, low > 0)
-    return "better" if better else "worse" if worse else "no evidence"
+verdict = stats.verdict
 
 
 def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[str, Any]]:
     """``{setting: {seed: value}}`` (the base first) -> one dict per setting: ``name``, ``seeds``,
     ``values``, ``mean``, ``sd``, ``ci95``; beside the base, ``vs_base`` with the paired
-    differences' ``mean``, ``ci95`` and the ``verdict``."""
+    differences' ``mean``, ``ci95`` and the ``verdict``: one look, at 95% (``--no-race``)."""
     base = values[BASE]
     out = []
     for name, by_seed in values.items():
-        seeds = sorted(by_seed)
-        vals = [by_seed[s] for s in seeds]
-        mean, sd, ci = mean_interval(vals)
-        row: dict[str, Any] = {"name": name, "seeds": seeds, "values": vals, "mean": mean, "sd": sd, "ci95": list(ci)}
+        row = describe(name, by_seed)
         if name != BASE:
-            paired = [by_seed[s] - base[s] for s in seeds if s in base]
+            paired = [by_seed[s] - base[s] for s in sorted(by_seed) if s in base]
             d_mean, _, d_ci = mean_interval(paired) if paired else (math.nan, math.nan, (math.nan, math.nan))
             row["vs_base"] = {
                 "mean": d_mean,
                 "ci95": list(d_ci),
+                "ci": list(d_ci),
+                "level": CONFIDENCE,
                 "verdict": verdict(d_ci, direction),
                 "paired": len(paired),
+                "settled": "all seeds",
+                "settled_at": len(paired),
+            }
+        out.append(row)
+    return out
+
+
+def describe(name: str, by_seed: dict[int, float]) -> dict[str, Any]:
+    seeds = sorted(by_seed)
+    vals = [by_seed[s] for s in seeds]
+    mean, sd, ci = mean_interval(vals)
+    return {"name": name, "seeds": seeds, "values": vals, "mean": mean, "sd": sd, "ci95": list(ci)}
+
+
+def summarize_race(
+    values: dict[str, dict[int, float]], decisions: dict[str, stats.Look], direction: str
+) -> list[dict[str, Any]]:
+    """As ``summarize``, each setting against the base at the look that settled it (or its last)."""
+    out = []
+    for name, by_seed in values.items():
+        row = describe(name, by_seed)
+        if name in decisions:
+            d = decisions[name]
+            row["vs_base"] = {
+                "mean": d.mean,
+                "ci": list(d.ci),
+                "level": 1 - d.alpha,
+                "verdict": d.verdict,
+                "paired": d.n,
+                "settled": d.settled or "open",
+                "settled_at": d.n,
             }
         out.append(row)
     return out
@@ -151,37 +181,74 @@ def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[
 # --------------------------------------------------------------------------- the command
 
 
-def run_confirm(sweep: Sweep, study, top: int, n_seeds: int, workers: int, console=None) -> dict[str, Any]:
-    """Train the settings' seeds (skipping finished runs, resuming stopped ones), then score them:
-    the content of confirm.json, also written to the sweep folder with its plot."""
-    from cvae.runs.queue import train_all
-
+def run_confirm(
+    sweep: Sweep,
+    study,
+    top: int,
+    max_seeds: int,
+    workers: int,
+    console=None,
+    min_seeds: int = 3,
+    race: bool = True,
+) -> dict[str, Any]:
+    """Train the settings' seeds (skipping finished runs, resuming stopped ones) and score them, in a
+    race or (``race`` false) all at once: the content of confirm.json, written to the sweep folder with
+    its plot."""
     settings = pick_settings(study, sweep, top)
-    seeds = fresh_seeds(sweep, n_seeds)
+    seeds = fresh_seeds(sweep, max_seeds)
     runs_dir = sweep.out_dir / "confirm"
-    _, failed = train_all(confirm_specs(sweep, settings, seeds), runs_dir, workers, console)
-    if failed:  # every seed of every setting is needed for the intervals
-        raise RuntimeError("confirm runs failed (fix or remove them, then run confirm again): " + "; ".join(failed))
     o = sweep.spec.objective
-    values: dict[str, dict[int, float]] = {}
-    mean_frame: list[float] = []
-    for s in settings:
-        values[s.name] = {}
-        for seed in seeds:
+    values: dict[str, dict[int, float]] = {s.name: {} for s in settings}
+    mean_frame: dict[tuple[str, int], float] = {}
+
+    def train(pairs: list[tuple[Setting, int]]) -> None:
+        from cvae.runs.queue import train_all
+
+        _, failed = train_all(runs_of(sweep, pairs), runs_dir, workers, console)
+        if failed:  # every seed of a setting is needed for its interval
+            raise RuntimeError("confirm runs failed (fix or remove them, then run confirm again): " + "; ".join(failed))
+        for s, seed in pairs:
             row = scored_row(run_epoch_rows(runs_dir / s.name / f"seed{seed}"), o.metric, o.direction, o.epoch)
             values[s.name][seed] = float(row[o.metric])
             if isinstance(row.get("val/psnr_mean_frame"), int | float):
-                mean_frame.append(float(row["val/psnr_mean_frame"]))
-    rows = summarize(values, o.direction)
+                mean_frame[s.name, seed] = float(row["val/psnr_mean_frame"])
+
+    if not race:
+        train([(s, seed) for s in settings for seed in seeds])
+        rows = summarize(values, o.direction)
+    else:
+        min_seeds = min(min_seeds, max_seeds)
+        others = [s for s in settings if s.name != BASE]
+        decisions: dict[str, stats.Look] = {}
+        n, todo = min_seeds, [(s, seed) for s in settings for seed in seeds[:min_seeds]]
+        while True:
+            train(todo)
+            for s in others:
+                if s.name not in decisions or not decisions[s.name].settled:
+                    diffs = [values[s.name][k] - values[BASE][k] for k in seeds[:n]]
+                    decisions[s.name] = stats.look(diffs, min_seeds, max_seeds, o.direction)
+            still = [s for s in others if not decisions[s.name].settled]
+            if not still or n == max_seeds:
+                break
+            todo = [(s, seeds[n]) for s in [settings[0], *still]]  # the base first: every open setting pairs with it
+            n += 1
+        rows = summarize_race(values, decisions, o.direction)
     for row, s in zip(rows, settings, strict=True):
         row |= {"params": s.params, "trial": s.trial, "sweep_value": s.sweep_value}
+    trained = sum(len(v) for v in values.values())
     result = {
         "study": sweep.study,
         "metric": o.metric,
         "direction": o.direction,
         "seeds": seeds,
+        "race": race,
+        "min_seeds": min_seeds if race else max_seeds,
+        "max_seeds": max_seeds,
+        "method": stats.METHOD if race else "paired t intervals at 95%, one look after every seed",
         "confidence": CONFIDENCE,
-        "mean_frame": sum(mean_frame) / len(mean_frame) if mean_frame else None,
+        "runs": trained,
+        "runs_saved": len(settings) * max_seeds - trained,
+        "mean_frame": sum(mean_frame.values()) / len(mean_frame) if mean_frame else None,
         "settings": rows,
     }
     path = sweep.out_dir / RESULT_FILE
@@ -226,9 +293,13 @@ def plot_confirm(path: Path, result: dict[str, Any]) -> Path:
     if result.get("mean_frame") is not None:
         ax.axhline(result["mean_frame"], ls=":", lw=1, color="tab:gray", label=f"mean frame {result['mean_frame']:.2f}")
     labels = [r["name"] + (f"\n{r['vs_base']['verdict']}" if "vs_base" in r else "") for r in rows]
+    if result.get("race"):  # how many seeds each setting got before its verdict settled
+        labels = [label + f"\n{len(r['values'])} seeds" for label, r in zip(labels, rows, strict=True)]
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    raced = f", raced: {result['runs']} runs, {result['runs_saved']} saved" if result.get("race") else ""
     ax.set(
-        ylabel=result["metric"], title=f"{result['study']}: confirmed over seeds {result['seeds']} (mean, 95% interval)"
+        ylabel=result["metric"],
+        title=f"{result['study']}: confirmed over seeds {result['seeds']} (mean, 95% interval){raced}",
     )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="best")
@@ -254,7 +325,13 @@ def confirm_table(result: dict[str, Any]):
     for row in result["settings"]:
         low, high = row["ci95"]
         vs = row.get("vs_base")
-        vs_text = "" if vs is None else f"{vs['mean']:+.2f}\n[{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
+        ci = None if vs is None else vs.get("ci", vs.get("ci95"))  # confirm.json files before racing: ci95
+        vs_text = "" if vs is None else f"{vs['mean']:+.2f}\n[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        verdict_text = "" if vs is None else vs["verdict"]
+        if vs is not None and result.get("race"):
+            vs_text += f"\n({100 * vs['level']:.2f}%)"
+            how = {"verdict": "", "futility": "futility, ", "all seeds": "", "open": "open, "}[vs["settled"]]
+            verdict_text += f"\n({how}{vs['settled_at']} seeds)"
         rows.append(
             [
                 row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
@@ -263,9 +340,20 @@ def confirm_table(result: dict[str, Any]):
                 f"{row['sd']:.2f}",
                 f"[{low:.2f},\n{high:.2f}]",
                 vs_text,
-                "" if vs is None else vs["verdict"],
+                verdict_text,
                 params_text(row["params"]) or "(the base spec)",
             ]
         )
     title = f"{result['study']}: {result['metric']} over seeds {result['seeds']} (95% intervals)"
-    return table(title, columns, rows)
+    notes = []
+    if result.get("race"):
+        title = (
+            f"{result['study']}: {result['metric']}, raced over {result['min_seeds']} to {result['max_seeds']} seeds "
+            f"({result['runs']} runs, {result['runs_saved']} saved)"
+        )
+        notes.append(
+            "vs base: the paired interval at the look that settled the setting, at that look's level "
+            "(5% spent over the looks: a wrong verdict at no true difference at most 5% of the time)."
+        )
+        columns[5] = Col("the paired difference from the base, its interval and level", numeric=True, short="vs base")
+    return table(title, columns, rows, notes)

@@ -45,8 +45,11 @@ def publish_trial(trial, folder: Path, run_dir: Path, row: dict[str, Any], metri
     epoch = row["epoch"]
     study_id = trial.storage.get_study_id_from_name(trial.study.study_name)
     links = []
+    gif = run_dir / "media" / f"val_epoch{epoch:03d}.gif"
+    if not gif.is_file():  # media of the best epoch only (tracking.media: end) where another epoch scores
+        gif = max((run_dir / "media").glob("val_epoch*.gif"), default=gif)
     for label, path in (
-        ("validation rollout", run_dir / "media" / f"val_epoch{epoch:03d}.gif"),
+        ("validation rollout", gif),
         ("per-frame PSNR", run_dir / "plots" / "val_psnr.png"),
     ):
         if path.is_file():

@@ -11,6 +11,7 @@ Epochs are counted from 1 in everything a user reads (console, history, summary,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from cvae.model import CVAE, build_model
 from cvae.redact import redact
 from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
+from cvae.training.checkpoint import load as checkpoint_load
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
 from cvae.training.schedules import schedule_values, step_tfr
@@ -56,6 +58,7 @@ class State:
     best_psnr: float = -math.inf
     best_epoch: int = 0  # the epoch (from 1) of best_psnr; 0: none yet
     skipped_batches: int = 0  # train.on_nan = skip_batch: batches whose update was dropped
+    best_val: Validation | None = None  # tracking.media end: the best validation's rollouts (not checkpointed)
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -151,18 +154,37 @@ def train(
                 tracker.summary(summary(state, epoch_row))
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, epoch_row)
-            plot_curves(run_dir)
-            if state.best_epoch:
-                tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
+            finish_run(run_dir, spec, val_set, refs, state, tracker, data_id)
             tracker.finish(run_folder.FINISHED)
         except BaseException as e:
-            if isinstance(e, Pruned) and state.best_epoch:  # a normal end for a trial: its model as a finished run's
-                tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
+            if isinstance(e, Pruned):  # a normal end for a trial: its media, curves and model as a finished run's
+                with contextlib.suppress(Exception):
+                    finish_run(run_dir, spec, val_set, refs, state, tracker, data_id)
             end_early(tracker, run_dir, e)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Stopped):
                 raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
             raise
         return summary(state, epoch_row)
+
+
+def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, tracker, data_id) -> None:
+    """What a run that ended normally (or was pruned) writes last: with ``tracking.media: end`` the best
+    epoch's GIF and plot, the training curves, and the best checkpoint as a model (``log_model``)."""
+    if spec.tracking.media == "end" and state.best_epoch:
+        val = state.best_val or revalidate(run_dir, spec, val_set)  # resumed after its best: roll out best.pt
+        log_validation_media(run_dir, val, val_set, refs, spec, state.best_epoch, state.step, tracker)
+    plot_curves(run_dir)
+    if state.best_epoch:
+        tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
+
+
+def revalidate(run_dir: Path, spec, val_set: VideoSet) -> Validation:
+    """The validation of best.pt's weights (the same rollouts, seed and settings as when it was saved)."""
+    device = val_set.frames.device
+    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
+    model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST), device)["model"])
+    t = spec.train
+    return validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last)
 
 
 def best_model(run_dir: Path, spec: ExperimentSpec, state: State, data_id: dict[str, Any]) -> tuple[Path, dict]:
@@ -181,8 +203,6 @@ def end_early(tracker: Tracker, run_dir: Path, e: BaseException) -> None:
     else:
         status, reason = run_folder.FAILED, redact(f"{e.__class__.__name__}: {e}")
     try:
-        if status == run_folder.PRUNED:
-            plot_curves(run_dir)  # a normal end for a trial: its curves as a finished run's
         tracker.finish(status, reason)
     except Exception:  # e.g. the full disk that stopped the run: its error is the one to report
         pass
@@ -250,7 +270,9 @@ def validate_epoch(run_dir: Path, spec, model, opt, sched, val_set: VideoSet, re
     if val.metrics["val/psnr"] > state.best_psnr:
         state.best_psnr, state.best_epoch = val.metrics["val/psnr"], state.epoch
         save_checkpoint(run_dir, run_folder.BEST, spec, model, opt, sched, state.counters())
-    log_validation_media(run_dir, val, val_set, refs, spec, state.epoch, state.step, tracker)
+        state.best_val = val if spec.tracking.media == "end" else None
+    if spec.tracking.media == "every":
+        log_validation_media(run_dir, val, val_set, refs, spec, state.epoch, state.step, tracker)
     return val.metrics | refs | {"perf/val_s": time.perf_counter() - v0}
 
 
