@@ -789,3 +789,52 @@ def test_a_sweep_file_with_three_mistakes_names_all_three(tmp_path, tiny_data):
     for needle in ("unknown key `objectiv` (did you mean `objective`?)", "`optim.lrr` is not a key of the spec",
                    "search.kl_annealing.ratio: the value 1.5 gives an invalid spec"):  # fmt: skip
         assert needle in r.stderr, r.stderr
+
+
+def test_the_pruner_never_prunes_after_the_last_epoch(tmp_path):
+    """Pruning after the last epoch saves no training and would only hide the trial's score."""
+    import optuna
+
+    from cvae.errors import Pruned
+    from cvae.sweep.trial import PruningCallback
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    trial = study.ask()
+    callback = PruningCallback(trial, "val/psnr", tmp_path, epochs=4)
+    with pytest.raises(Pruned, match="after epoch 2"):
+        callback.on_epoch_end(2, {"val/psnr": 20.0})
+    callback.on_epoch_end(4, {"val/psnr": 21.0})  # the last epoch: reported, never pruned
+    (frozen,) = study.trials
+    assert frozen.intermediate_values == {2: 20.0, 4: 21.0}
+    assert frozen.user_attrs["pruned_at_epoch"] == 2
+
+
+def test_a_ctrl_c_during_the_trials_storage_write_waits_for_the_write(tmp_path):
+    """Ctrl-C landing inside Optuna's journal write (its file lock half released) once failed the trial
+    with a FileNotFoundError and lost the stop: a stop now waits until the storage call has returned."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from cvae.sweep.trial import PruningCallback
+
+    class CtrlCWhileAsked(optuna.pruners.BasePruner):
+        returned = False
+
+        def prune(self, study, trial) -> bool:
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, mid-way through the storage's work
+            study.get_trials(deepcopy=False)  # more storage work after it
+            CtrlCWhileAsked.returned = True
+            return False
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=CtrlCWhileAsked())
+    trial = study.ask()
+    with pytest.raises(KeyboardInterrupt):
+        PruningCallback(trial, "val/psnr", tmp_path, epochs=4).on_epoch_end(1, {"val/psnr": 20.0})
+    assert CtrlCWhileAsked.returned  # the pruner's storage work finished before the stop arrived
+    (frozen,) = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert frozen.intermediate_values == {1: 20.0}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history, run_folder
-from cvae.errors import Pruned, Stopped
+from cvae.errors import Pruned, Stopped, signals_held
 from cvae.history import REFERENCE_NAMES
 from cvae.spec import validate_spec
 from cvae.sweep.dashboard import run_info
@@ -52,15 +52,21 @@ def run_epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 class PruningCallback:
     """``trial.report(metric, epoch)`` after every epoch that logged the metric; raises ``Pruned``
-    when the pruner says so. A resumed trial first reports the epochs its run folder already holds."""
+    when the pruner says so, before the last epoch (after it, pruning would save no training and
+    only hide the trial's score from the sampler). A resumed trial first reports the epochs its run
+    folder already holds."""
 
-    def __init__(self, trial, metric: str, run_dir: Path) -> None:
-        self.trial, self.metric, self.run_dir = trial, metric, run_dir
+    def __init__(self, trial, metric: str, run_dir: Path, epochs: int | None = None) -> None:
+        self.trial, self.metric, self.run_dir, self.epochs = trial, metric, run_dir, epochs
         self.reported: set[int] = set()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """``epoch``: the epoch just finished, counted from 1."""
+        """``epoch``: the epoch just finished, counted from 1. A stop that arrives meanwhile waits until
+        the storage holds the report."""
+        with signals_held():
+            self._on_epoch_end(epoch, metrics)
 
+    def _on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if not self.reported:  # backfill epochs trained before a resume
             for row in run_epoch_rows(self.run_dir):
                 if row["epoch"] < epoch and self.metric in row:
@@ -69,7 +75,7 @@ class PruningCallback:
             return
         value = float(metrics[self.metric])
         self._report(value, epoch)
-        if self.trial.should_prune():
+        if epoch != self.epochs and self.trial.should_prune():
             self.trial.set_user_attr("pruned_at_epoch", epoch)
             raise Pruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
@@ -92,24 +98,27 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             lock.release()  # the trial exists now: other workers may ask for theirs
         params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
         run_dir = sweep.trials_dir / str(trial.number)
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("worker", worker)
-        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker was given (--gpus)
-            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
+        with signals_held():  # every write to the shared storage: a stop waits until it is whole
+            trial.set_user_attr("run_dir", str(run_dir.resolve()))
+            trial.set_user_attr("worker", worker)
+            if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker was given (--gpus)
+                trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
         o = sweep.spec.objective
         try:
             extra = trial_tracking(sweep, study_name, trial.number, params)
             spec = validate_spec(trial_spec_dict(sweep, params, extra), f"trial {trial.number}")
             resume = resume_replaced_trial(sweep, trial, run_dir)
-            callbacks = [PruningCallback(trial, o.metric, run_dir)]
+            callbacks = [PruningCallback(trial, o.metric, run_dir, spec.train.epochs)]
             try:
                 launch(spec, run_dir, resume=resume, overwrite=True, callbacks=callbacks)
             finally:
-                for key, value in run_info(run_dir).items():  # the W&B run and the device, whatever the end
-                    trial.set_user_attr(key, value)
+                with signals_held():
+                    for key, value in run_info(run_dir).items():  # the W&B run and the device, whatever the end
+                        trial.set_user_attr(key, value)
             row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
-            record_references(trial, row)
-            publish(trial, sweep, run_dir, row, o.metric)
+            with signals_held():
+                record_references(trial, row)
+                publish(trial, sweep, run_dir, row, o.metric)
             return float(row[o.metric])
         except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
             with contextlib.suppress(RuntimeError):  # no epoch validated: nothing to show
