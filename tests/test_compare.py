@@ -106,7 +106,7 @@ def test_table_lists_what_differs(tmp_path):
 def test_report_tells_runs_apart_by_their_specs(tmp_path):
     specs = {
         "kl_cyclical": {},
-        "kl_monotonic": {"kl_annealing.type": "monotonic"},
+        "kl_monotonic": {"kl_annealing.type": "monotonic", "kl_annealing.ratio": 1 / 7},
         "kl_none": {"kl_annealing.type": "none"},
         "tf_0.5": {"teacher_forcing.ratio": 0.5, "teacher_forcing.decay_start": 5},
         "tf_0": {"teacher_forcing.ratio": 0.0, "teacher_forcing.decay_step": 0.0},
@@ -127,6 +127,7 @@ def test_report_tells_runs_apart_by_their_specs(tmp_path):
     assert tf_label(runs["tf_0.5"]) == "TF 0.5, -0.1/epoch from epoch 5"
     assert tf_label(runs["tf_0"]) == "TF 0.0"
     assert kl_label(runs["kl_cyclical"]) == "cyclical (10 cycles, ratio 1.0)"
+    assert kl_label(runs["kl_monotonic"]) == "monotonic (ratio 0.143)"  # the report's 1/7, readable
     with pytest.raises(UserError, match="no report figure"):
         make_report([tmp_path / "other"], tmp_path / "out")  # one run, no checkpoint
 

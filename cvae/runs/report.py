@@ -58,12 +58,17 @@ def ablation(runs: Sequence[RunRecord], varying: str) -> list[RunRecord]:
     return list(best.values()) if len(best) >= 2 else []
 
 
+def _num(value) -> str:
+    """A setting as a label shows it: a float to 3 decimals (1/7 reads 0.143)."""
+    return str(round(value, 3)) if isinstance(value, float) else str(value)
+
+
 def tf_label(run: RunRecord) -> str:
     s = run.settings
-    label = f"TF {s.get(TF + 'ratio', '?')}"
+    label = f"TF {_num(s.get(TF + 'ratio', '?'))}"
     if s.get(TF + "decay_step", 0):
         unit = s.get(TF + "unit", "epoch")
-        label += f", -{s[TF + 'decay_step']}/{unit} from {unit} {s.get(TF + 'decay_start', 0)}"
+        label += f", -{_num(s[TF + 'decay_step'])}/{unit} from {unit} {s.get(TF + 'decay_start', 0)}"
     if s.get(TF + "floor", 0):
         label += f", floor {s[TF + 'floor']}"
     if s.get(TF + "mode", "sequence") != "sequence":
@@ -75,10 +80,10 @@ def kl_label(run: RunRecord) -> str:
     s = run.settings
     kind = s.get(KL + "type", "?")
     if kind == "cyclical":
-        return f"cyclical ({s.get(KL + 'cycles')} cycles, ratio {s.get(KL + 'ratio')})"
+        return f"cyclical ({s.get(KL + 'cycles')} cycles, ratio {_num(s.get(KL + 'ratio'))})"
     if kind == "monotonic":
-        return f"monotonic (ratio {s.get(KL + 'ratio')})"
-    return f"none (beta {s.get(KL + 'max_beta', 1.0)})"
+        return f"monotonic (ratio {_num(s.get(KL + 'ratio'))})"
+    return f"none (beta {_num(s.get(KL + 'max_beta', 1.0))})"
 
 
 def psnr_run(runs: Sequence[RunRecord]) -> RunRecord | None:
