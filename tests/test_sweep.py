@@ -833,8 +833,13 @@ def test_a_ctrl_c_during_the_trials_storage_write_waits_for_the_write(tmp_path):
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
     study = optuna.create_study(storage=storage, direction="maximize", pruner=CtrlCWhileAsked())
     trial = study.ask()
-    with pytest.raises(KeyboardInterrupt):
-        PruningCallback(trial, "val/psnr", tmp_path, epochs=4).on_epoch_end(1, {"val/psnr": 20.0})
+    # Ctrl-C as a terminal delivers it (pytest-xdist's workers ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            PruningCallback(trial, "val/psnr", tmp_path, epochs=4).on_epoch_end(1, {"val/psnr": 20.0})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert CtrlCWhileAsked.returned  # the pruner's storage work finished before the stop arrived
     (frozen,) = optuna.load_study(study_name=study.study_name, storage=storage).trials
     assert frozen.intermediate_values == {1: 20.0}
