@@ -96,9 +96,11 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
 
         if lock is not None:
             lock.release()  # the trial exists now: other workers may ask for theirs
-        params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
         run_dir = sweep.trials_dir / str(trial.number)
-        with signals_held():  # every write to the shared storage: a stop waits until it is whole
+        # Every write to the shared storage (suggest() records the parameters) is held: a stop waits
+        # until it is whole. Only training (and the pruner's callback, itself held) takes stops at once.
+        with signals_held():
+            params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
             trial.set_user_attr("run_dir", str(run_dir.resolve()))
             trial.set_user_attr("worker", worker)
             if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker was given (--gpus)
@@ -121,21 +123,23 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
                 publish(trial, sweep, run_dir, row, o.metric)
             return float(row[o.metric])
         except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
-            with contextlib.suppress(RuntimeError):  # no epoch validated: nothing to show
+            with signals_held(), contextlib.suppress(RuntimeError):  # no epoch validated: nothing to show
                 publish(
                     trial, sweep, run_dir, scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch), o.metric
                 )
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt as e:
             how = e.how if isinstance(e, Stopped) else "Ctrl-C"
-            trial.set_user_attr("fail_reason", f"interrupted ({how}); resumes on the next `cvae sweep run`")
-            trial.set_user_attr("interrupted", True)
+            with signals_held():  # a SIGTERM after the Ctrl-C (a scheduler's) waits for the record
+                trial.set_user_attr("fail_reason", f"interrupted ({how}); resumes on the next `cvae sweep run`")
+                trial.set_user_attr("interrupted", True)
             raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{e.__class__.__name__}: {e}"[:MAX_REASON_CHARS])
+            with signals_held():
+                trial.set_user_attr("fail_reason", f"{e.__class__.__name__}: {e}"[:MAX_REASON_CHARS])
             raise
         finally:
-            with contextlib.suppress(Exception):
+            with signals_held(), contextlib.suppress(Exception):
                 trial.set_user_attr("epochs_done", len(run_epoch_rows(run_dir)))
 
     return objective
