@@ -1,9 +1,10 @@
-"""Device, precision and memory-format choices, shared by training, rollout and bench.
+"""Device, precision, numerics and memory-format choices, shared by training, rollout and bench.
 
 ``train.precision: auto`` and ``train.channels_last: auto`` resolve here, per device, by this rule
 (measured with ``cvae bench``; the figures are in docs/performance.md):
 
-- CUDA with bf16 support (compute capability 8.0+: A100, H100, RTX 30xx and later):
+- CUDA with bf16 support (compute capability 8.0+: A100, H100, RTX 30xx and later), asked of the
+  device the run uses (``cuda:N``), not of whichever device is current:
   bf16 autocast + channels_last (tensor cores need bf16; NHWC is their native conv layout).
 - CPU with native bf16 instructions (``avx512_bf16`` or AMX ``amx_bf16`` in /proc/cpuinfo):
   bf16 autocast + channels_last (oneDNN's bf16 convolutions run NHWC; the pair trained faster
@@ -11,6 +12,15 @@
 - anything else (MPS, CUDA before Ampere, CPUs without those instructions, which emulate bf16
   many times slower than fp32; there channels_last gained next to nothing in fp32): fp32,
   contiguous.
+
+Numerics (``Numerics``, applied process-wide by ``apply_numerics`` and recorded in every run):
+``fp32`` means IEEE fp32 everywhere. torch 2.13 runs cuDNN's fp32 convolutions in TF32 by default on
+Ampere and later GPUs, so fp32 sets cuDNN's and cuBLAS's fp32 precision to ``ieee``; ``tf32`` is its
+own setting (fp32 tensors, TF32 tensor-core arithmetic in convolutions and matmuls, on CUDA 8.0+
+only: elsewhere it runs fp32 and the run records fp32). bf16 autocast leaves the ops it does not
+cast in IEEE fp32. On CUDA ``cudnn.benchmark`` picks the fastest convolution algorithms for the
+step's fixed shapes, unless ``train.deterministic`` asks for deterministic algorithms (bitwise
+repeatable runs and resumes, for checks; slower).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import contextlib
 import ctypes
 import functools
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -59,19 +70,34 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of ``device`` itself (``cuda:N``; plain ``cuda``: the current device)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index))
+
+
 def fast_bf16(device: torch.device) -> bool:
-    """True where bf16 arithmetic is native (faster than fp32), by the rule in the module doc."""
+    """True where bf16 arithmetic is native (faster than fp32), by the rule in the module doc.
+    On CUDA the device passed is asked (``torch.cuda.is_bf16_supported`` asks the current one)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return cuda_capability(device) >= (8, 0)
     if device.type == "cpu":
         return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return False
 
 
+def has_tf32(device: torch.device) -> bool:
+    """TF32 tensor cores: CUDA compute capability 8.0+ (Ampere and later). No CPU has them here."""
+    return device.type == "cuda" and cuda_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> `bf16` where it is native (``fast_bf16``), else `fp32`; other values unchanged."""
+    """`auto` -> `bf16` where it is native (``fast_bf16``), else `fp32`; `tf32` -> `fp32` where the
+    device has no TF32 (``has_tf32``); other values unchanged."""
     if precision == AUTO:
         return "bf16" if fast_bf16(device) else "fp32"
+    if precision == "tf32" and not has_tf32(device):
+        return "fp32"
     return precision
 
 
@@ -84,7 +110,10 @@ def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bo
 
 def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A warning for an explicit ``train.precision: bf16`` where bf16 is not native (``fast_bf16``):
-    emulated, it runs many times slower than fp32 (docs/performance.md)."""
+    emulated, it runs many times slower than fp32 (docs/performance.md); and for ``tf32`` where the
+    device has none (it runs fp32)."""
+    if precision == "tf32" and not has_tf32(device):
+        return f"train.precision is tf32 but {device} has no TF32 tensor cores (CUDA 8.0+): it trains in fp32"
     if precision != "bf16" or fast_bf16(device):
         return None
     what = "CPU has no avx512_bf16 or AMX" if device.type == "cpu" else f"{device.type} device has no native bf16"
@@ -108,10 +137,73 @@ def resolve_spec(spec, device: torch.device):
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (CPU and CUDA), or nothing for fp32 (`auto` resolved for ``device``)."""
-    if resolve_precision(precision, device) == "bf16":
+    """bf16 autocast (CPU and CUDA), or nothing for fp32 and tf32 (`auto` resolved for ``device``)."""
+    if precision == AUTO:
+        precision = resolve_precision(precision, device)
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """The arithmetic a run's ops use: decided once per run (``numerics``), applied process-wide
+    (``apply_numerics``) and recorded (W&B config, summary.json, bench JSON)."""
+
+    precision: str  # fp32 | tf32 | bf16: train.precision resolved for the device
+    fp32_precision: str  # ieee | tf32: what cuDNN convolutions and cuBLAS matmuls do with fp32 tensors
+    cudnn_benchmark: bool  # cuDNN times its algorithms for each new shape and keeps the fastest
+    deterministic: bool  # deterministic algorithms only (bitwise repeatable; slower)
+    fused_adam: bool  # Adam/AdamW's fused kernel: one launch per step instead of several per parameter list
+
+    def as_dict(self) -> dict[str, str | bool]:
+        return asdict(self)
+
+
+def numerics(device: torch.device, precision: str, deterministic: bool = False) -> Numerics:
+    """The numerics of a run of ``precision`` (``train.precision``) on ``device``.
+
+    Fused Adam on CUDA only: on the CPU it rounds differently from the default (foreach) kernel
+    (weights 7e-5 apart after 5 steps of the quick-start model) for no measured gain, and every CPU
+    figure in the docs was measured with the default."""
+    p = resolve_precision(precision, device)
+    cuda = device.type == "cuda"
+    return Numerics(
+        precision=p,
+        fp32_precision="tf32" if p == "tf32" else "ieee",
+        cudnn_benchmark=cuda and not deterministic,
+        deterministic=deterministic,
+        fused_adam=cuda,
+    )
+
+
+DETERMINISTIC_CUBLAS = ":4096:8"  # cuBLAS's workspace setting for deterministic matmuls (CUDA 10.2+)
+
+
+def apply_numerics(n: Numerics) -> None:
+    """Set torch's process-wide flags for ``n``. Only the new-style ``fp32_precision`` flags are set
+    (torch refuses a mix with the legacy ``allow_tf32`` ones); the CPU build has them too."""
+    b = torch.backends
+    b.cuda.matmul.fp32_precision = n.fp32_precision
+    b.cudnn.conv.fp32_precision = n.fp32_precision
+    b.cudnn.rnn.fp32_precision = n.fp32_precision
+    b.cudnn.benchmark = n.cudnn_benchmark
+    b.cudnn.deterministic = n.deterministic
+    if n.deterministic:  # read when cuBLAS starts: set before the first matmul of the process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", DETERMINISTIC_CUBLAS)
+    # warn_only: an op without a deterministic kernel warns (and the exact-resume check would show it)
+    torch.use_deterministic_algorithms(n.deterministic, warn_only=True)
+
+
+def use_device(device: torch.device, n: Numerics) -> None:
+    """Everything a command does before it computes on ``device``: make a CUDA device the current one
+    (``cuda:N`` otherwise leaves cuda:0 current, where torch.cuda's calls without a device, CUDA graphs
+    and new streams would go), keep freed memory on the CPU (``tune_cpu_allocator``), apply ``n``."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif device.type == "cpu":
+        tune_cpu_allocator()
+    apply_numerics(n)
 
 
 def memory_format(channels_last: bool | str, device: torch.device | None = None) -> torch.memory_format:

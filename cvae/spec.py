@@ -100,13 +100,24 @@ class TrainSpec(_Section):
     epochs: int = Field(70, ge=1, description="Training epochs.")
     batch_size: int = Field(2, ge=1, description="Clips per optimizer step.")
     device: str = Field("auto", description="`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`.")
-    precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="Autocast precision of the step; `auto`: bf16 where native (cvae/device.py's rule)."
+    precision: Literal["fp32", "tf32", "bf16", "auto"] = Field(
+        "fp32",
+        description="`fp32` (IEEE, also on GPUs whose cuDNN would use TF32), `tf32` (TF32 tensor cores, CUDA 8.0+; "
+        "fp32 elsewhere), `bf16` autocast; `auto`: bf16 where native, else fp32 (cvae/device.py's rule).",
     )
     channels_last: bool | Literal["auto"] = Field(
         False, description="Run convolutions in channels-last memory format; `auto`: with bf16 (cvae/device.py)."
     )
-    compile: bool = Field(False, description="torch.compile the model modules.")
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        False,
+        description="torch.compile the training step whole (and the rollout's modules): a mode, or true for "
+        "`default`; `reduce-overhead` replays CUDA graphs on a GPU.",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms only (no cudnn.benchmark): bitwise repeatable runs and resumes on a "
+        "GPU, slower; for checks (cvae doctor).",
+    )
     init_from: str | None = Field(
         None,
         description="Start from these weights: a cvae checkpoint or one saved by the template's Trainer (its "
@@ -203,6 +214,13 @@ class WandbSpec(_Section):
 
 class TrackingSpec(_Section):
     log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
+    sync_every: int | None = Field(
+        None,
+        ge=1,
+        description="Read the logged values back from the device every N steps, all rows since the last read in "
+        "one transfer (and at each epoch's end); null: at every logged row on the CPU (free there), every 50 "
+        "steps on a GPU (each read stalls the host until the GPU's queue drains).",
+    )
     gif_frames: int = Field(120, ge=2, description="Frames of the validation rollout put in the GIF.")
     media: Literal["every", "end"] = Field(
         "every",

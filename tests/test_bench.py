@@ -43,11 +43,13 @@ def batch(tiny_data):
     return gather(train_set.frames, starts, 4), gather(train_set.poses, starts, 4)
 
 
-def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=None, step=settings.our_step) -> float:
-    """First-step loss from the spec's seeded weights with the bench's fixed noise."""
-    s = settings.with_settings(spec, precision, channels_last)
-    model = settings.fresh_model(s, torch.device("cpu"), channels_last, compile_mode)
+def step_loss(spec, batch, precision="fp32", channels_last=False, compile_mode=None) -> float:
+    """First-step loss from the spec's seeded weights with the bench's fixed noise (``compile_mode``:
+    the whole step compiled, as the bench's compile settings and ``train.compile`` do)."""
+    s = settings.with_settings(spec, precision, channels_last, compile_mode)
+    model = settings.fresh_model(s, torch.device("cpu"), channels_last, None)
     opt = build_optimizer(s, model)[0]
+    step = settings.OurStep(s, torch.device("cpu"))
     return settings.first_loss(lambda: step(model, opt, *batch, s, 1.0, 0.0))
 
 
@@ -211,9 +213,11 @@ class HostRead(AssertionError):
 def cuda_style(monkeypatch):
     """Run the trainer's CUDA branches on the CPU: reading a value is treated as a costly sync."""
     import cvae.training.guard
+    import cvae.training.loop
     import cvae.training.step
 
-    for module in (cvae.training.step, cvae.training.guard):  # the step and the divergence guard
+    # the step, the divergence guard and the loop's reads of the logged rows
+    for module in (cvae.training.step, cvae.training.guard, cvae.training.loop):
         monkeypatch.setattr(module, "syncs_are_free", lambda dev: False)
 
 
@@ -252,9 +256,11 @@ def test_cuda_style_run_matches_the_cpu_run(tmp_path, tiny_data, cuda_style, mon
 
 
 def test_cuda_style_nan_is_caught_at_the_next_log_point(tmp_path, tiny_data, cuda_style, monkeypatch):
-    """On CUDA the non-finite loss of step 3 is read at the next log row (step 4 with log_every 2):
-    the run stops naming step 3, logs nothing from step 3 on, and saves no checkpoint."""
-    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "tracking.log_every": 2}))
+    """On CUDA the non-finite loss of step 3 is read at the next sync point (step 4 with sync_every 2):
+    the run stops naming step 3, logs the rows before it and nothing from step 3 on, and saves no
+    checkpoint."""
+    over = {"train.epochs": 1, "tracking.log_every": 2, "tracking.sync_every": 2}
+    spec = load_spec(None, tiny_overrides(tiny_data, **over))
     poison_generator(monkeypatch, from_step=3, frames_per_step=3)
     with pytest.raises(TrainingDiverged, match="step 3 .*read at step 4"):
         train(spec, tmp_path / "nan")
@@ -294,6 +300,10 @@ def test_bench_quick_json(tmp_path, tiny_data):
     assert roll_diff["batched_fp32"] < 1e-5  # batching changes no video's frames
     assert roll_diff["batched_fp32+channels_last"] < 1e-4
     assert result["flops"]["per_trained_frame"] > 0 and result["matmul_flops_per_s"]["fp32"] > 0
+    # What each setting ran in: fp32 is IEEE fp32; no TF32 setting is timed on a CPU.
+    numerics = result["numerics"]["train"]
+    assert numerics["reference"]["fp32_precision"] == numerics["fp32"]["fp32_precision"] == "ieee"
+    assert "tf32+channels_last" not in result["train"] and "no TF32" in result["skipped"]["train/tf32+channels_last"]
 
 
 @pytest.mark.parametrize(

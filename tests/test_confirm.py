@@ -145,8 +145,9 @@ def fake_confirm(tmp_path, tiny_data, monkeypatch, values: dict[str, list[float]
     monkeypatch.setattr(confirm, "pick_settings", lambda study, sweep, top: settings)
     asked: list[list[str]] = []
 
-    def train_all(specs, runs_dir, workers, console=None):
+    def train_all(specs, runs_dir, workers, console=None, gpus=()):
         asked.append(sorted(specs))
+        assert list(gpus) == list(kw.get("gpus", []))  # each run at a time on its own GPU
         for name in specs:
             run = runs_dir / name
             if not (run / "history.jsonl").exists():
@@ -180,6 +181,12 @@ def test_a_race_gives_seeds_to_open_settings_only(tmp_path, tiny_data, monkeypat
     again, asked_again = fake_confirm(tmp_path, tiny_data, monkeypatch, values)  # resumed: nothing new to train
     assert again["settings"] == result["settings"]
     assert all(name in asked[0] + asked[1] + asked[2] for names in asked_again for name in names)
+
+
+def test_confirm_gives_its_runs_the_gpus_it_was_given(tmp_path, tiny_data, monkeypatch):
+    values = {"base": [27.0, 28.0, 29.0, 30.0, 31.0], "up": [28.0, 29.2, 29.8, 31.1, 31.9]}
+    result, asked = fake_confirm(tmp_path, tiny_data, monkeypatch, values, race=False, gpus=["2", "3"])
+    assert result["runs"] == 10  # the fake's assertion held for every call
 
 
 def test_no_race_trains_every_seed_and_decides_once_at_95_percent(tmp_path, tiny_data, monkeypatch):

@@ -743,21 +743,22 @@ def test_gpus_go_round_robin_to_the_workers_through_their_environment(tmp_path, 
     """Worker i gets the i-th GPU of --gpus (default: every visible one) as its CUDA_VISIBLE_DEVICES,
     and each trial records the one it ran with. Two GPUs are simulated: the worker processes are
     real, and on this CPU they train on the CPU whatever the variable says."""
+    from cvae import placement
     from cvae.errors import UserError
     from cvae.sweep import workers
     from cvae.terminal import make_console
 
-    monkeypatch.setattr(workers, "visible_gpus", lambda: ["0", "1"])
-    assert workers.worker_gpus(3, None) == ["0", "1", "0"]
-    assert workers.worker_gpus(4, "1") == ["1"] * 4  # workers sharing one GPU
+    monkeypatch.setattr(placement, "visible_gpus", lambda: ["0", "1"])
+    assert placement.assign_gpus(3, None) == ["0", "1", "0"]
+    assert placement.assign_gpus(4, "1") == ["1"] * 4  # workers sharing one GPU
     with pytest.raises(UserError, match="no GPU 7 here; visible: 0, 1"):
-        workers.worker_gpus(2, "0,7")
+        placement.assign_gpus(2, "0,7")
     sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 4}}
     path = write_sweep(tmp_path, tiny_data, sweep)
     loaded = load_sweep(path, "gpus", tmp_path / "out")
     opts = workers.RunOptions(str(tmp_path / "out" / "optuna.journal"), 4, None)
     monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
-    assert workers.run_workers(loaded, opts, 2, make_console(quiet=True), workers.worker_gpus(2, None)) == 0
+    assert workers.run_workers(loaded, opts, 2, make_console(quiet=True), placement.assign_gpus(2, None)) == 0
     seen: dict[str, set[str]] = {}
     for t in trials_of(opts.url, "gpus"):
         seen.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["cuda_visible_devices"])

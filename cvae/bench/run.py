@@ -47,6 +47,7 @@ from cvae.bench.settings import (
     TFR,
     TRAIN_SETTINGS,
     BenchData,
+    OurStep,
     Plan,
     bench_data,
     first_loss,
@@ -56,7 +57,7 @@ from cvae.bench.settings import (
 )
 from cvae.bench.timing import count_flops, describe, device_info, failure, loadavg, matmul_rate, round_robin
 from cvae.data.clips import gather
-from cvae.device import fast_bf16, frozen_weights, tune_cpu_allocator
+from cvae.device import Numerics, apply_numerics, fast_bf16, frozen_weights, has_tf32, numerics, tune_cpu_allocator
 from cvae.spec import ExperimentSpec
 from cvae.training.loop import build_optimizer
 from cvae.training.rollout import rollout
@@ -68,6 +69,8 @@ ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device, bf16: bool) -> str | None:
     """Why a setting is left out of this run, or None to time it."""
+    if precision == "tf32" and not has_tf32(device):
+        return f"no TF32 on this {device.type} (CUDA 8.0+ only): it would run fp32"
     if mode is not None and not plan.compile:
         return "not run with --quick (compilation takes minutes)"
     if precision == "bf16" and not bf16:
@@ -77,6 +80,17 @@ def not_timed(precision: str, mode: str | None, plan: Plan, device: torch.device
         # would take hours, and train.precision: auto never picks it there.
         return f"bf16 is not native on this {device.type} (train.precision auto picks fp32); --bf16 times it"
     return None
+
+
+def in_numerics(n: Numerics, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with the flags of ``n`` (process-wide: set again before every call, since the settings
+    are timed in turns)."""
+
+    def call():
+        apply_numerics(n)
+        return fn()
+
+    return call
 
 
 def bench_loader(spec: ExperimentSpec, data: BenchData, plan: Plan, device: torch.device) -> dict[str, float]:
@@ -138,9 +152,11 @@ def bench_train(
     ref_spec = with_settings(spec, "fp32", False)
 
     def make(name: str, fn_step, spec_s, model, batch_fn):
-        opt = build_optimizer(spec_s, model)[0]
-        losses[name] = first_loss(lambda: fn_step(model, opt, *batch_fn(first_idx), spec_s, BETA, tfr))
-        steps[name] = lambda: fn_step(model, opt, *batch_fn(next_idx()), spec_s, BETA, tfr)
+        # Each setting in its own numerics (process-wide flags, set before each of its steps): fp32 is IEEE.
+        n = numerics(device, spec_s.train.precision)
+        opt = build_optimizer(spec_s, model, fused=n.fused_adam)[0]
+        losses[name] = first_loss(in_numerics(n, lambda: fn_step(model, opt, *batch_fn(first_idx), spec_s, BETA, tfr)))
+        steps[name] = in_numerics(n, lambda: fn_step(model, opt, *batch_fn(next_idx()), spec_s, BETA, tfr))
 
     make("reference", reference_step, ref_spec, fresh_model(spec, device, False, None), batch_from_png)
     if in_memory_reference:  # the same loop fed from memory: how much of the gap is data, how much the step
@@ -151,10 +167,10 @@ def bench_train(
         if reason := not_timed(precision, mode, plan, device, bf16):
             skipped[name] = reason
             continue
-        spec_s = with_settings(spec, precision, cl)
+        spec_s = with_settings(spec, precision, cl, mode)  # mode: the whole step compiled (train.compile)
         try:
-            model = fresh_model(spec, device, cl, mode)
-            make(name, our_step, spec_s, model, batch_in_memory)
+            model = fresh_model(spec, device, cl, None)
+            make(name, OurStep(spec_s, device), spec_s, model, batch_in_memory)
             for _ in range(plan.warmup):
                 steps[name]()
         except Exception as e:  # e.g. torch.compile without a working C++ compiler
@@ -193,7 +209,9 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
 
         return call
 
-    fns["reference"] = one_by_one(fresh_model(spec, device, False, None), "fp32", False)
+    fns["reference"] = in_numerics(
+        numerics(device, "fp32"), one_by_one(fresh_model(spec, device, False, None), "fp32", False)
+    )
     outputs = {"reference": fns["reference"]()}
     for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
         if reason := not_timed(precision, mode, plan, device, bf16):
@@ -204,6 +222,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
             fns[name] = (batched if is_batched else one_by_one)(model, precision, cl)
             if mode == FROZEN:
                 fns[name] = frozen(fns[name])
+            fns[name] = in_numerics(numerics(device, precision), fns[name])
             for _ in range(max(1, plan.warmup)):
                 outputs[name] = fns[name]()
         except Exception as e:
@@ -244,6 +263,8 @@ def run(
 
     load0 = loadavg()
     info = device_info(device)
+    if device.type == "cuda":  # cuda:N the current device: what torch.cuda's calls without a device use
+        torch.cuda.set_device(device)
     info["bf16_timed"] = bf16 = fast_bf16(device) if bf16 is None else bf16
     # As `cvae train` does: every setting, the reference too, runs with the tuned allocator.
     info["malloc_tuned"] = device.type == "cpu" and tune_cpu_allocator()
@@ -257,11 +278,16 @@ def run(
         with task(console, "bench: data") as _:
             data = bench_data(spec, plan, Path(tmp), device)
         with task(console, "bench: matmul rate") as _:
+            apply_numerics(numerics(device, "fp32"))  # IEEE fp32: the rate fp32 settings are measured against
             rates = {
                 "fp32": matmul_rate(device, torch.float32, plan.matmul_n),
                 # Emulated bf16 matmuls ran at 0.9 GFLOP/s on an AVX2-only CPU: minutes at n = 2048.
                 "bf16": matmul_rate(device, torch.bfloat16, plan.matmul_n) if bf16 else None,
             }
+            if has_tf32(device):
+                rates["tf32"] = in_numerics(
+                    numerics(device, "tf32"), lambda: matmul_rate(device, torch.float32, plan.matmul_n)
+                )()
         with task(console, "bench: FLOPs") as _:
             flops = flops_per_frame(spec, data, device)
         with task(console, "bench: loader") as _:
@@ -279,7 +305,7 @@ def run(
     loader = {k: B / s for k, s in loader_s.items()}
 
     def precision_of(name: str) -> str:
-        return "bf16" if "bf16" in name else "fp32"
+        return "bf16" if "bf16" in name else "tf32" if "tf32" in name else "fp32"
 
     achieved = {"train": {}, "rollout": {}}
     for name, fps in train.items():
@@ -330,6 +356,12 @@ def run(
             **{f"rollout/{k}": v for k, v in ro["skipped"].items()},
         },  # fmt: skip
         "supports": info,
+        # What each timed setting ran in: fp32 settings and the reference in IEEE fp32, also on GPUs
+        # whose cuDNN would otherwise use TF32 (cvae/device.py).
+        "numerics": {
+            group: {name: numerics(device, precision_of(name)).as_dict() for name in speeds}
+            for group, speeds in (("train", train), ("rollout", roll))
+        },
         "shape": {
             "batch": B,
             "clip_len": T,

@@ -20,7 +20,7 @@ from cvae.data.layout import scan_split
 from cvae.device import compile_model, memory_format
 from cvae.model import CVAE, build_model
 from cvae.spec import ExperimentSpec
-from cvae.training.step import forward_backward
+from cvae.training.step import TrainStep
 
 BETA, TFR = 1.0, 0.0  # teacher forcing off: where most of a run is spent; ours then does the lab's arithmetic
 SEED = 1234
@@ -50,6 +50,7 @@ TRAIN_SETTINGS: dict[str, tuple[str, bool, str | None]] = {
     "bf16": ("bf16", False, None),
     "channels_last": ("fp32", True, None),
     "bf16+channels_last": ("bf16", True, None),
+    "tf32+channels_last": ("tf32", True, None),  # CUDA 8.0+ only
     "compile": ("fp32", False, "default"),
     "compile+bf16+channels_last": ("bf16", True, "default"),
 }
@@ -69,10 +70,12 @@ ROLLOUT_SETTINGS: dict[str, tuple[bool, str, bool, str | None]] = {  # name -> (
 # --------------------------------------------------------------------------- settings
 
 
-def with_settings(spec: ExperimentSpec, precision: str, channels_last: bool) -> ExperimentSpec:
-    return spec.model_copy(
-        update={"train": spec.train.model_copy(update={"precision": precision, "channels_last": channels_last})}
-    )
+def with_settings(
+    spec: ExperimentSpec, precision: str, channels_last: bool, compile_mode: str | None = None
+) -> ExperimentSpec:
+    """``spec`` with a setting's precision, memory format and ``train.compile`` (None: off)."""
+    update = {"precision": precision, "channels_last": channels_last, "compile": compile_mode or False}
+    return spec.model_copy(update={"train": spec.train.model_copy(update=update)})
 
 
 # --------------------------------------------------------------------------- data
@@ -118,17 +121,28 @@ def bench_data(spec: ExperimentSpec, plan: Plan, tmp: Path, device: torch.device
     )
 
 
+class OurStep:
+    """The training loop's step (``cvae.training.step.TrainStep``: forward, backward, grad clip, compiled
+    whole when the spec's ``train.compile`` says), then Adam, without logging. One per setting: a
+    compiled step keeps its graphs."""
+
+    def __init__(self, spec: ExperimentSpec, device: torch.device) -> None:
+        self.step = TrainStep(spec, device)
+
+    def __call__(self, model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec, beta: float, tfr: float):
+        out = self.step(model, opt, x, pose, beta, tfr)
+        opt.step()
+        return out["loss"]
+
+
 def our_step(model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec: ExperimentSpec, beta: float, tfr: float):
-    """The training loop's step (``cvae.training.step.forward_backward``, then Adam), without logging."""
-    if x.device.type == "cuda":  # CUDA graphs (compile mode reduce-overhead): a new step's buffers
-        torch.compiler.cudagraph_mark_step_begin()
-    out = forward_backward(model, opt, x, pose, spec, beta, tfr)
-    opt.step()
-    return out["loss"]
+    """One eager step of ours (``OurStep``); the loss."""
+    return OurStep(spec, x.device)(model, opt, x, pose, spec, beta, tfr)
 
 
 def fresh_model(spec: ExperimentSpec, device: torch.device, channels_last: bool, compile_mode: str | None) -> CVAE:
-    """Same weights for every setting (seeded), in the setting's memory format, compiled or not."""
+    """Same weights for every setting (seeded), in the setting's memory format, its modules compiled or
+    not (the rollout's settings; a training setting compiles its whole step: ``OurStep``)."""
     torch.manual_seed(spec.seed)
     model = build_model(spec).to(device, memory_format=memory_format(channels_last))
     if compile_mode is not None:

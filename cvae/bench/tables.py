@@ -72,7 +72,8 @@ def tables(result: dict[str, Any]):
     notes = [
         f"device: {result['device']}; bf16 native: {sup.get('bf16_native')}",
         f"matmul rate ({sup.get('threads', '')} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
-        + (f"{rates['bf16'] / 1e9:.1f} GFLOP/s" if rates["bf16"] else "not measured (bf16 not timed)"),
+        + (f"{rates['bf16'] / 1e9:.1f} GFLOP/s" if rates["bf16"] else "not measured (bf16 not timed)")
+        + (f", tf32 {rates['tf32'] / 1e9:.1f} GFLOP/s" if rates.get("tf32") else ""),
         f"FLOPs: {fl['per_trained_frame'] / 1e9:.3f} GFLOP per trained frame (reference loop "
         f"{fl['per_trained_frame_reference'] / 1e9:.3f}), {fl['per_rollout_frame'] / 1e9:.3f} GFLOP per rollout frame",
         f"best train setting {sp['train_best']}: {sp['train_best_vs_reference']:.2f}x reference; rollout "

@@ -106,6 +106,35 @@ class OpTimes(TorchDispatchMode):
         return sum(v for k, v in self.seconds.items() if k.startswith("convolution "))
 
 
+HOST_READ = "_local_scalar_dense"  # the op behind .item(), float(), int(), bool() and tolist() of a tensor
+
+
+class OpCounts(TorchDispatchMode):
+    """ATen ops run under it, by phase (``phase``, set by the caller), as a GPU would launch them: every
+    op that computes (views, which launch nothing, left out) is about one kernel launch; the
+    ``_local_scalar_dense`` op is a host read of a value (on a GPU a sync: the host waits until the
+    queue drains). Counted on any device, so the CPU can count what a CUDA step would launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "other"
+        self.counting = True  # False: run ops without counting them (a warm-up)
+        self.ops: dict[str, int] = {}
+        self.reads: dict[str, int] = {}
+
+    def read(self) -> None:
+        """Count a host read that is no ATen op (``Tensor.tolist``: one device-to-host copy)."""
+        if self.counting:
+            self.reads[self.phase] = self.reads.get(self.phase, 0) + 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == HOST_READ:
+            self.read()
+        elif self.counting and not func.is_view and func.namespace != "profiler":  # record_function: no kernel
+            self.ops[self.phase] = self.ops.get(self.phase, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """What the device is and which settings it supports."""
     if device.type == "cuda":

@@ -58,11 +58,12 @@ def bench(
 def doctor(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N: the device to check.")] = "auto",
     check: Annotated[
-        bool, typer.Option("--check/--no-check", help="Run the end-to-end check (under a minute or two).")
+        bool, typer.Option("--check/--no-check", help="Run the checks (a few minutes; --no-check: the machine only).")
     ] = True,
 ) -> None:
-    """What this machine offers (devices, bf16, threads), then a few template-widths training steps in
-    each native precision, a rollout, checkpoints and an exact resume on --device: one line per check."""
+    """What this machine offers (devices, bf16, TF32, threads), then checks on --device at template widths:
+    numerics, training in each native precision, teacher forcing, the compiled step, bench --quick, rollout
+    memory (CUDA), an exact resume: one line per check, exit code 1 if one fails."""
     from cvae.doctor import machine_lines, run_checks
 
     console = make_console(False)

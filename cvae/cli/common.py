@@ -29,6 +29,13 @@ ThreadsOpt = Annotated[
         "OMP_NUM_THREADS if set).",
     ),
 ]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="GPUs of the processes this starts, round-robin (the i-th at a time gets the i-th as its "
+        "CUDA_VISIBLE_DEVICES): 0,1,2,3; one id for processes that share it. Default: every visible GPU.",
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the run's train.device, as trained).")
 ]

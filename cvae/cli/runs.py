@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cvae.cli.common import DeviceOpt, QuietOpt, SetOpt, ThreadsOpt, apply_threads, handle_errors
+from cvae.cli.common import DeviceOpt, GpusOpt, QuietOpt, SetOpt, ThreadsOpt, apply_threads, handle_errors
 from cvae.errors import UserError
 from cvae.terminal import make_console
 
@@ -161,12 +161,12 @@ def report(
         typer.Option(help="Train the report's seven settings at this scale first: cpu (minutes) or full (a GPU job)."),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="--reproduce: runs trained at a time.")] = 2,
+    gpus: GpusOpt = None,
     set_: SetOpt = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The published analysis' figures (teacher forcing, KL annealing, per-frame PSNR) from report runs."""
-    apply_threads(threads, quiet)
     from cvae.runs.report import make_report
 
     console = make_console(quiet)
@@ -177,15 +177,20 @@ def report(
 
         if runs:
             raise UserError("--reproduce trains the report's runs itself; give no RUNS with it")
+        from cvae.placement import assign_gpus
+
         specs = scaled_specs(reproduce, dict(parse_override(o) for o in set_ or []))
-        run_dirs, failed = train_all(specs, Path("runs") / f"report-{reproduce}", workers, console)
+        # Each run gets cores / workers threads (its own process) and a GPU of its own.
+        assigned = assign_gpus(workers, gpus)
+        run_dirs, failed = train_all(specs, Path("runs") / f"report-{reproduce}", workers, console, assigned)
         for line in failed:  # a setting that diverges is a finding: the figures show it up to its end
             console.print(f"warning: run failed: {line}", style="yellow", markup=False)
         runs = [str(p) for p in run_dirs]
     elif not runs:
         raise UserError("give the report's run folders (RUNS), or --reproduce cpu|full to train them")
-    elif set_:
-        raise UserError("--set goes with --reproduce")
+    elif set_ or gpus is not None:
+        raise UserError("--set and --gpus go with --reproduce")
+    apply_threads(threads, quiet)  # after --reproduce's runs, which choose their own
     result = make_report(runs, out, console)
     console.print(result.table())
     for line in result.skipped:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cvae.cli.common import QuietOpt, handle_errors
+from cvae.cli.common import GpusOpt, QuietOpt, handle_errors
 from cvae.errors import Stopped, UserError
 from cvae.terminal import make_console
 
@@ -43,13 +43,7 @@ def run(
         int | None, typer.Option(help="Trials in the study in all (default: the sweep's budget).")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
-    gpus: Annotated[
-        str | None,
-        typer.Option(
-            help="GPUs for the workers, round-robin (worker i gets the i-th, its CUDA_VISIBLE_DEVICES): "
-            "0,1,2,3; one id for workers that share it (--workers 8 --gpus 0). Default: every visible GPU.",
-        ),
-    ] = None,
+    gpus: GpusOpt = None,
     storage: StorageOpt = None,
     study: StudyOpt = None,
     out_dir: DirOpt = None,
@@ -58,10 +52,11 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run (or continue) a sweep: each trial trains the base spec with the trial's values."""
+    from cvae.placement import assign_gpus
     from cvae.redact import redact
     from cvae.sweep.file import budget, load_sweep
     from cvae.sweep.study import load_study, status, storage_url, trial_line
-    from cvae.sweep.workers import RunOptions, run_worker, run_workers, worker_gpus
+    from cvae.sweep.workers import RunOptions, run_worker, run_workers
 
     console = make_console(quiet)
     sweep = load_sweep(sweep_file, study, out_dir)
@@ -75,7 +70,7 @@ def run(
             f"sweep [bold]{sweep.study}[/]: {'up to ' + str(limit) if limit else 'unlimited'} trials, "
             f"{workers} worker(s), storage {redact(opts.url)}, trials in {sweep.trials_dir}"
         )
-    assigned = worker_gpus(workers, gpus) if worker_index == 0 else []
+    assigned = assign_gpus(workers, gpus) if worker_index == 0 else []
     if assigned and worker_index == 0:
         console.print(f"GPUs of the workers: {', '.join(assigned)}", markup=False)
     try:
@@ -150,6 +145,7 @@ def confirm(
         ),
     ] = True,
     workers: Annotated[int, typer.Option(min=1, help="Runs trained at a time on this machine.")] = 2,
+    gpus: GpusOpt = None,
     storage: StorageOpt = None,
     study: StudyOpt = None,
     out_dir: DirOpt = None,
@@ -169,7 +165,10 @@ def confirm(
     elif min_seeds > seeds:
         raise UserError(f"--min-seeds {min_seeds}: at most --seeds ({seeds})")
     study_obj = load_study(storage_url(sweep, storage), sweep.study)
-    result = run_confirm(sweep, study_obj, top, seeds, workers, console, min_seeds, race)
+    from cvae.placement import assign_gpus
+
+    assigned = assign_gpus(workers, gpus)
+    result = run_confirm(sweep, study_obj, top, seeds, workers, console, min_seeds, race, assigned)
     if as_json:
         sys.stdout.write(to_json(result) + "\n")
         return

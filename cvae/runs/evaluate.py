@@ -16,7 +16,7 @@ import torch
 
 from cvae import run_folder
 from cvae.data.frames import load_split, load_test
-from cvae.device import resolve_device, tune_cpu_allocator
+from cvae.device import memory_format, numerics, resolve_device, use_device
 from cvae.errors import RunDirError, UserError
 from cvae.history import REFERENCE_NAMES, references_of
 from cvae.model import CVAE, build_model
@@ -88,9 +88,12 @@ def load_trained(
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"eval_batchnorm": eval_batchnorm})})
     key = f"train.device of {where} (override: --device)"
     dev = resolve_device(spec.train.device, key) if device is None else resolve_device(device, "--device")
-    if dev.type == "cpu":
-        tune_cpu_allocator()  # batched rollouts run faster with it (docs/performance.md)
-    model = build_model(spec).to(dev)
+    # The run's numerics (fp32 is IEEE on a GPU too); on the CPU the tuned allocator, with which batched
+    # rollouts run faster (docs/performance.md).
+    use_device(dev, numerics(dev, spec.train.precision, spec.train.deterministic))
+    # In the memory format the rollout runs in: a channels_last rollout of a contiguous model converts
+    # every weight at every call.
+    model = build_model(spec).to(dev, memory_format=memory_format(spec.train.channels_last, dev))
     load_weights(model, weights, path, where)
     model.eval()
     return Trained(spec, model, path, run_dir, weights.epoch, weights.notes)

@@ -1,15 +1,15 @@
 """Train several specs, a few at a time, as ordinary run folders: what ``cvae report --reproduce``
 and ``cvae sweep confirm`` run.
 
-Each run is a ``cvae train`` process with cores / workers threads. A call skips the runs that
-finished before and resumes the unfinished ones, so an interrupted batch continues where it
-stopped. Ctrl-C (or SIGTERM) reaches every run: each stops cleanly (status ``stopped``) and the
+Each run is a ``cvae train`` process with cores / workers threads and, on a machine with GPUs, a
+GPU of its own (``cvae.placement``: the i-th of ``--gpus`` for the i-th of the runs at a time). A
+call skips the runs that finished before and resumes the unfinished ones, so an interrupted batch
+continues where it stopped. Ctrl-C (or SIGTERM) reaches every run: each stops cleanly (status ``stopped``) and the
 next call resumes it.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +23,8 @@ import yaml
 from cvae import run_folder
 from cvae.data.root import ensure_data
 from cvae.errors import sigterm_stops
+from cvae.placement import child_env
 from cvae.spec import validate_spec
-from cvae.threads import per_worker
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Job:
     spec_file: Path
     run_dir: Path
     proc: subprocess.Popen | None = None
+    slot: int = 0  # which of the runs at a time it is: its GPU
 
     @property
     def log(self) -> Path:
@@ -41,10 +42,11 @@ class Job:
 
 
 def train_all(
-    specs: dict[str, dict[str, Any]], runs_dir: Path, workers: int, console=None
+    specs: dict[str, dict[str, Any]], runs_dir: Path, workers: int, console=None, gpus: list[str] = ()
 ) -> tuple[list[Path], list[str]]:
     """Train every spec into ``runs_dir/<name>``, ``workers`` at a time (each a ``cvae train``
-    process with cores / workers threads); a finished run is skipped, an unfinished one resumed.
+    process with cores / workers threads, the i-th at a time on ``gpus[i]`` when given:
+    ``cvae.placement.assign_gpus``); a finished run is skipped, an unfinished one resumed.
     Returns the run folders and one line per run that failed (after the others ended)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -63,22 +65,23 @@ def train_all(
             _say(console, f"{job.name}: finished before, skipped")
         else:
             todo.append(job)
-    env = dict(os.environ) | {"OMP_NUM_THREADS": str(per_worker(workers))}
+    envs = [child_env(workers, gpus[i] if gpus else None) for i in range(workers)]
     running: list[Job] = []
     failed = []
     with sigterm_stops():
-        return _run(jobs, todo, running, failed, workers, env, console)
+        return _run(jobs, todo, running, failed, workers, envs, console)
 
 
-def _run(jobs: list[Job], todo: list[Job], running: list[Job], failed: list[str], workers: int, env, console):
+def _run(jobs: list[Job], todo: list[Job], running: list[Job], failed: list[str], workers: int, envs, console):
     try:
         while todo or running:
             while todo and len(running) < workers:
                 job = todo.pop(0)
+                job.slot = min(set(range(workers)) - {j.slot for j in running})  # a free slot: its GPU
                 # Its own session: a terminal's Ctrl-C reaches this process, which passes it on once.
                 with open(job.log, "w") as log:
                     job.proc = subprocess.Popen(
-                        _command(job), env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+                        _command(job), env=envs[job.slot], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
                     )
                 running.append(job)
                 _say(console, f"{job.name}: training -> {job.run_dir}")

@@ -190,10 +190,11 @@ def run_confirm(
     console=None,
     min_seeds: int = 3,
     race: bool = True,
+    gpus: list[str] = (),
 ) -> dict[str, Any]:
-    """Train the settings' seeds (skipping finished runs, resuming stopped ones) and score them, in a
-    race or (``race`` false) all at once: the content of confirm.json, written to the sweep folder with
-    its plot."""
+    """Train the settings' seeds (skipping finished runs, resuming stopped ones; ``workers`` at a time,
+    the i-th on ``gpus[i]``) and score them, in a race or (``race`` false) all at once: the content of
+    confirm.json, written to the sweep folder with its plot."""
     settings = pick_settings(study, sweep, top)
     seeds = fresh_seeds(sweep, max_seeds)
     runs_dir = sweep.out_dir / "confirm"
@@ -204,7 +205,7 @@ def run_confirm(
     def train(pairs: list[tuple[Setting, int]]) -> None:
         from cvae.runs.queue import train_all
 
-        _, failed = train_all(runs_of(sweep, pairs), runs_dir, workers, console)
+        _, failed = train_all(runs_of(sweep, pairs), runs_dir, workers, console, gpus)
         if failed:  # every seed of a setting is needed for its interval
             raise RuntimeError("confirm runs failed (fix or remove them, then run confirm again): " + "; ".join(failed))
         for s, seed in pairs:

@@ -7,7 +7,6 @@ the trial's number and values in its config under ``trial.*``, through ``trackin
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from cvae import history, run_folder
 from cvae.errors import Pruned, Stopped, signals_held
 from cvae.history import REFERENCE_NAMES
+from cvae.placement import GPU_KEY, given_gpu
 from cvae.spec import validate_spec
 from cvae.sweep.dashboard import run_info
 from cvae.sweep.file import Sweep, trial_spec_dict
@@ -103,8 +103,8 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
             trial.set_user_attr("run_dir", str(run_dir.resolve()))
             trial.set_user_attr("worker", worker)
-            if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker was given (--gpus)
-                trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
+            if (gpu := given_gpu()) is not None:  # the GPU this worker was given (--gpus)
+                trial.set_user_attr(GPU_KEY, gpu)
         o = sweep.spec.objective
         try:
             extra = trial_tracking(sweep, study_name, trial.number, params)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from cvae.errors import Stopped, UserError, sigterm_stops
+from cvae.errors import Stopped, sigterm_stops
+from cvae.placement import child_env
 from cvae.sweep.file import Sweep, budget
 from cvae.sweep.study import (
     STORAGE_ENV,
@@ -39,7 +40,6 @@ from cvae.sweep.study import (
     trial_line,
 )
 from cvae.sweep.trial import make_objective
-from cvae.threads import per_worker
 
 LOCK_NAME = ".workers.lock"
 WORKER_SEED_STRIDE = 1000  # sampler seeds of workers of one run stay this far apart
@@ -207,44 +207,11 @@ def worker_command(sweep: Sweep, opts: RunOptions, index: int) -> list[str]:
     return cmd
 
 
-def visible_gpus() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (their ids on the
-    machine when it is set), or [] without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    ids = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return ids[: torch.cuda.device_count()] if ids else [str(i) for i in range(torch.cuda.device_count())]
-
-
-def worker_gpus(workers: int, gpus: str | None) -> list[str]:
-    """The GPU of each worker (``--gpus``: ids round-robin; default every visible GPU), or [] to leave
-    the workers' CUDA_VISIBLE_DEVICES alone (no CUDA, no ``--gpus``)."""
-    visible = visible_gpus()
-    if gpus is None:
-        wanted = visible
-    else:
-        wanted = [g.strip() for g in gpus.split(",") if g.strip()]
-        if not wanted:
-            raise UserError(f"--gpus {gpus!r}: expected GPU ids, e.g. 0,1,2,3")
-        if not visible:
-            raise UserError(f"--gpus {gpus}: this machine has no CUDA device; run the sweep without --gpus")
-        unknown = [g for g in wanted if g not in visible]
-        if unknown:
-            raise UserError(f"--gpus {gpus}: no GPU {', '.join(unknown)} here; visible: {', '.join(visible)}")
-    return [wanted[i % len(wanted)] for i in range(workers)] if wanted else []
-
-
 def worker_env(opts: RunOptions, workers: int, gpu: str | None) -> dict[str, str]:
     """The environment of a worker process: the storage URL (not on the command line: it may hold a
-    password), a share of the cores, and its GPU."""
-    env = dict(os.environ)
+    password), a share of the cores, and its GPU (``cvae.placement``)."""
+    env = child_env(workers, gpu)
     env[STORAGE_ENV] = opts.url
-    # Share the cores: a worker per core is faster than K workers each using all cores.
-    env.setdefault("OMP_NUM_THREADS", str(per_worker(workers)))
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
 
 

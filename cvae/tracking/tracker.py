@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history
+from cvae.placement import GPU_KEY
 from cvae.run_folder import DATA_KEY, FAILED, SUMMARY_FILE, read_summary
 
 
@@ -58,7 +59,7 @@ class LocalTracker(Tracker):
         self.run_dir = Path(run_dir)
         if resume:  # a summary cut short by a kill reads as empty: the trainer writes it again
             self._summary = read_summary(self.run_dir)
-        for key in (DATA_KEY, "device"):  # what the run trains on, and where: in summary.json from the start
+        for key in (DATA_KEY, "device", GPU_KEY, "numerics"):  # what the run trains on, where, how: from the start
             if key in config:
                 self._summary[key] = config[key]
         self._write_summary()

@@ -1,7 +1,11 @@
-"""Checkpoints: plain state only, written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: plain state only, written atomically, loaded to the CPU with ``weights_only=True``.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts (no pickled objects), so
-loading it cannot run code. ``RUN/checkpoints/last.pt`` is written every epoch (the one before is
+loading it cannot run code. It is always loaded to the CPU, whatever device the run trains on:
+``load_state_dict`` then places weights and optimizer state on the model's device, Adam's ``step``
+counters stay on the CPU where its default kernel expects them (on a GPU it would read each back,
+a host sync per parameter, every step), and the RNG states stay CPU ByteTensors, the only kind
+``torch.set_rng_state`` takes. ``RUN/checkpoints/last.pt`` is written every epoch (the one before is
 kept as ``prev.pt``), ``best.pt`` when the mean validation PSNR improves. ``save_checkpoint`` and
 ``restore_training`` put a training run's whole state in and out of one; ``resume_checkpoint``
 finds the one a resume continues from.
@@ -76,24 +80,25 @@ def _os_error(e: BaseException | None) -> OSError | None:
     return None
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; a missing, truncated or foreign file is a CheckpointError."""
+def load(path: Path) -> dict[str, Any]:
+    """Load (to the CPU) and check a checkpoint; a missing, truncated or foreign file is a CheckpointError."""
     path = Path(path)
-    state = load_file(path, map_location)
+    state = load_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cvae checkpoint (no '{FORMAT}' format tag)")
     return state
 
 
-def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """A torch file's contents, CRC-checked, loaded with ``weights_only=True`` (nothing in it can run
-    code); a missing, truncated or damaged file, or one that holds pickled objects, is a CheckpointError."""
+def load_file(path: Path) -> Any:
+    """A torch file's contents, CRC-checked, loaded to the CPU with ``weights_only=True`` (nothing in it
+    can run code); a missing, truncated or damaged file, or one that holds pickled objects, is a
+    CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         _check_crc(path)
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
         reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
         raise CheckpointError(f"{path}: not a readable cvae checkpoint ({reason})") from None
@@ -108,8 +113,9 @@ def _check_crc(path: Path) -> None:
         raise ValueError(f"checksum mismatch in {bad}: the file is damaged")
 
 
-def rng_state() -> dict[str, Any]:
-    """RNG states of torch (CPU and CUDA), numpy and python, as plain tensors and numbers."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """RNG states of torch's CPU generator, numpy and python, and on a CUDA ``device`` its generator
+    (that device's alone: a resume may see other GPUs, or fewer), as plain tensors and numbers."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss = random.getstate()
     out = {
@@ -122,19 +128,24 @@ def rng_state() -> dict[str, Any]:
         },
         "python": {"version": version, "state": list(py_state), "gauss": gauss},
     }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
     return out
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Put ``rng_state``'s states back, the CUDA generator's into ``device``'s (the device the resumed run
+    trains on, which need not have the index the saved run's had). A checkpoint written on a GPU and
+    resumed on the CPU keeps only the CPU states; one written by earlier versions, with a state per
+    visible GPU, gives ``device`` the first of them."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list | tuple) else cuda, device)
 
 
 # --------------------------------------------------------------------------- a training run's state
@@ -150,14 +161,14 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "rng": rng_state(),
+        "rng": rng_state(next(model.parameters()).device),
         "spec": redact(spec.to_dict()),
         **counters,
     }
     save(run_folder.checkpoint_path(run_dir, name), state, keep_previous=keep_previous)
 
 
-def resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any] | None:
+def resume_checkpoint(run_dir: Path, console=None) -> dict[str, Any] | None:
     """The checkpoint a resume continues from (``read_resume_checkpoint``), or None for a run stopped
     before its first epoch ended: no checkpoint yet, no epoch recorded."""
     folder = Path(run_dir) / run_folder.CHECKPOINTS
@@ -166,20 +177,20 @@ def resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any] | N
         if console is not None:
             console.print(f"{run_dir}: stopped before its first epoch ended; training it from the start")
         return None
-    return read_resume_checkpoint(run_dir, device, console)
+    return read_resume_checkpoint(run_dir, console)
 
 
-def read_resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any]:
+def read_resume_checkpoint(run_dir: Path, console=None) -> dict[str, Any]:
     """``last.pt``, or ``prev.pt`` (with a warning) when last.pt is missing or damaged; a
     CheckpointError naming both when neither loads."""
     ckpt_dir = Path(run_dir) / run_folder.CHECKPOINTS
     try:
-        return load(ckpt_dir / LAST, device)
+        return load(ckpt_dir / LAST)
     except CheckpointError as e:
         if not (ckpt_dir / PREVIOUS).exists():
             raise
         try:
-            ck = load(ckpt_dir / PREVIOUS, device)
+            ck = load(ckpt_dir / PREVIOUS)
         except CheckpointError as e2:
             raise CheckpointError(f"{e}; the one before is no better: {e2}") from None
         if console is not None:
@@ -188,8 +199,10 @@ def read_resume_checkpoint(run_dir: Path, device, console=None) -> dict[str, Any
 
 
 def restore_training(ck: dict[str, Any], model, opt, sched) -> None:
-    """Put a checkpoint's weights, optimizer, scheduler and RNG states back."""
+    """Put a checkpoint (loaded to the CPU by ``load``) back: weights and optimizer state onto the model's
+    device (``load_state_dict`` moves them), the scheduler, the RNG states (the CUDA one into the
+    model's device)."""
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
-    set_rng_state(ck["rng"])
+    set_rng_state(ck["rng"], next(model.parameters()).device)

@@ -19,10 +19,11 @@ class DivergenceGuard:
 
     Where reading a value is free (CPU) every step is checked before its update is applied. On
     CUDA that read would stall the host every step, so under ``stop`` the first bad step is
-    recorded on the device and read at the next sync point (a logged row, every
-    ``tracking.log_every`` steps, and the end of the epoch, before any checkpoint): the run stops
-    there naming the bad step; the updates applied after it are never saved. ``skip_batch`` must
-    decide before each update, so it reads the loss every step on every device.
+    recorded on the device and read at the next sync point (every ``tracking.sync_every`` steps, when
+    the logged rows are read, and at the end of the epoch, before any checkpoint): the run stops
+    there naming the bad step, after logging the rows before it; the updates applied after it are
+    never saved. ``skip_batch`` must decide before each update, so it reads the loss every step on
+    every device.
     """
 
     def __init__(self, device: torch.device, on_nan: str = "stop", max_skipped: int = 10, skipped: int = 0) -> None:
@@ -49,9 +50,14 @@ class DivergenceGuard:
         self.first_bad = torch.where(bad, step, self.first_bad)
         return True
 
-    def check(self, step: int) -> None:
-        if not self.eager and (bad := int(self.first_bad)):  # the sync point
-            raise TrainingDiverged(
-                f"non-finite loss at step {bad} (read at step {step}: on CUDA the loss is "
-                f"checked every tracking.log_every steps)"
-            )
+    @property
+    def deferred(self) -> bool:
+        """Whether bad steps are recorded on the device (``first_bad``: the first, 0 for none) for the
+        trainer to read at its next sync point, rather than checked as they happen."""
+        return not self.eager
+
+    def raise_diverged(self, bad: int, step: int) -> None:
+        raise TrainingDiverged(
+            f"non-finite loss at step {bad} (read at step {step}: on a GPU the loss is read back every "
+            f"tracking.sync_every steps)"
+        )

@@ -29,12 +29,15 @@ from cvae.device import (
     compile_model,
     emulated_bf16_warning,
     memory_format,
+    numerics,
     resolve_device,
     resolve_spec,
-    tune_cpu_allocator,
+    syncs_are_free,
+    use_device,
 )
-from cvae.errors import Pruned, Stopped, sigterm_stops
+from cvae.errors import Pruned, Stopped, TrainingDiverged, sigterm_stops
 from cvae.model import CVAE, build_model
+from cvae.placement import GPU_KEY, given_gpu
 from cvae.redact import redact
 from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
@@ -42,7 +45,7 @@ from cvae.training.checkpoint import load as checkpoint_load
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
 from cvae.training.schedules import schedule_values, step_tfr
-from cvae.training.step import forward_backward
+from cvae.training.step import TrainStep
 from cvae.training.validation import VAL_SEED_OFFSET, Validation, reference_metrics, validate_model, write_media
 
 
@@ -74,10 +77,12 @@ class State:
         return cls(ck["epoch"], ck["step"], ck["best_psnr"], ck["best_epoch"], ck.get("skipped_batches", 0))
 
 
-def build_optimizer(spec: ExperimentSpec, model: CVAE):
+def build_optimizer(spec: ExperimentSpec, model: CVAE, fused: bool = False):
+    """Adam or AdamW and the LR schedule of ``spec``; ``fused``: Adam's fused kernel (``Numerics.fused_adam``:
+    on CUDA, one launch per step instead of several per parameter list)."""
     o = spec.optim
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    opt = cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    opt = cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=fused or None)
     if o.schedule == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
     elif o.schedule == "cosine":
@@ -104,12 +109,12 @@ def train(
     spec = resolve_spec(spec, device)  # train.precision / channels_last `auto` -> this device's choice
     if console is not None and (warning := emulated_bf16_warning(spec.train.precision, device)):
         console.print(f"warning: {warning}", style="yellow", markup=False)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    nums = numerics(device, spec.train.precision, spec.train.deterministic)
+    use_device(device, nums)
     torch.manual_seed(spec.seed)
     # A resumed run's checkpoint, then its data: a damaged checkpoint or changed data stops the run
     # before anything is written.
-    ck = resume_checkpoint(run_dir, device, console) if resume else None
+    ck = resume_checkpoint(run_dir, console) if resume else None
     recorded = RunData(run_dir, strict=True) if resume else None
     train_set, val_set, data_id = load_data(spec, device, console, recorded)
     if resume and ck is None:  # stopped before its first epoch ended: nothing to resume, it starts over
@@ -118,10 +123,11 @@ def train(
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     if ck is None and spec.train.init_from is not None:  # a resumed run has its own weights
         init_weights(model, spec, console)
-    opt, sched = build_optimizer(spec, model)
+    opt, sched = build_optimizer(spec, model, fused=nums.fused_adam)
     state = State() if ck is None else resume_from(ck, run_dir, model, opt, sched)
+    step = TrainStep(spec, device)  # compiled whole with train.compile
     if spec.train.compile:
-        compile_model(model)  # the five modules, in place: the step and the rollout both use them
+        compile_model(model)  # the five modules, in place, for the validation rollouts
     clips = TrainingClips(spec, train_set)
     # Only now, with the data and clips checked: bad input leaves no run folder behind.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,9 +136,11 @@ def train(
     guard = DivergenceGuard(device, spec.train.on_nan, spec.train.max_skipped_batches, state.skipped_batches)
     epoch_row = history.last_epoch_row(run_dir / history.FILE) if resume else {}
     tracker = MultiTracker([LocalTracker(), *trackers])
-    config = spec.to_dict() | {run_folder.DATA_KEY: data_id, "device": str(device)}
+    config = spec.to_dict() | {run_folder.DATA_KEY: data_id, "device": str(device), "numerics": nums.as_dict()}
     if device.type == "cpu":
         config["threads"] = torch.get_num_threads()
+    if (gpu := given_gpu()) is not None:  # the GPU a sweep, confirm or report gave this run (--gpus)
+        config[GPU_KEY] = gpu
     with sigterm_stops():
         try:
             tracker.start(run_dir, config, resume)
@@ -140,7 +148,7 @@ def train(
                 tracker.summary(summary(state, epoch_row))  # a kill can land between last.pt and the summary
             while state.epoch < spec.train.epochs:
                 epoch = state.epoch + 1
-                epoch_row = train_epoch(spec, model, opt, clips, state, guard, tracker)
+                epoch_row = train_epoch(spec, model, opt, step, clips, state, guard, tracker)
                 sched.step()
                 state.epoch = epoch
                 if epoch % spec.train.val_every == 0 or epoch == spec.train.epochs:
@@ -182,7 +190,7 @@ def revalidate(run_dir: Path, spec, val_set: VideoSet) -> Validation:
     """The validation of best.pt's weights (the same rollouts, seed and settings as when it was saved)."""
     device = val_set.frames.device
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
-    model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST), device)["model"])
+    model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST))["model"])
     t = spec.train
     return validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last)
 
@@ -212,50 +220,115 @@ def train_epoch(
     spec: ExperimentSpec,
     model: CVAE,
     opt: torch.optim.Optimizer,
+    step: TrainStep,
     clips: TrainingClips,
     state: State,
     guard: DivergenceGuard,
     tracker: Tracker,
 ) -> dict[str, float]:
     """Epoch ``state.epoch + 1``: its optimizer steps (advancing ``state.step``), a logged row every
-    ``tracking.log_every`` steps; returns the epoch's row: means of the applied steps' loss, mse,
-    kl and grad norm, the schedules' last values, the learning rate and the speed."""
+    ``tracking.log_every`` steps, read back from the device every ``tracking.sync_every`` (``StepRows``);
+    returns the epoch's row: means of the applied steps' loss, mse, kl and grad norm, the
+    schedules' last values, the learning rate and the speed."""
     index = state.epoch  # the epoch's position (from 0) for the schedules and the shuffle
     t0, step0, skipped0 = time.perf_counter(), state.step, guard.skipped
     skipping = spec.train.on_nan == "skip_batch"
     lr = opt.param_groups[0]["lr"]  # the scheduler steps after the epoch
     tracker.on_epoch_start(index + 1, clips.steps[index], state.step)
+    rows = StepRows(guard, tracker, sync_every(spec, step.device))
     sums: dict[str, torch.Tensor] = {}
-    for frames, poses in clips.batches(index):
-        beta, tfr = schedule_values(spec, index, state.step, clips.total_steps)
-        out = forward_backward(model, opt, frames, poses, spec, beta, step_tfr(spec, index, tfr))
-        state.step += 1
-        applied = guard.step(out, state.step, beta, opt)
-        if applied:
-            opt.step()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0) + v  # detached tensors: no host sync
-        else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
-            opt.zero_grad(set_to_none=True)
-            state.skipped_batches = guard.skipped
-        if state.step % spec.tracking.log_every == 0:
-            guard.check(state.step)
-            logged = {f"train/{k}": float(v) for k, v in out.items()} if applied else {}
-            if skipping:
-                logged["train/skipped_batches"] = guard.skipped
-            logged |= {"train/beta": beta, "train/tfr": tfr, "train/lr": lr, "epoch": index + 1}
-            tracker.log(logged, state.step)
-    guard.check(state.step)  # before anything is saved
+    try:
+        for frames, poses in clips.batches(index):
+            beta, tfr = schedule_values(spec, index, state.step, clips.total_steps)
+            out = step(model, opt, frames, poses, beta, step_tfr(spec, index, tfr))
+            state.step += 1
+            applied = guard.step(out, state.step, beta, opt)
+            if applied:
+                opt.step()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0) + v  # on the device: no host sync
+            else:  # train.on_nan = skip_batch: this batch changes no weight and no optimizer state
+                opt.zero_grad(set_to_none=True)
+                state.skipped_batches = guard.skipped
+            if state.step % spec.tracking.log_every == 0:
+                host = {"train/skipped_batches": guard.skipped} if skipping else {}
+                host |= {"train/beta": beta, "train/tfr": tfr, "train/lr": lr, "epoch": index + 1}
+                rows.add(state.step, out if applied else None, host)
+            if state.step % rows.every == 0:
+                rows.sync(state.step)
+        rows.sync(state.step)  # before anything is saved
+    except TrainingDiverged:  # detected on the host (the CPU, skip_batch): the rows before it still count
+        rows.sync(state.step, diverged=True)
+        raise
     train_s = time.perf_counter() - t0
     n_steps = state.step - step0
     n_applied = n_steps - (guard.skipped - skipped0)
-    row = {f"epoch/{k}": float(sums[k]) / n_applied if n_applied else math.nan for k in out}
+    means = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if n_applied else {}  # one read
+    row = {f"epoch/{k}": means[k] / n_applied if n_applied else math.nan for k in out}
     if skipping:
         row["train/skipped_batches"] = guard.skipped
     row |= {"epoch/beta": beta, "epoch/tfr": tfr, "epoch/lr": lr}
     row["perf/frames_per_s"] = n_steps * spec.train.batch_size * (spec.data.clip_len - 1) / train_s
     row["perf/epoch_s"] = train_s
     return row
+
+
+GPU_SYNC_EVERY = 50  # tracking.sync_every null on a GPU: one read of the device per this many steps
+
+
+def sync_every(spec: ExperimentSpec, device: torch.device) -> int:
+    """Steps between reads of the logged values (``tracking.sync_every``; null: every logged row where a
+    read is free, else every ``GPU_SYNC_EVERY`` steps, a multiple of ``tracking.log_every``)."""
+    every, log = spec.tracking.sync_every, spec.tracking.log_every
+    if every is None:
+        every = log if syncs_are_free(device) else max(log, GPU_SYNC_EVERY // log * log)
+    return every
+
+
+class StepRows:
+    """The logged rows of an epoch's steps, kept on the device until ``sync`` reads them all in one
+    transfer (with the divergence guard's state) and hands them to the trackers in step order: the
+    same rows and values as reading each when it is logged, without a host sync per row."""
+
+    def __init__(self, guard: DivergenceGuard, tracker: Tracker, every: int) -> None:
+        self.guard, self.tracker, self.every = guard, tracker, every
+        self.pending: list[tuple[int, list[str], torch.Tensor | None, dict[str, Any]]] = []
+        self.synced_at: int | None = None  # the step of the last read
+
+    def add(self, step: int, out: dict[str, torch.Tensor] | None, host: dict[str, Any]) -> None:
+        """Step ``step``'s row: the step's values (None: a skipped batch logs none) and the host's."""
+        # A copy: a CUDA-graph replay may overwrite the step's outputs before they are read.
+        values = None if out is None else torch.stack([v.detach().float() for v in out.values()])
+        self.pending.append((step, list(out or {}), values, host))
+
+    def sync(self, step: int, diverged: bool = False) -> None:
+        """Read and log the pending rows. A non-finite loss the guard recorded on the device (read in the
+        same transfer) ends the run after logging the rows before it; ``diverged``: the host already
+        found one (nothing more to read of the guard)."""
+        if step == self.synced_at:  # read already, nothing since (the epoch ended on a sync point)
+            return
+        self.synced_at = step
+        check = self.guard.deferred and not diverged
+        parts = [v for _, _, v, _ in self.pending if v is not None]
+        if check:
+            parts.append(self.guard.first_bad.reshape(1))
+        if not parts and not self.pending:
+            return
+        # One read of the device: float64 holds every float32 value and step number exactly.
+        flat = torch.cat(parts).double().tolist() if parts else []
+        bad = int(flat.pop()) if check else 0
+        at = 0
+        for row_step, keys, v, host in self.pending:
+            if bad and row_step >= bad:
+                break
+            logged = {}
+            if v is not None:
+                logged = {f"train/{k}": x for k, x in zip(keys, flat[at : at + len(keys)], strict=True)}
+                at += len(keys)
+            self.tracker.log(logged | host, row_step)
+        self.pending.clear()
+        if bad:
+            self.guard.raise_diverged(bad, step)
 
 
 # --------------------------------------------------------------------------- validation, checkpoints

@@ -93,10 +93,11 @@ class Weights:
     notes: list[str] = field(default_factory=list)
 
 
-def read_weights(path: Path, device: str | torch.device = "cpu") -> Weights:
-    """The weights in a cvae checkpoint or a template checkpoint; anything else is a CheckpointError."""
+def read_weights(path: Path) -> Weights:
+    """The weights (on the CPU) in a cvae checkpoint or a template checkpoint; anything else is a
+    CheckpointError."""
     path = Path(path)
-    data = load_file(path, device)
+    data = load_file(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return Weights(data["model"], "cvae", data.get("spec"), data.get("epoch"))
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
