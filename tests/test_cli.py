@@ -38,6 +38,7 @@ from helpers import (
 from cvae.data.frames import load_test
 from cvae.runs.evaluate import load_trained
 from cvae.spec import load_spec
+from cvae.terminal import fmt
 from cvae.tracking.media import LABEL_HEIGHT
 from cvae.training.rollout import rollout
 from cvae.training.validation import VAL_SEED_OFFSET
@@ -331,6 +332,30 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     assert_ok(cvae("train", "--resume", run, "-q", cwd=tmp_path))
     assert {p: (run / p).read_bytes() for p in keep} == keep
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_train_epoch_lines_fit_80_columns_with_every_number_whole(tmp_path, tiny_data):
+    """Output to a pipe on an 80-column terminal: each epoch's line wraps between its fields (it was one
+    160-character line that a terminal broke mid-word), every figure of the epoch whole."""
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_overrides(tiny_data, **{"data.partial": 0.5}))
+    run = tmp_path / "run"
+    r = cvae("train", spec, "--run-dir", run, env=subprocess_env(COLUMNS="80"), cwd=tmp_path)
+    assert_ok(r)
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, r.stdout
+    words = set(r.stdout.split())
+    epochs = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    epochs = [row for row in epochs if "epoch/loss" in row]
+    assert len(epochs) == 2
+    for row in epochs:
+        assert f"{row['epoch']}/2" in words
+        for key in ("loss", "mse", "kl", "beta", "tfr"):
+            assert fmt(row[f"epoch/{key}"], 3) in words, (key, r.stdout)
+        for key in ("val/psnr", "val/psnr_repeat_first", "val/psnr_mean_frame"):
+            assert f"{row[key]:.2f}" in words or f"{row[key]:.2f}," in words, (key, r.stdout)
+    starts = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(starts) == 2 and all(lines[i + 1].startswith("  val PSNR ") for i in starts)  # continued, indented
 
 
 # --------------------------------------------------------------------------- spec show --schedule
