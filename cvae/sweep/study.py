@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvae import history
 from cvae.errors import SpecError, UserError
 from cvae.redact import redact
@@ -213,17 +211,25 @@ def status(study, importance: bool = True) -> dict[str, Any]:
     out["epochs_spent"] = sum(
         int(t.user_attrs.get("epochs_done", 0)) for t in trials if t.number not in out["replaced"]
     )
+    from cvae.sweep.progress import trial_progress
+
     running = []
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        epoch, total = _progress(t)
+        p = trial_progress(t, out["metric"])  # as `cvae sweep run` shows it live
         running.append(
             {
                 "number": t.number,
+                "label": p.label,
                 "params": t.params,
-                "epoch": epoch,
-                "epochs": total,
+                "epoch": p.epoch,
+                "epochs": p.epochs,
+                "step": p.step,
+                "steps": p.steps,
+                "score": p.score,
+                "score_epoch": p.score_epoch,
+                "started": p.started,
                 "run_dir": t.user_attrs.get("run_dir"),
                 "worker": t.user_attrs.get("worker"),
             }
@@ -278,20 +284,6 @@ def importances(study, complete: list) -> tuple[dict[str, float], str | None]:
             f"(read them as a ranking at most; {enough} or more complete trials say more)"
         )
     return {k: float(v) for k, v in values.items()}, note
-
-
-def _progress(t) -> tuple[int | None, int | None]:
-    """Epochs done and planned of a running trial, from its run folder (else its reports)."""
-    run_dir = t.user_attrs.get("run_dir")
-    if run_dir and Path(run_dir).is_dir():
-        total = None
-        spec_file = Path(run_dir) / "spec.yaml"
-        if spec_file.exists():
-            with contextlib.suppress(Exception):
-                total = yaml.safe_load(spec_file.read_text())["train"]["epochs"]
-        return len(history.epoch_rows(history.read(Path(run_dir) / history.FILE))), total
-    steps = list(t.intermediate_values)
-    return (max(steps) if steps else 0), None
 
 
 def best_spec_yaml(study) -> str:
@@ -349,12 +341,15 @@ def status_tables(st: dict[str, Any]) -> list:
         out.append(Fields([f"best: trial {b['number']}", score, f"run folder {b['run_dir']}"]))
         out.append(Fields(param_words(b["params"]), lead="  "))
     if st["running"]:
-        rows = [
-            [r["number"], f"{r['epoch']}/{r['epochs']}" if r["epochs"] else r["epoch"], params_text(r["params"]),
-             r["worker"] or ""]
+        from cvae.sweep.progress import TrialProgress, running_table, worker_label
+
+        running = [
+            TrialProgress(r["number"], r.get("label"), worker_label(r["worker"]), r["params"], r["epoch"] or 0,
+                          r["epochs"], r.get("step") or 0, r.get("steps"), r.get("score"), r.get("score_epoch"),
+                          r.get("started"))
             for r in st["running"]
         ]  # fmt: skip
-        out.append(table("running", [Col("trial", True), Col("epoch", True), "params", "worker"], rows))
+        out.append(running_table(running, st["metric"], params=True))
     out += [Fields([f"failed trial {f['number']}: {f['reason']}"]) for f in st["failed"]]
     out.append(Fields([f"epochs trained: {st['epochs_spent']}"]))
     if st["trials"]:
