@@ -311,14 +311,15 @@ def watching(url: str, study: str, metric: str, console, epochs: int | None = No
     if console is None or console.quiet:
         yield watch
         return
-    live = None
-    if console.is_terminal:
-        from rich.live import Live
-
-        live = Live(watch.renderable(), console=console, auto_refresh=False, transient=True)
-        live.start()
+    live = None  # on a terminal: drawn once the study is ready (data synthesis may draw its bars before)
 
     def show(events: list[tuple[str, str]]) -> None:
+        nonlocal live
+        if console.is_terminal and live is None:
+            from rich.live import Live
+
+            live = Live(watch.renderable(), console=console, auto_refresh=False, transient=True)
+            live.start()
         for kind, line in events:
             if live is None or kind == "finished":  # on a terminal the table shows starts and epochs
                 console.print(Fields([line]))
@@ -332,7 +333,7 @@ def watching(url: str, study: str, metric: str, console, epochs: int | None = No
         while not watch.ready.is_set():
             if stop.wait(0.1):
                 return
-        while not stop.wait(POLL_S):
+        while True:
             try:
                 show(watch.poll())
                 failures = 0
@@ -340,6 +341,8 @@ def watching(url: str, study: str, metric: str, console, epochs: int | None = No
                 failures += 1
                 if failures == 10:
                     console.print(Fields([f"progress: the study cannot be read ({e.__class__.__name__}: {e})"]))
+            if stop.wait(POLL_S):
+                return
 
     thread = threading.Thread(target=loop, name="sweep-progress", daemon=True)
     thread.start()
