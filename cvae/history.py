@@ -30,6 +30,43 @@ REFERENCE_NAMES = {
 TRIVIAL_REFERENCES = ("val/psnr_repeat_first", "val/psnr_mean_frame")  # independent of the model
 
 
+# What the logged keys measure, with their unit, as plots title them. KL's unit depends on
+# loss.kl_reduction: summed over the latent elements (per sample) or their mean.
+TITLES = {
+    "val/psnr": "val PSNR (dB)",
+    "val/mse": "val MSE (rollout, per pixel)",
+    "epoch/loss": "train loss (MSE + β·KL)",
+    "epoch/mse": "train MSE (per pixel)",
+    "epoch/kl": "train KL (nats)",
+    "epoch/beta": "β, the KL weight",
+    "epoch/tfr": "teacher-forcing ratio",
+    "epoch/teacher_forced": "teacher-forced share",
+}
+KL_TITLES = {"sum": "train KL (nats, sum over z)", "mean": "train KL (nats per z element)"}
+
+
+def title(key: str, kl_reduction: str | None = None) -> str:
+    """A readable title for a logged key, with its unit (``val/psnr`` -> ``val PSNR (dB)``); the key
+    itself for one without a title."""
+    if key == "epoch/kl" and kl_reduction in KL_TITLES:
+        return KL_TITLES[kl_reduction]
+    return TITLES.get(key, key)
+
+
+def unit(key: str) -> str:
+    """The unit of a logged key's values: ``dB`` for a PSNR, "" for the rest (losses and ratios)."""
+    return "dB" if "psnr" in key.lower() else ""
+
+
+def with_unit(key: str, value: Any, digits: int = 2) -> str:
+    """``27.31 dB`` for a PSNR, ``0.0123`` (4 significant digits) for a value without a unit."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(value)
+    if unit(key):
+        return f"{value:.{digits}f} {unit(key)}"
+    return f"{value:.4g}"
+
+
 def references_of(metrics: dict[str, Any], keys=TRIVIAL_REFERENCES) -> dict[str, float]:
     """{name: value} of the references present in ``metrics`` (for legends and tables)."""
     return {REFERENCE_NAMES[k]: float(metrics[k]) for k in keys if k in metrics}

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from helpers import (
     cli_in_process,
     cvae,
     make_lab4,
+    python,
     snapshot,
     solid,
     subprocess_env,
@@ -38,6 +40,7 @@ from helpers import (
 from cvae.data.frames import load_test
 from cvae.runs.evaluate import load_trained
 from cvae.spec import load_spec
+from cvae.terminal import fmt
 from cvae.tracking.media import LABEL_HEIGHT
 from cvae.training.rollout import rollout
 from cvae.training.validation import VAL_SEED_OFFSET
@@ -69,6 +72,139 @@ def test_help_import_trace_has_no_torch():
     assert "typer" in imported  # the trace is really there
     assert not [m for m in imported if m.split(".")[0] in ("torch", "wandb")]
     assert "Usage" in r.stdout
+
+
+# --------------------------------------------------------------------------- the CLI's manners
+
+
+def test_version_from_the_package_metadata_without_torch_or_wandb():
+    from importlib.metadata import version
+
+    r = cvae("--version")
+    assert_ok(r)
+    assert r.stdout.startswith(f"cvae-sweeps {version('cvae-sweeps')} (python ")
+    assert f"torch {version('torch')}" in r.stdout and f"wandb {version('wandb')}" in r.stdout
+    assert "HEAVY []" in cli_in_process(["--version"]).stdout
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of `cvae`, as the words that name it (the root: [])."""
+    import typer.main
+
+    from cvae.cli import app
+
+    def walk(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            if not getattr(sub, "hidden", False):
+                yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_help_is_rich_with_real_metavars_and_whole_help_texts():
+    """Typer's rich help for every command: its parameters' value names (KEY=VALUE, N, DIR, ...), never a
+    Python type (`<list[str]>`, `<int range>`, `<bool>`), each option's help text shown in full (rich
+    markup would eat `[...]`), and no torch or wandb imported for any of it."""
+    import typer.main
+
+    from cvae.cli import app
+    from cvae.cli.common import unwrap
+
+    paths = command_paths()
+    assert ["sweep", "run"] in paths and len(paths) > 15
+    code = (
+        "import sys\n"
+        "from cvae.cli import app\n"
+        f"for path in {paths!r}:\n"
+        "    print('=== ' + ' '.join(path), flush=True)\n"
+        "    try:\n"
+        "        app([*path, '--help'], prog_name='cvae')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (path, e.code)\n"
+        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'wandb', 'optuna')))\n"
+    )
+    r = python("-c", code, env=subprocess_env(COLUMNS="100"))
+    assert_ok(r)
+    assert "HEAVY []" in r.stdout
+    pages = {}
+    for chunk in r.stdout.split("=== ")[1:]:
+        name, _, page = chunk.partition("\n")
+        pages[name.strip()] = page
+    root = typer.main.get_command(app)
+    root.dress()
+    for path in paths:
+        page = pages[" ".join(path)]
+        assert "╭─ Options" in page and "Usage: cvae" in page, page  # typer's rich help
+        assert not re.search(r"<(list|int|float|str|bool|path)\b", page), page
+        words = set(re.sub("[\u2500-\u257f]", " ", page).split())
+        command = root
+        for name in path:
+            command = command.commands[name]
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            if param.help:
+                missing = set(unwrap(param.help).split()) - words
+                assert not missing, (path, param.name, missing, page)
+            if param.metavar:  # the value's name, where the option takes one
+                assert param.metavar in words or f"{{{param.metavar}}}" in words, (path, param.name, page)
+    train = pages["train"]
+    for shown in ("KEY=VALUE", "N", "DIR", "RUN_DIR", "CHECKPOINT"):
+        assert shown in set(train.split()), train
+    assert "URL" in pages["sweep run"] and "SECONDS" in pages["sweep run"]
+
+
+def _cvae_on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH has a `cvae` that runs this checkout (what `pip install` puts there)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "cvae"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cvae.cli "$@"\n')
+    shim.chmod(0o755)
+    env = subprocess_env(HOME=str(tmp_path / "home"), SHELL="/bin/bash")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+def _complete_in_bash(env: dict[str, str], setup: str, words: str) -> list[str]:
+    """What bash's completion function offers for ``words`` (the last one being completed)."""
+    n = len(words.split()) - (0 if words.endswith(" ") else 1)
+    empty = "''" if words.endswith(" ") else ""  # completing a new word
+    script = (
+        f"{setup}\n"
+        f"COMP_WORDS=({words}{empty}); COMP_CWORD={n}\n"
+        "_cvae_completion cvae\n"
+        "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    r = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_shell_completion_as_typer_offers_it_in_a_real_bash(tmp_path):
+    """`cvae --show-completion` prints typer's bash script (the shell found by typer from its parent
+    process); sourced into bash, it completes commands and options through typer's own completion;
+    `--install-completion` writes it where bash finds it."""
+    env = _cvae_on_path(tmp_path)
+    shown = subprocess.run(["bash", "--norc", "-c", "cvae --show-completion"], capture_output=True, text=True,
+                           env=env, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "_CVAE_COMPLETE=complete_bash" in shown.stdout and "complete " in shown.stdout
+    setup = "source <(cvae --show-completion)"
+    assert "sweep" in _complete_in_bash(env, setup, "cvae sw")
+    assert {"run", "status", "confirm"} <= set(_complete_in_bash(env, setup, "cvae sweep "))
+    assert "--threads" in _complete_in_bash(env, setup, "cvae train --thr")
+
+    installed = subprocess.run(["bash", "--norc", "-c", "cvae --install-completion"], capture_output=True,
+                               text=True, env=env, timeout=120)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    bashrc = (tmp_path / "home" / ".bashrc").read_text()
+    script = tmp_path / "home" / ".bash_completions" / "cvae.sh"
+    assert script.is_file() and str(script.relative_to(tmp_path / "home")) in bashrc
+    assert "evaluate" in _complete_in_bash(env, "source ~/.bashrc", "cvae ev")
 
 
 # --------------------------------------------------------------------------- spec show / schema
@@ -331,6 +467,30 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     assert_ok(cvae("train", "--resume", run, "-q", cwd=tmp_path))
     assert {p: (run / p).read_bytes() for p in keep} == keep
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_train_epoch_lines_fit_80_columns_with_every_number_whole(tmp_path, tiny_data):
+    """Output to a pipe on an 80-column terminal: each epoch's line wraps between its fields (it was one
+    160-character line that a terminal broke mid-word), every figure of the epoch whole."""
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_overrides(tiny_data, **{"data.partial": 0.5}))
+    run = tmp_path / "run"
+    r = cvae("train", spec, "--run-dir", run, env=subprocess_env(COLUMNS="80"), cwd=tmp_path)
+    assert_ok(r)
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, r.stdout
+    words = set(r.stdout.split())
+    epochs = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    epochs = [row for row in epochs if "epoch/loss" in row]
+    assert len(epochs) == 2
+    for row in epochs:
+        assert f"{row['epoch']}/2" in words
+        for key in ("loss", "mse", "kl", "beta", "tfr"):
+            assert fmt(row[f"epoch/{key}"], 3) in words, (key, r.stdout)
+        for key in ("val/psnr", "val/psnr_repeat_first", "val/psnr_mean_frame"):
+            assert f"{row[key]:.2f}" in words or f"{row[key]:.2f}," in words, (key, r.stdout)
+    starts = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(starts) == 2 and all(lines[i + 1].startswith("  val PSNR ") for i in starts)  # continued, indented
 
 
 # --------------------------------------------------------------------------- spec show --schedule

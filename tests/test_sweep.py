@@ -275,8 +275,14 @@ def test_two_workers_on_journal(journal_sweep):
     ]
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
-    for t in trials:  # one line per trial, its label beside its number
+    for t in trials:  # one line per trial, its label beside its number, its score in dB
         assert re.search(rf"^trial {t.number}( \[[^]]+\])?: ", r.stdout, re.M), r.stdout
+        if t.state.name == "COMPLETE":
+            assert re.search(rf"^trial {t.number}( \[[^]]+\])?: .* -> val/psnr {t.value:.2f} dB", r.stdout, re.M)
+        # and, as the two worker processes train it, a line per epoch (read from its run folder)
+        for row in epoch_rows(Path(t.user_attrs["run_dir"])):
+            done = rf"^trial {t.number}( \[[^]]+\])? epoch {row['epoch']}/2 done \(step {row['step']}/\d+\): "
+            assert re.search(done + rf"val/psnr {row['val/psnr']:.2f} dB$", r.stdout, re.M), r.stdout
     for t in trials:  # pruning saw every epoch
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
 

@@ -1,22 +1,49 @@
-"""Every table the commands print, rendered at 80 columns (a narrow terminal, or `cvae ... > file`):
-nothing is cut, no line is wider than the terminal, and every number appears whole."""
+"""Every table and line the commands print, rendered at 80, 100 and 160 columns (a narrow terminal, or
+`cvae ... > file`, and wider ones): nothing is cut, no line is wider than the terminal, every word and
+number of the data appears whole, and a wide terminal is used."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 from helpers import REPO
 
-from cvae.terminal import Col, render, table
+from cvae.terminal import Col, Fields, FoldingTable, render, table
+
+WIDTHS = (80, 100, 160)
+BOX = re.compile("[\u2500-\u257f]")  # rich's frame: box-drawing characters
+
+
+def data_words(renderable) -> set[str]:
+    """Every word (and number) of what a table or a line of fields shows: title, notes, headers, cells."""
+    if isinstance(renderable, FoldingTable):
+        t = renderable
+        texts = [t.title, *t.notes, *(c.header for c in t.columns), *(cell for row in t.rows for cell in row)]
+    else:  # Fields: the separators between fields may give way to a line break
+        texts = list(renderable.fields)
+    return {w for text in texts for w in text.split()}
+
+
+def assert_whole(renderable, widths=WIDTHS) -> dict[int, str]:
+    """Rendered at each width: no line wider, nothing cut (rich's …), every word of the data whole."""
+    out = {}
+    for width in widths:
+        text = render(renderable, width)
+        assert "…" not in text, text
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        shown = set(BOX.sub(" ", text).split())
+        missing = data_words(renderable) - shown
+        assert not missing, f"split or missing at {width} columns: {sorted(missing)}\n{text}"
+        out[width] = text
+    return out
 
 
 def assert_fits(renderable, numbers: list[str], width: int = 80) -> str:
-    text = render(renderable, width)
-    assert "…" not in text, text
-    assert max(len(line) for line in text.splitlines()) <= width, text
-    words = set(text.replace("│", " ").replace("┃", " ").split())
+    text = assert_whole(renderable, (width,))[width]
+    words = set(BOX.sub(" ", text).split())
     for number in numbers:
         assert number in words, f"{number!r} is not whole in\n{text}"
     return text
@@ -37,54 +64,102 @@ def test_cells_are_text_not_markup():
     assert "[bold]x[/bold] [0.2, 0.6]" in text
 
 
+# The quick sweep's parameters (sweeps/quick.yaml), with the values that once read wrong: at 80 columns
+# `teacher_forcing.decay_step=0.006` on one line and `667` on the next.
+QUICK_PARAMS = {
+    "kl_annealing.type": "monotonic",
+    "kl_annealing.cycles": 10,
+    "kl_annealing.ratio": 0.915,
+    "loss.kl_reduction": "mean",
+    "teacher_forcing.ratio": 1.0,
+    "teacher_forcing.decay_start": 29,
+    "teacher_forcing.decay_step": 0.0066667,
+}
+
+
 def status_of(n_trials: int) -> dict:
     trials = [
         {
             "number": n,
-            "label": "template scaled" if n == 1 else None,
+            "label": "template, summed KL" if n == 1 else None,
             "state": "complete" if n % 4 else "pruned",
             "value": 27.0 + n / 7 if n % 4 else None,
             "vs_mean_frame": 3.0 + n / 9 if n % 4 else None,
             "epochs_done": 64 if n % 4 else 8,
-            "params": {
-                "kl_annealing.type": "monotonic",
-                "kl_annealing.ratio": 0.915 - n / 100,
-                "teacher_forcing.decay_start": n,
-                "teacher_forcing.decay_step": 0.05,
-            },
+            "params": QUICK_PARAMS
+            | {"kl_annealing.ratio": 0.915 - n / 100, "teacher_forcing.decay_start": n, "kl_annealing.cycles": n + 1},
         }
         for n in range(n_trials)
     ]
     return {
-        "study": "quick",
+        "study": "quickstart_recipe",
         "metric": "val/psnr",
         "direction": "maximize",
         "n_trials": n_trials,
         "states": {"COMPLETE": n_trials - n_trials // 4, "PRUNED": n_trials // 4},
         "replaced": [],
-        "best": {"number": 13, "value": 28.5, "params": trials[13]["params"], "run_dir": "/runs/sweeps/quick/13"},
+        "best": {
+            "number": 13,
+            "value": 28.5,
+            "params": trials[13]["params"],
+            "run_dir": "/home/someone/cvae-sweeps/runs/sweeps/quickstart_recipe/trials/13",
+        },
         "epochs_spent": 900,
         "running": [
-            {"number": 16, "params": trials[3]["params"], "epoch": 3, "epochs": 8, "run_dir": "r", "worker": "h:1:2"}
-        ],
-        "failed": [],
+            {
+                "number": 16,
+                "params": trials[3]["params"],
+                "epoch": 3,
+                "epochs": 8,
+                "run_dir": "r",
+                "worker": "a1b2c3d4e5f6:123456:98765432",
+            }
+        ],  # fmt: skip
+        "failed": [{"number": 17, "reason": "TrainingDiverged: non-finite loss at step 1234 (beta 0.5)"}],
         "trials": trials,
         "importance": {"kl_annealing.ratio": 0.61, "teacher_forcing.decay_start": 0.39},
-        "importance_note": None,
+        "importance_note": "16 complete trials for 7 parameters: the importances are rough",
     }
 
 
 def test_sweep_status_tables():
-    from cvae.sweep.study import status_tables
+    from cvae.sweep.study import status_tables, trials_table
 
     st = status_of(16)
     numbers = [f"{t['value']:.2f}" for t in st["trials"] if t["value"] is not None]
     numbers += [f"{t['vs_mean_frame']:+.2f}" for t in st["trials"] if t["vs_mean_frame"] is not None]
+    numbers += ["teacher_forcing.decay_step=0.006667"]
     for item in status_tables(st):
-        if not isinstance(item, str):
-            assert_fits(item, [n for n in numbers if n in render(item, 300)])
-    trials = assert_fits(status_tables(st)[-2 if st["importance_note"] is None else -3], numbers)
-    assert "vs mf: vs the mean frame." in " ".join(trials.split())
+        assert_whole(item)
+    shown = set(BOX.sub(" ", " ".join(render(item, 80) for item in status_tables(st))).split())
+    assert {"28.50", "dB", "teacher_forcing.decay_step=0.006667", "TrainingDiverged:"} <= shown  # the best, failed
+    trials = assert_fits(trials_table(st), numbers)
+    assert "vs mf: vs the mean frame, in dB." in " ".join(trials.split())
+
+
+@pytest.mark.parametrize("width, most", [(120, 3), (160, 2)])
+def test_sweep_status_uses_a_wide_terminal(width, most):
+    """Seven parameters: at 120 columns at most three lines a trial, at 160 two (one a parameter: seven)."""
+    from cvae.sweep.study import trials_table
+
+    st = status_of(16)
+    text = render(trials_table(st), width)
+    body = [line for line in text.splitlines() if line.startswith("│")]  # the rows' lines, not the header's
+    rows = [line for line in body if re.match(r"│\s+\d+ ", line)]
+    assert len(rows) == 16 and len(body) <= most * 16 + 1, text  # +1: the label's line
+
+
+def test_fields_wrap_between_fields():
+    fields = ["epoch 3/10", "loss 0.0376", "mse 0.0376", "kl 0.0125", "beta 1", "tfr 0.5", "43 frames/s",
+              "val PSNR 24.10 dB (repeat-first 17.90, mean-frame 20.60, shifted-pose 16.80)"]  # fmt: skip
+    line = Fields(fields)
+    texts = assert_whole(line, (30, *WIDTHS))
+    assert texts[160].count("\n") == 1  # one line where it fits
+    lines = texts[80].splitlines()
+    assert lines[0] == "epoch 3/10  loss 0.0376  mse 0.0376  kl 0.0125  beta 1  tfr 0.5  43 frames/s"
+    assert lines[1] == "  val PSNR 24.10 dB (repeat-first 17.90, mean-frame 20.60, shifted-pose 16.80)"
+    # a field goes to the next line whole while it fits a line
+    assert all(any(f in line for line in texts[100].splitlines()) for f in fields)
 
 
 def test_confirm_table():
@@ -107,6 +182,7 @@ def test_confirm_table():
         )
     result = {"study": "quick", "metric": "val/psnr", "seeds": [1, 2, 3, 4, 5], "settings": settings}
     assert_fits(confirm_table(result), ["27.91", "28.09", "27.62", "0.35", "+0.41", "28.03", "better"])
+    assert_whole(confirm_table(result))
 
 
 @pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "experiments").glob("*.yaml")))
@@ -120,9 +196,11 @@ def test_spec_show_schedule_tables(spec):
     steps, where = steps_per_epoch_of(spec_obj)
     rows = run_schedule(spec_obj, steps)
     assert_fits(schedule_table(spec_obj, rows, where), [f"{r['beta']:.4g}" for r in rows])
+    assert_whole(schedule_table(spec_obj, rows, where))
 
 
 def test_compare_table(tmp_path):
+    """`kl_annealing.type=monotonic` stays one word (it broke as `kl_annealing.type=m` / `onotonic`)."""
     from cvae.runs.compare import terminal_table
 
     header = ["run", "kl_annealing.type", "teacher_forcing.decay_step", "optim.lr", "best val PSNR", "best epoch",
@@ -139,27 +217,41 @@ def test_compare_table(tmp_path):
             "64",
             "4m17s",
             "finished",
-            "synthetic small/0, 9600+120 frames, 1a2b3c4d/5e6f7a8b",
+            f"synthetic small/0, 9600+120 frames, 1a2b3c4d/5e6f7a8{n % 2}",
         ]  # fmt: skip
         for n in range(12)
     ]
     keys = header[1:4]
-    assert_fits(terminal_table(header, rows, keys, "12 runs"), [r[4] for r in rows] + [r[6] for r in rows])
+    t = terminal_table(header, rows, keys, "12 runs")
+    assert_fits(t, [r[4] for r in rows] + [r[6] for r in rows])
+    texts = assert_whole(t)
+    assert "kl_annealing.type=monotonic" in texts[80]
+    same = terminal_table(header, [r[:-1] + [rows[0][-1]] for r in rows], keys, "12 runs")
+    texts = assert_whole(same)  # one dataset for every run: said once, under the table
+    assert texts[100].count("1a2b3c4d/5e6f7a80") == 1 and "data (every run)" in " ".join(texts[100].split())
 
 
-def test_evaluate_score_and_report_tables(tmp_path):
+def test_evaluate_score_and_report_tables(tmp_path, monkeypatch):
     from cvae.run_folder import RunRecord
     from cvae.runs.evaluate import Evaluation, score_table
     from cvae.runs.report import Figure, ReportFigures
 
     m = {"val/psnr": 27.42, "val/psnr_shifted_pose": 20.6, "val/psnr_repeat_first": 21.85, "val/psnr_mean_frame": 24.35}
+    # Folders as a user names them, relative: a word longer than the terminal is wide (the test's own
+    # tmp path, 80 characters and more) is the one thing that must fold.
+    monkeypatch.chdir(tmp_path)
+    tmp_path = Path(".")
     assert_fits(Evaluation(m, 157, tmp_path / "runs" / "quickstart" / "eval").table(), ["27.42", "20.60", "24.35"])
+    assert_whole(Evaluation(m, 157, tmp_path / "runs" / "quickstart" / "eval").table())
     scores = {name: {"psnr": 25.123, "repeat_first": 21.5, "mean_frame": 24.0} for name in ("0", "0_shifted")}
-    assert_fits(score_table(scores, tmp_path / "predict" / "submission.csv", tmp_path / "data"), ["25.12", "21.50"])
+    scored = score_table(scores, tmp_path / "predict" / "submission.csv", tmp_path / "data")
+    assert_fits(scored, ["25.12", "21.50"])
+    assert_whole(scored)
     runs = [RunRecord(tmp_path / f"report_{k}", f"report_{k}", {}, [], {"best/val_psnr": 20 + i}) for i, k in
             enumerate(("tf_0.5", "tf_0.1", "tf_0"))]  # fmt: skip
     fig = Figure(tmp_path / "teacher_forcing.png", "teacher forcing", [(f"TF {r.label}, -0.1/epoch", r) for r in runs])
     assert_fits(ReportFigures([fig]).table(), ["20.00", "21.00", "22.00"])
+    assert_whole(ReportFigures([fig]).table())
 
 
 def test_bench_and_data_check_tables(tmp_path, tiny_data):
@@ -172,7 +264,7 @@ def test_bench_and_data_check_tables(tmp_path, tiny_data):
 
     result = json.loads((REPO / "docs" / "bench" / "quickstart-cpu.json").read_text())
     for t in tables(result)[0]:
-        assert_fits(t, [])
+        assert_whole(t)
     import io
 
     console = Console(file=io.StringIO(), width=80)

@@ -159,6 +159,33 @@ def test_gif_and_plots_decode(trained_run, tiny_spec):
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
 
 
+def test_curves_png_titles_its_panels_with_what_they_show_and_their_unit(run_copy, monkeypatch):
+    """plots/curves.png: readable titles with units (they were the raw history keys), drawn and decoded."""
+    import cvae.tracking.media
+    from cvae.training.loop import plot_curves
+
+    titles = {}
+    real = cvae.tracking.media.save_figure
+
+    def spy(fig, path):
+        titles[path.name] = [ax.get_title() for ax in fig.axes]
+        return real(fig, path)
+
+    monkeypatch.setattr(cvae.tracking.media, "save_figure", spy)
+    (run_copy / "plots" / "curves.png").unlink()
+    plot_curves(run_copy, "sum")
+    assert titles["curves.png"] == [
+        "train loss (MSE + β·KL)",
+        "train MSE (per pixel)",
+        "train KL (nats, sum over z)",
+        "β, the KL weight",
+        "teacher-forcing ratio",
+        "val PSNR (dB)",
+    ]
+    image = iio.imread(run_copy / "plots" / "curves.png")
+    assert image.ndim == 3 and image.std() > 0
+
+
 def test_gif_frames_decode_close_to_what_was_written(tmp_path, tiny_data):
     """The dancer's frames beside their poses, written with one shared palette: every frame
     comes back, the white gaps exactly, the rest within a level or two on average."""

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from cvae.cli.common import GpusOpt, QuietOpt, handle_errors
 from cvae.errors import Stopped, UserError
-from cvae.terminal import make_console
+from cvae.history import with_unit
+from cvae.terminal import Fields, make_console
 
 sweep_app = typer.Typer(
     help="Search spec settings with Optuna (one machine or many), inspect studies, export W&B sweeps.",
@@ -55,7 +56,8 @@ def run(
     from cvae.placement import assign_gpus
     from cvae.redact import redact
     from cvae.sweep.file import budget, load_sweep
-    from cvae.sweep.study import load_study, status, storage_url, trial_line
+    from cvae.sweep.progress import watching
+    from cvae.sweep.study import load_study, status, storage_url
     from cvae.sweep.workers import RunOptions, run_worker, run_workers
 
     console = make_console(quiet)
@@ -66,19 +68,20 @@ def run(
     opts = RunOptions(storage_url(sweep, storage), n_trials, timeout or sweep.spec.budget.timeout, worker_index)
     if worker_index == 0:
         limit = budget(sweep, n_trials)
-        console.print(
-            f"sweep [bold]{sweep.study}[/]: {'up to ' + str(limit) if limit else 'unlimited'} trials, "
-            f"{workers} worker(s), storage {redact(opts.url)}, trials in {sweep.trials_dir}"
-        )
+        trials = f"{'up to ' + str(limit) if limit else 'unlimited'} trials,"
+        where = [f"storage {redact(opts.url)},", f"trials in {sweep.trials_dir}"]
+        console.print(Fields([f"sweep {sweep.study}:", trials, f"{workers} worker(s),", *where], sep=" "))
     assigned = assign_gpus(workers, gpus) if worker_index == 0 else []
     if assigned and worker_index == 0:
         console.print(f"GPUs of the workers: {', '.join(assigned)}", markup=False)
-    try:
-        if workers == 1 and not assigned:
-            run_worker(sweep, opts, console, report=lambda t: console.print(trial_line(t), markup=False))
-            code = 0
-        else:
-            code = run_workers(sweep, opts, workers, console, assigned)
+    metric = sweep.spec.objective.metric
+    try:  # the trials' progress: live on a terminal, a line per event in a log (the first worker's console only)
+        with watching(opts.url, sweep.study, metric, console if worker_index == 0 else None, sweep.epochs()) as w:
+            if workers == 1 and not assigned:
+                run_worker(sweep, opts, console, on_ready=w.ready.set)
+                code = 0
+            else:
+                code = run_workers(sweep, opts, workers, console, assigned, on_ready=w.ready.set)
     except KeyboardInterrupt as e:
         how = e.how if isinstance(e, Stopped) else "Ctrl-C"
         console.print(
@@ -94,12 +97,19 @@ def run(
 def _print_summary(console: Console, st: dict) -> None:
     states = ", ".join(f"{n} {s.lower()}" for s, n in st["states"].items() if n)
     console.print(
-        f"study {st['study']}: {st['n_trials']} trials ({states or 'none'}); {st['epochs_spent']} epochs trained"
+        Fields(
+            [
+                f"study {st['study']}: {st['n_trials']} trials ({states or 'none'});",
+                f"{st['epochs_spent']} epochs trained",
+            ],
+            sep=" ",
+        )
     )
     if st["best"]:
         b = st["best"]
         params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
-        console.print(f"best: trial {b['number']}, {b['value']:.4g} ({params})", markup=False)
+        score = f"{st['metric']} {with_unit(st['metric'], b['value'])}"
+        console.print(Fields([f"best: trial {b['number']}, {score}", f"({params})"], sep=" "))
 
 
 @sweep_app.command("status")

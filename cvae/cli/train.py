@@ -10,7 +10,7 @@ import typer
 
 from cvae.cli.common import QuietOpt, SetOpt, ThreadsOpt, apply_threads, handle_errors
 from cvae.errors import SpecError, UserError
-from cvae.terminal import make_console
+from cvae.terminal import Fields, make_console
 
 if TYPE_CHECKING:
     from cvae.spec import Layer
@@ -62,10 +62,8 @@ def train(
     console = make_console(quiet)
     summary = launch(spec_obj, folder, resume=resume is not None, overwrite=overwrite, origins=origins, console=console)
     if "best/val_psnr" in summary:
-        console.print(
-            f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']}; "
-            f"run folder {folder}"
-        )
+        best = f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']};"
+        console.print(Fields([best, f"run folder {folder}"], sep=" "))
 
 
 def split_cli_overrides(args: list[str]) -> list[str]:

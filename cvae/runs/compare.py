@@ -25,6 +25,7 @@ from typing import Any
 from cvae import run_folder
 from cvae.errors import RunDirError
 from cvae.history import REFERENCE_NAMES, TRIVIAL_REFERENCES
+from cvae.history import title as key_title
 from cvae.run_folder import RunRecord, is_run, read_run
 
 # Keys that never change what a run learns: left out of "settings that differ".
@@ -33,11 +34,11 @@ _IGNORED_KEYS = ("name",)
 
 # Panels of curves.png: (history key on epoch rows, title, log scale when every value is > 0).
 CURVE_PANELS = (
-    ("val/psnr", "val PSNR (dB)", False),
-    ("epoch/loss", "train loss", True),
-    ("epoch/kl", "train KL", True),
-    ("epoch/beta", "beta (KL weight)", False),
-    ("epoch/tfr", "teacher-forcing ratio", False),
+    ("val/psnr", key_title("val/psnr"), False),
+    ("epoch/loss", key_title("epoch/loss"), True),
+    ("epoch/kl", key_title("epoch/kl"), True),
+    ("epoch/beta", key_title("epoch/beta"), False),
+    ("epoch/tfr", key_title("epoch/tfr"), False),
 )
 
 
@@ -260,27 +261,33 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
 
 
 def terminal_table(header: list[str], rows: list[list[str]], keys: Sequence[str], title: str):
-    """``table_rows`` for the terminal: the settings that differ in one column (``key=value`` a line),
-    the figures in their own, short headers explained under the table."""
+    """``table_rows`` for the terminal: the settings that differ in one column (``key=value`` words that
+    wrap as the width allows), the figures in their own, short headers explained under the table; the
+    data in a note instead of a column when every run trained on the same."""
     from cvae.terminal import Col, table
 
     n = len(keys)
     columns = [
         Col("run"),
         Col("the settings that differ", short="settings"),
-        Col("best val PSNR", numeric=True, short="best"),
+        Col("best val PSNR, in dB", numeric=True, short="best"),
         Col("the best validation's epoch", numeric=True, short="at"),
-        Col("the final val PSNR", numeric=True, short="final"),
+        Col("the final val PSNR, in dB", numeric=True, short="final"),
         Col("epochs done", numeric=True, short="ep"),
         Col("train time", numeric=True, short="time"),
         Col("status"),
         Col("data"),
     ]
-    cells = [[r[0], "\n".join(f"{k}={v}" for k, v in zip(keys, r[1 : 1 + n], strict=True)), *r[1 + n :]] for r in rows]
+    cells = [[r[0], " ".join(f"{k}={v}" for k, v in zip(keys, r[1 : 1 + n], strict=True)), *r[1 + n :]] for r in rows]
+    notes = []
+    if len({c[-1] for c in cells}) == 1:  # one dataset for all: said once
+        notes.append(f"data (every run): {cells[0][-1]}.")
+        columns.pop()
+        cells = [c[:-1] for c in cells]
     if not keys:
         columns.pop(1)
         cells = [[c[0], *c[2:]] for c in cells]
-    return table(title, columns, cells)
+    return table(title, columns, cells, notes)
 
 
 # --------------------------------------------------------------------------- figures

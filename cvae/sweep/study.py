@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvae import history
 from cvae.errors import SpecError, UserError
 from cvae.redact import redact
@@ -213,17 +211,25 @@ def status(study, importance: bool = True) -> dict[str, Any]:
     out["epochs_spent"] = sum(
         int(t.user_attrs.get("epochs_done", 0)) for t in trials if t.number not in out["replaced"]
     )
+    from cvae.sweep.progress import trial_progress
+
     running = []
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        epoch, total = _progress(t)
+        p = trial_progress(t, out["metric"])  # as `cvae sweep run` shows it live
         running.append(
             {
                 "number": t.number,
+                "label": p.label,
                 "params": t.params,
-                "epoch": epoch,
-                "epochs": total,
+                "epoch": p.epoch,
+                "epochs": p.epochs,
+                "step": p.step,
+                "steps": p.steps,
+                "score": p.score,
+                "score_epoch": p.score_epoch,
+                "started": p.started,
                 "run_dir": t.user_attrs.get("run_dir"),
                 "worker": t.user_attrs.get("worker"),
             }
@@ -280,20 +286,6 @@ def importances(study, complete: list) -> tuple[dict[str, float], str | None]:
     return {k: float(v) for k, v in values.items()}, note
 
 
-def _progress(t) -> tuple[int | None, int | None]:
-    """Epochs done and planned of a running trial, from its run folder (else its reports)."""
-    run_dir = t.user_attrs.get("run_dir")
-    if run_dir and Path(run_dir).is_dir():
-        total = None
-        spec_file = Path(run_dir) / "spec.yaml"
-        if spec_file.exists():
-            with contextlib.suppress(Exception):
-                total = yaml.safe_load(spec_file.read_text())["train"]["epochs"]
-        return len(history.epoch_rows(history.read(Path(run_dir) / history.FILE))), total
-    steps = list(t.intermediate_values)
-    return (max(steps) if steps else 0), None
-
-
 def best_spec_yaml(study) -> str:
     """The best trial's values merged into the sweep's base spec: a ready spec file."""
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
@@ -314,15 +306,15 @@ def best_spec_yaml(study) -> str:
     return header + dump_yaml(spec)
 
 
-def trial_line(t) -> str:
-    """One line per finished trial: its values, its score (or why it has none), its time."""
+def trial_line(t, metric: str | None = None) -> str:
+    """One line per finished trial: its values, its score with its unit (or why it has none), its time."""
     params = ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
     epochs = t.user_attrs.get("epochs_done")
     ep = f", {epochs} epochs" if epochs is not None else ""
     state = t.state.name
     if state == "COMPLETE":
         margin = t.user_attrs.get("vs_mean_frame")
-        what = f"{fmt(t.value)}{ep}"
+        what = (f"{metric} {history.with_unit(metric, t.value)}" if metric else fmt(t.value)) + ep
         if margin is not None:
             what += f", {margin:+.2f} dB vs the mean frame" + ("" if margin > 0 else ": does not animate the dancer")
     elif state == "PRUNED":
@@ -338,24 +330,28 @@ def trial_line(t) -> str:
 
 
 def status_tables(st: dict[str, Any]) -> list:
-    """``status``'s result as ``cvae sweep status`` prints it: tables and lines, in order."""
-    from cvae.terminal import Col, table
+    """``status``'s result as ``cvae sweep status`` prints it: tables and lines (``Fields``), in order."""
+    from cvae.terminal import Col, Fields, table
 
     out: list = [table(f"study {st['study']} ({st['direction']})", ["state", Col("trials", numeric=True)],
                        [[s.lower(), n] for s, n in st["states"].items() if n])]  # fmt: skip
     if st["best"]:
         b = st["best"]
-        out.append(f"best: trial {b['number']} = {b['value']:.4g}  run folder {b['run_dir']}")
-        out += [f"  {k}: {v}" for k, v in b["params"].items()]
+        score = f"{st['metric']} {history.with_unit(st['metric'], b['value'])}"
+        out.append(Fields([f"best: trial {b['number']}", score, f"run folder {b['run_dir']}"]))
+        out.append(Fields(param_words(b["params"]), lead="  "))
     if st["running"]:
-        rows = [
-            [r["number"], f"{r['epoch']}/{r['epochs']}" if r["epochs"] else r["epoch"], params_text(r["params"]),
-             r["worker"] or ""]
+        from cvae.sweep.progress import TrialProgress, running_table, worker_label
+
+        running = [
+            TrialProgress(r["number"], r.get("label"), worker_label(r["worker"]), r["params"], r["epoch"] or 0,
+                          r["epochs"], r.get("step") or 0, r.get("steps"), r.get("score"), r.get("score_epoch"),
+                          r.get("started"))
             for r in st["running"]
         ]  # fmt: skip
-        out.append(table("running", [Col("trial", True), Col("epoch", True), "params", "worker"], rows))
-    out += [f"failed trial {f['number']}: {f['reason']}" for f in st["failed"]]
-    out.append(f"epochs trained: {st['epochs_spent']}")
+        out.append(running_table(running, st["metric"], params=True))
+    out += [Fields([f"failed trial {f['number']}: {f['reason']}"]) for f in st["failed"]]
+    out.append(Fields([f"epochs trained: {st['epochs_spent']}"]))
     if st["trials"]:
         out.append(trials_table(st))
     if st["importance"]:
@@ -363,13 +359,23 @@ def status_tables(st: dict[str, Any]) -> list:
         rows = [[k, f"{v:.2f}"] for k, v in st["importance"].items()]
         out.append(table(title, ["parameter", Col("importance", numeric=True)], rows))
     if st["importance_note"]:
-        out.append(f"note: {st['importance_note']}")
+        out.append(Fields([f"note: {st['importance_note']}"]))
     return out
 
 
+def metric_header(metric: str) -> str:
+    """A table's header for a metric: its unit under its name (``val/psnr`` over ``(dB)``)."""
+    return f"{metric}\n({history.unit(metric)})" if history.unit(metric) else metric
+
+
+def param_words(params: dict[str, Any]) -> list[str]:
+    """``key=value`` each (4 significant digits): words a line or a table cell never splits."""
+    return [f"{k}={fmt(v)}" for k, v in params.items()]
+
+
 def params_text(params: dict[str, Any]) -> str:
-    """``key=value`` a line: a table's parameters column, wrapped whole."""
-    return "\n".join(f"{k}={fmt(v)}" for k, v in params.items())
+    """A table's parameters column: ``key=value`` words that wrap as the column's width allows."""
+    return " ".join(param_words(params))
 
 
 def trials_table(st: dict[str, Any]):
@@ -383,8 +389,8 @@ def trials_table(st: dict[str, Any]):
     columns = [
         Col("trial", numeric=True),
         Col("state"),
-        Col(st["metric"], numeric=True),
-        Col("vs the mean frame", numeric=True, short="vs mf"),
+        Col(metric_header(st["metric"]), numeric=True),
+        Col("vs the mean frame, in dB", numeric=True, short="vs mf"),
         Col("epochs", numeric=True, short="ep"),
         Col("parameters", short="params"),
     ]

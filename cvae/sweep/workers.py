@@ -37,7 +37,6 @@ from cvae.sweep.study import (
     open_study,
     quiet_experimental,
     superseded,
-    trial_line,
 )
 from cvae.sweep.trial import make_objective
 
@@ -151,12 +150,12 @@ def prepare(sweep: Sweep, url: str, console=None):
     return study
 
 
-def run_worker(sweep: Sweep, opts: RunOptions, console=None, report=None) -> None:
+def run_worker(sweep: Sweep, opts: RunOptions, console=None, report=None, on_ready=None) -> None:
     """Optimize the shared study until its budget is spent (or the timeout passes).
 
     A worker that finds the budget taken while trials still run waits for them when the storage
     has a heartbeat: one may die and be retried. ``report(frozen_trial)`` is called after each
-    trial this worker ran.
+    trial this worker ran; ``on_ready()`` once the study exists.
     """
     import optuna
     from optuna.trial import TrialState
@@ -164,6 +163,8 @@ def run_worker(sweep: Sweep, opts: RunOptions, console=None, report=None) -> Non
     if not os.environ.get("CVAE_DEBUG"):
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = prepare(sweep, opts.url, console)
+    if on_ready is not None:
+        on_ready()
     heartbeat = is_rdb(opts.url)
     n_before = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(sweep, sampler_seed(sweep.spec.seed, opts.worker_index, n_before))
@@ -215,34 +216,39 @@ def worker_env(opts: RunOptions, workers: int, gpu: str | None) -> dict[str, str
     return env
 
 
-def run_workers(sweep: Sweep, opts: RunOptions, workers: int, console, gpus: list[str] | None = None) -> int:
+def run_workers(
+    sweep: Sweep, opts: RunOptions, workers: int, console, gpus: list[str] | None = None, report=None, on_ready=None
+) -> int:
     """K worker processes on this machine, each optimizing the shared study (worker i on ``gpus[i]``
-    when given); returns an exit code. Prints one line per finished trial. Ctrl-C reaches every worker
-    (one process group): each records its trial as interrupted, to resume on the next run."""
+    when given); returns an exit code. ``report(frozen_trial)`` is called per finished trial,
+    ``on_ready()`` once the study exists. Ctrl-C reaches every worker (one process group): each
+    records its trial as interrupted, to resume on the next run."""
     import subprocess
 
     study = prepare(sweep, opts.url, console)
+    if on_ready is not None:
+        on_ready()
     gpus = gpus or [None] * workers
     procs = [
         subprocess.Popen(worker_command(sweep, opts, i), env=worker_env(opts, workers, gpus[i])) for i in range(workers)
     ]
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     with sigterm_stops():
-        return _watch(study, procs, seen, console)
+        return _watch(study, procs, seen, report)
 
 
-def _watch(study, procs, seen: set[int], console) -> int:
-    """Print a line per trial as the workers finish them; Ctrl-C (or SIGTERM) waits for the workers,
-    which record their trials as interrupted."""
+def _watch(study, procs, seen: set[int], report=None) -> int:
+    """Wait for the workers, reporting each trial they finish (``report``); Ctrl-C (or SIGTERM) waits
+    for them too: they record their trials as interrupted."""
     import subprocess
 
     try:
         while True:
             done = all(p.poll() is not None for p in procs)
-            for t in study.get_trials(deepcopy=False):
+            for t in study.get_trials(deepcopy=False) if report is not None else ():
                 if t.state.is_finished() and t.number not in seen:
                     seen.add(t.number)
-                    console.print(trial_line(t), markup=False)
+                    report(t)
             if done:
                 break
             time.sleep(1)

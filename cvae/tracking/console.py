@@ -3,7 +3,8 @@ per epoch with its validation beside the references.
 
 ``ConsoleTracker`` is a Tracker, so the trainer reports to it exactly as to the history file and
 W&B. When output is not a terminal (CI logs) rich draws no live bars and the epoch lines stay plain
-text.
+text. Lines wrap to the terminal's width (80 columns in a log) between their fields, never inside a
+word or a number.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.progress import Progress
 
 from cvae.history import REFERENCE_NAMES
 from cvae.run_folder import DATA_KEY, describe_data
-from cvae.terminal import fmt, make_progress
+from cvae.terminal import Fields, fmt, make_progress
 from cvae.tracking.tracker import Tracker
 
 
@@ -37,9 +38,9 @@ class ConsoleTracker(Tracker):
         how = t["precision"] + (" + channels_last" if t["channels_last"] is True else "")
         if "threads" in config:
             how += f", {config['threads']} thread" + ("s" if config["threads"] != 1 else "")
-        self.console.print(f"{verb} [bold]{config['name']}[/] -> {run_dir} ({how})")
+        self.console.print(Fields([f"{verb} {config['name']}", f"-> {run_dir}", f"({how})"], sep=" "))
         if DATA_KEY in config:
-            self.console.print(f"data: {describe_data(config[DATA_KEY])}", markup=False)
+            self.console.print(Fields([f"data: {describe_data(config[DATA_KEY])}"]))
 
     def on_epoch_start(self, epoch: int, steps: int, first_step: int) -> None:
         if self.console.quiet or not self.console.is_terminal:
@@ -55,7 +56,7 @@ class ConsoleTracker(Tracker):
             self._progress.update(self._task, completed=step - self._first_step, info=info)
         if "epoch" in metrics and "epoch/loss" in metrics:
             self._close_bar()
-            self.console.print(epoch_line(metrics, self._epochs), highlight=False)
+            self.console.print(Fields(epoch_fields(metrics, self._epochs)))
 
     def _close_bar(self) -> None:
         if self._progress is not None:
@@ -69,14 +70,14 @@ class ConsoleTracker(Tracker):
             self.console.print(f"run {status}: {reason}", style=color, markup=False)
 
 
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """`epoch 3/10  loss .. mse .. kl .. beta .. tfr ..  |  val 24.1 dB (repeat-first 17.9, ...)`"""
-    parts = [f"epoch {row['epoch']}/{epochs}"]
-    parts += [f"{k} {fmt(row['epoch/' + k], 3)}" for k in ("loss", "mse", "kl", "beta", "tfr") if "epoch/" + k in row]
-    line = "  ".join(parts)
+def epoch_fields(row: dict[str, Any], epochs: int) -> list[str]:
+    """``epoch 3/10``, ``loss ..``, ``mse ..``, ``kl ..``, ``beta ..``, ``tfr ..``, ``43 frames/s``,
+    ``val PSNR 24.10 dB (repeat-first 17.90, ...)``: an epoch's line, field by field."""
+    fields = [f"epoch {row['epoch']}/{epochs}"]
+    fields += [f"{k} {fmt(row['epoch/' + k], 3)}" for k in ("loss", "mse", "kl", "beta", "tfr") if "epoch/" + k in row]
+    if "perf/frames_per_s" in row:
+        fields.append(f"{row['perf/frames_per_s']:.0f} frames/s")
     if "val/psnr" in row:
         refs = ", ".join(f"{name} {row[key]:.2f}" for key, name in REFERENCE_NAMES.items() if key in row)
-        line += f"  |  val PSNR {row['val/psnr']:.2f} dB ({refs})"
-    if "perf/frames_per_s" in row:
-        line += f"  |  {row['perf/frames_per_s']:.0f} frames/s"
-    return line
+        fields.append(f"val PSNR {row['val/psnr']:.2f} dB" + (f" ({refs})" if refs else ""))
+    return fields

@@ -181,7 +181,7 @@ def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, track
     if spec.tracking.media == "end" and state.best_epoch:
         val = state.best_val or revalidate(run_dir, spec, val_set)  # resumed after its best: roll out best.pt
         log_validation_media(run_dir, val, val_set, refs, spec, state.best_epoch, state.step, tracker)
-    plot_curves(run_dir)
+    plot_curves(run_dir, spec.loss.kl_reduction)
     if state.best_epoch:
         tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
 
@@ -402,12 +402,14 @@ def summary(state: State, last: dict[str, float]) -> dict[str, Any]:
 CURVE_KEYS = ("epoch/loss", "epoch/mse", "epoch/kl", "epoch/beta", "epoch/tfr", "val/psnr")
 
 
-def plot_curves(run_dir: Path) -> None:
-    """Training curves per epoch from history.jsonl -> plots/curves.png."""
+def plot_curves(run_dir: Path, kl_reduction: str | None = None) -> None:
+    """Training curves per epoch from history.jsonl -> plots/curves.png, each panel titled with what
+    it shows and its unit (``kl_reduction``: how the KL was reduced, its unit)."""
     from cvae.tracking.media import history_series, plot_panels, writing
 
     rows = history.epoch_rows(history.read(run_dir / history.FILE))
     series = history_series(rows, CURVE_KEYS)
     path = run_dir / "plots" / "curves.png"
     with writing(path):
-        plot_panels(path, {"": series}, [(k, k, False) for k in CURVE_KEYS if k in series])
+        panels = [(k, history.title(k, kl_reduction), False) for k in CURVE_KEYS if k in series]
+        plot_panels(path, {"": series}, panels)
