@@ -154,16 +154,42 @@ def test_grid_needs_steps(tmp_path):
 # --------------------------------------------------------------------------- W&B export
 
 
+def wandb_sweeps_engine():
+    """W&B's sweep-config schema and engine (the `sweeps` package), without its pydantic-1 style warnings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+def shipped_wandb_exports() -> dict[Path, tuple[Path, str | None]]:
+    """sweeps/wandb/<file> -> (its sweep file, its --only part): a sweep that W&B can run whole is
+    <name>.yaml; one with enqueued points and a search after them, <name>-points and <name>-search."""
+    out = {}
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        sweep = load_sweep(path.relative_to(REPO))
+        if sweep.spec.enqueue and len(sweep.spec.enqueue) < sweep.spec.budget.n_trials:
+            for part in ("points", "search"):
+                out[SWEEPS / "wandb" / f"{path.stem}-{part}.yaml"] = (path, part)
+        else:
+            out[SWEEPS / "wandb" / path.name] = (path, None)
+    return out
+
+
 def test_exported_wandb_configs_are_in_sync():
-    """sweeps/wandb/<name>.yaml is what `cvae sweep export-wandb sweeps/<name>.yaml` writes (from
-    the repository root, where the agents run)."""
-    shipped = sorted(SWEEPS.glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"kl_annealing", "teacher_forcing", "kl_tfr", "quick"}
-    for path in shipped:
-        exported = SWEEPS / "wandb" / path.name
-        assert exported.exists(), f"missing {exported}: run cvae sweep export-wandb {path} -o {exported}"
-        want = wandb_sweep_yaml(load_sweep(path.relative_to(REPO)), cwd=REPO)
-        assert exported.read_text() == want, f"{exported} is stale: cvae sweep export-wandb {path} -o {exported}"
+    """sweeps/wandb/ holds what `cvae sweep export-wandb` writes for every sweep file (from the
+    repository root, where the agents run), and nothing else."""
+    shipped = shipped_wandb_exports()
+    assert {p.stem for p, _ in shipped.values()} >= {"kl_annealing", "teacher_forcing", "kl_tfr", "quick"}
+    assert set(shipped) == set((SWEEPS / "wandb").glob("*.yaml"))
+    for exported, (path, part) in shipped.items():
+        rel = path.relative_to(REPO)
+        only = f" --only {part}" if part else ""
+        how = f"cvae sweep export-wandb {rel}{only} -o {exported.relative_to(REPO)}"
+        assert exported.exists(), f"missing {exported}: run {how}"
+        assert exported.read_text() == wandb_sweep_yaml(load_sweep(rel), cwd=REPO, only=part), f"stale: run {how}"
     cfg = yaml.safe_load((SWEEPS / "wandb" / "kl_tfr.yaml").read_text())
     assert cfg["method"] == "bayes" and cfg["metric"] == {"name": "val/psnr", "goal": "maximize"}
     assert cfg["parameters"]["teacher_forcing.decay_step"]["distribution"] == "log_uniform_values"
@@ -174,10 +200,67 @@ def test_exported_wandb_configs_are_in_sync():
     assert cfg["command"][-1] == "${args}"
 
 
-def test_export_wandb_cli_writes_the_file(tmp_path):
+def test_every_exported_sweep_passes_wandbs_schema_with_its_budget_and_runs_in_its_engine():
+    """W&B's own sweep-config schema and search engine (the `sweeps` package, what wandb[sweeps]
+    installs) accept every shipped config; each carries its budget as run_cap (a sweep of 40 trials
+    is 40 W&B runs, not an endless search), and the engine proposes runs of the exported parameters."""
+    sweeps = wandb_sweeps_engine()
+    for exported, (path, part) in shipped_wandb_exports().items():
+        cfg = yaml.safe_load(exported.read_text())
+        assert sweeps.schema_violations_from_proposed_config(cfg) == [], exported
+        spec = load_sweep(path.relative_to(REPO)).spec
+        n_points = len(spec.enqueue)
+        want = {"points": n_points, "search": spec.budget.n_trials - n_points, None: spec.budget.n_trials}[part]
+        assert cfg["run_cap"] == want, exported
+        run = sweeps.next_run(cfg, [], validate=True)
+        assert run is not None and set(run.config) == set(cfg["parameters"]), exported
+
+
+def test_a_sweep_of_enqueued_points_exports_as_a_grid_over_them():
+    """sweeps/quickstart_recipe.yaml compares two enqueued points: its W&B sweep is a grid over those
+    two (W&B's engine proposes them, then no more), not a random search that never tries them."""
+    sweeps = wandb_sweeps_engine()
+    cfg = yaml.safe_load((SWEEPS / "wandb" / "quickstart_recipe.yaml").read_text())
+    points = [{"name": p.name, "params": p.params} for p in load_sweep(SWEEPS / "quickstart_recipe.yaml").spec.enqueue]
+    assert cfg["method"] == "grid" and cfg["run_cap"] == 2
+    proposed = []
+    for _ in range(3):
+        run = sweeps.next_run(cfg, proposed, validate=True)
+        if run is None:
+            break
+        run.state = sweeps.RunState.finished
+        proposed.append(run)
+    assert [r.config["enqueue"]["value"] for r in proposed] == points
+
+
+def test_a_sweep_of_points_and_a_search_is_exported_in_two_parts_or_refused(tmp_path):
+    """W&B cannot try given points before a search: exporting such a sweep whole is refused with the
+    reason (exit 2, nothing written); `--only points` and `--only search` export the two parts, whose
+    run caps add up to the budget."""
     out = tmp_path / "quick.yaml"
-    assert_ok(cvae("sweep", "export-wandb", "sweeps/quick.yaml", "-o", out, cwd=REPO))
-    assert out.read_text() == (SWEEPS / "wandb" / "quick.yaml").read_text()
+    r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "-o", out, cwd=REPO)
+    assert_bad_input(r, "sweeps/quick.yaml", "enqueue", "3 enqueued points", "13 searched", "--only points")
+    assert not out.exists()
+    caps = {}
+    for part in ("points", "search"):
+        r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", part, cwd=REPO)
+        assert_ok(r)
+        caps[part] = yaml.safe_load(r.stdout)["run_cap"]
+    assert caps == {"points": 3, "search": 13}
+    assert_bad_input(cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", "all", cwd=REPO), "--only", "points")
+    assert_bad_input(cvae("sweep", "export-wandb", "sweeps/kl_tfr.yaml", "--only", "points", cwd=REPO), "no points")
+    r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", "search", "--n-trials", "5", cwd=REPO)
+    assert_ok(r)
+    assert yaml.safe_load(r.stdout)["run_cap"] == 2  # --n-trials is the budget, the points' 3 runs included
+    timed = {"search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"timeout": 60}}
+    path = write_sweep(tmp_path / "t", tmp_path, timed)
+    assert_bad_input(cvae("sweep", "export-wandb", path), "budget", "run_cap", "n_trials")
+
+
+def test_export_wandb_cli_writes_the_file(tmp_path):
+    out = tmp_path / "kl_tfr.yaml"
+    assert_ok(cvae("sweep", "export-wandb", "sweeps/kl_tfr.yaml", "-o", out, cwd=REPO))
+    assert out.read_text() == (SWEEPS / "wandb" / "kl_tfr.yaml").read_text()
 
 
 @pytest.mark.slow
@@ -239,6 +322,67 @@ def test_the_exported_sweep_through_wandbs_own_agent_two_runs_in_a_row(tmp_path,
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
         assert glob.glob(str(run_dir / "wandb" / f"offline-run-*-{run_id}")), run_id  # the agent's run id
         assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
+
+
+@pytest.mark.slow
+def test_enqueued_points_through_wandbs_own_engine_and_agent(tmp_path, tiny_data, monkeypatch):
+    """A sweep that is only its enqueued points, exported, proposed by W&B's own engine (the `sweeps`
+    package) and launched by wandb's own ``Agent._command_run``, offline: each run trains its point's
+    values (every searched key, not one of them), and its W&B config names the point."""
+    from wandb.wandb_agent import Agent
+    from wandb_offline import read_offline_run
+
+    sweeps = wandb_sweeps_engine()
+    points = [
+        {"name": "slow", "params": {"optim.lr": 1e-4, "kl_annealing.type": "none"}},
+        {"name": "fast", "params": {"optim.lr": 3e-3, "kl_annealing.type": "cyclical"}},
+    ]
+    sweep = {
+        "overrides": {"train.epochs": 1},
+        "search": {
+            "optim.lr": SEARCH["optim.lr"],
+            "kl_annealing.type": {"type": "categorical", "choices": ["cyclical", "none"]},
+        },
+        "enqueue": points,
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2},
+    }
+    path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": None})
+    r = cvae("sweep", "export-wandb", path, cwd=tmp_path)
+    assert_ok(r)
+    config = yaml.safe_load(r.stdout)
+    assert config["method"] == "grid" and config["run_cap"] == 2 and "${args}" not in config["command"]
+    proposed = []
+    while (run := sweeps.next_run(config, proposed, validate=True)) is not None:
+        run.state = sweeps.RunState.finished
+        proposed.append(run)
+    assert len(proposed) == 2
+
+    command = list(config["command"])
+    if shutil.which("cvae") is None:  # not installed as a script: the same program via python -m
+        i = command.index("cvae")
+        command[i : i + 1] = [sys.executable, "-m", "cvae.cli"]
+    for key, value in subprocess_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "p01nts")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_PARAM_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    agent = Agent(api=None, queue=None, sweep_id="p01nts")
+    agent._sweep_command = command
+    for i, run in enumerate(proposed):
+        agent._command_run({"type": "run", "run_id": f"point{i}", "program": "cvae", "args": run.config})
+        assert agent._run_processes[f"point{i}"].wait(timeout=300) == 0
+    for i, point in enumerate(points):
+        run_dir = tmp_path / "runs" / "wandb-sweeps" / "p01nts" / f"point{i}"
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert spec["optim"]["lr"] == point["params"]["optim.lr"] and spec["train"]["epochs"] == 1
+        assert spec["kl_annealing"]["type"] == point["params"]["kl_annealing.type"]
+        wb = read_offline_run(run_dir)
+        assert wb["config"]["enqueue"] == point and wb["config"]["optim.lr"] == point["params"]["optim.lr"]
 
 
 # --------------------------------------------------------------------------- 2 workers on a journal file
