@@ -174,6 +174,89 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert summary["epochs_done"] == 2 and summary["steps"] == total
 
 
+# --------------------------------------------------------------------------- which code, which run
+
+
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_run_from_another_repository_records_its_own_code_and_is_found_by_its_folder(tmp_path, tiny_data, wandb_env):
+    """Started from another git repository with overrides: the W&B config records cvae-sweeps' own
+    version and the commit of its own checkout (not the repository the command ran in), the absolute
+    run folder and the overrides; the run is named after its folder and tagged with its overrides,
+    unset tracking.wandb.* settings stay out of the config, and the per-frame PSNR plot is titled
+    with the run's W&B name."""
+    from importlib import metadata
+
+    from PIL import Image
+
+    other = tmp_path / "another-repo"
+    other.mkdir()
+    git(other, "init", "-q")
+    git(other, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "theirs")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    args = ["train", spec, "--run-dir", "runs/lr-2e-3", "--set", "optim.lr=0.002", "--kl_annealing.cycles=3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args), "--set", "tracking.wandb.mode=offline"],
+        cwd=other, env=wandb_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    run_dir = other / "runs" / "lr-2e-3"
+    run = read_offline_run(run_dir)
+    config = run["config"]
+
+    assert config["git_commit"] == git(REPO, "rev-parse", "HEAD") != git(other, "rev-parse", "HEAD")
+    assert config["git_dirty"] is bool(git(REPO, "status", "--porcelain", "--untracked-files=no"))
+    assert config["versions.cvae_sweeps"] == metadata.version("cvae-sweeps")
+    assert config["run_dir"] == str(run_dir.resolve())  # absolute, though given relative
+    assert config["overrides"] == ["optim.lr=0.002", "kl_annealing.cycles=3"]  # tracking.* are not what it trains
+    assert run["meta"]["display_name"] == "lr-2e-3"
+    assert {"optim.lr=0.002", "kl_annealing.cycles=3"} <= set(run["meta"]["tags"])
+    unset = [k for k, v in config.items() if k.startswith("tracking.wandb.") and v in (None, "", [], {})]
+    assert unset == [] and "tracking.wandb.project" not in config and config["tracking.wandb.mode"] == "offline"
+    assert Image.open(run_dir / "plots" / "val_psnr.png").text["Title"] == "lr-2e-3: validation rollout, epoch 1"
+
+
+def test_the_per_frame_psnr_chart_shows_the_best_epoch(tmp_path, tiny_data, wandb_env, monkeypatch):
+    """W&B's per-frame PSNR chart draws the last table logged: the run logs the curve when a validation
+    is its best, so the chart shows the best epoch's curve, not the last epoch's. Here the last of
+    three validations is made 5 dB worse than it was (the real rollout, its scores lowered)."""
+    import dataclasses
+
+    from cvae.run_folder import prepare
+    from cvae.spec import load_spec
+    from cvae.tracking.wandb_run import WandbTracker
+    from cvae.training import loop
+
+    real, calls = loop.validate_model, []
+
+    def last_one_worse(*args, **kwargs):
+        val = real(*args, **kwargs)
+        calls.append(val.metrics["val/psnr"])
+        if len(calls) < 3:
+            return val
+        metrics = val.metrics | {"val/psnr": val.metrics["val/psnr"] - 5}
+        return dataclasses.replace(val, metrics=metrics, curve=val.curve - 5)
+
+    monkeypatch.setattr(loop, "validate_model", last_one_worse)
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.wandb.mode": "offline"}))
+    run_dir = tmp_path / "run"
+    prepare(run_dir, resume=False, overwrite=False)
+    loop.train(spec, run_dir, [WandbTracker(mode="offline")])
+
+    run = read_offline_run(run_dir)
+    epochs = {row["_step"]: row["epoch"] for row in run["history"] if "val/psnr" in row}
+    psnr = {row["epoch"]: row["val/psnr"] for row in run["history"] if "val/psnr" in row}
+    best = max(psnr, key=psnr.get)
+    assert best != 3 and run["summary"]["best/epoch"] == best
+    logged = [row for row in run["history"] if "val/psnr_per_frame_table" in row]
+    assert logged and epochs[logged[-1]["_step"]] == best  # the last curve logged is the best epoch's
+    table_file = next(p for p in run["files"] if p.name == Path(logged[-1]["val/psnr_per_frame_table"]["path"]).name)
+    ys = [r[1] for r in json.loads(table_file.read_text())["data"]]
+    assert sum(ys) / len(ys) == pytest.approx(psnr[best], rel=1e-5)  # one val video: its curve's mean is val/psnr
+
+
 # --------------------------------------------------------------------------- sweep agent
 
 
