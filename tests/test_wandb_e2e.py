@@ -17,10 +17,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from helpers import REPO, subprocess_env, tiny_overrides, write_spec
+from helpers import REPO, subprocess_env, tiny_overrides, write_spec, write_sweep
 from wandb_offline import read_offline_run
 
 from cvae.tracking.media import LABEL_HEIGHT
+from cvae.tracking.wandb_files import wandb_files
 from cvae.tracking.wandb_run import RUN_ID_FILE
 
 pytestmark = pytest.mark.slow
@@ -339,6 +340,59 @@ def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wa
     assert [row["epoch"] for row in epoch_rows(local_history(run_dir))] == [1, 2, 3]
     assert run["summary"]["epochs_done"] == 3
     assert run["summary"]["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in run["history"] if "val/psnr" in r))
+
+    # `cvae sync` of the run folder uploads both starts (`wandb sync` of it finds none)
+    r = cvae(wandb_env, "sync", run_dir, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "Would sync 2 run(s)" in r.stdout + r.stderr
+    assert all(str(segment) in r.stdout + r.stderr for segment in run["segments"])
+
+
+# --------------------------------------------------------------------------- one place to sync
+
+
+def test_cvae_sync_finds_every_run_of_a_sweep_and_of_a_runs_folder(tmp_path, tiny_data, wandb_env):
+    """`wandb sync --dry-run` on a sweep folder or a runs folder finds nothing (it looks only in a
+    run's own wandb/ folder); `cvae sync` finds every offline run beneath them and hands them to
+    `wandb sync`, whose own dry run then lists each."""
+    runs = tmp_path / "runs"
+    sweep = {
+        "overrides": {"train.epochs": 1},
+        "search": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2},
+    }
+    path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
+    done = cvae(wandb_env, "sweep", "run", path, "--dir", runs / "sweeps" / "s")
+    assert done.returncode == 0, done.stderr + done.stdout
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    done = cvae(wandb_env, "train", spec, "--run-dir", runs / "single", "--set", "tracking.wandb.mode=offline")
+    assert done.returncode == 0, done.stderr + done.stdout
+    trial_logs = [f for t in ("0", "1") for f in wandb_files(runs / "sweeps" / "s" / "trials" / t)]
+    single_log = wandb_files(runs / "single")
+    assert len(trial_logs) == 2 and len(single_log) == 1
+
+    own = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(runs / "sweeps" / "s")],
+        env=wandb_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "No runs to sync" in own.stdout + own.stderr
+
+    for target, logs in ((runs / "sweeps" / "s", trial_logs), (runs, trial_logs + single_log)):
+        r = cvae(wandb_env, "sync", target, "--dry-run")
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out
+        assert f"Would sync {len(logs)} run(s)" in out, out
+        for log in logs:
+            assert str(log) in out, (log, out)
+
+    # an upload without a W&B login fails with wandb's reason, and exit 1 (nothing reaches a server)
+    no_login = {k: v for k, v in wandb_env.items() if k != "WANDB_API_KEY"}
+    no_login |= {"HOME": str(tmp_path / "home"), "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    r = cvae(no_login, "sync", runs / "single")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "wandb login" in r.stdout + r.stderr and "failed: wandb sync exited" in r.stderr
 
 
 # --------------------------------------------------------------------------- failures
