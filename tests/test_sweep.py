@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -423,6 +424,13 @@ def test_two_workers_on_journal(journal_sweep):
         assert re.search(rf"^trial {t.number}( \[[^]]+\])?: ", r.stdout, re.M), r.stdout
     for t in trials:  # pruning saw every epoch
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
+    # the pruned trial's page in optuna-dashboard says it was pruned, and after which epoch
+    import optuna_dashboard
+
+    study = load_study(url, "sweep")
+    note = optuna_dashboard.get_note(_TrialRef(study, next(t for t in trials if t.number == 2)))
+    assert "**Pruned** after epoch 1 (trial 2)" in note, note
+    assert "Pruned" not in optuna_dashboard.get_note(_TrialRef(study, next(t for t in trials if t.number == 0)))
 
 
 @pytest.mark.slow
@@ -504,6 +512,26 @@ def test_optuna_cli_agrees_with_status(journal_sweep):
     assert_ok(text)
     assert f"best: trial {st['best']['number']}" in text.stdout and "complete" in text.stdout
 
+    # `optuna studies` prints every study attribute in its table: they are short, and the base spec is a
+    # file (a spec `cvae train` takes) that an attribute names, not 700 columns of JSON
+    table = subprocess.run(["optuna", *storage, "studies"], capture_output=True, text=True, env=env, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert max(map(len, table.stdout.splitlines())) < 250, table.stdout
+    studies = subprocess.run(
+        ["optuna", *storage, "studies", "-f", "json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    (attrs,) = [s["user_attrs"] for s in json.loads(studies.stdout)]
+    assert set(attrs) == {"sweep_file", "objective", "base_spec_file"} and attrs["objective"] == "val/psnr, best epoch"
+    base_file = Path(attrs["base_spec_file"])
+    assert base_file.is_absolute() and base_file.parent == out.resolve()
+    assert yaml.safe_load(base_file.read_text()) == load_sweep(path).base
+    from cvae.spec import load_spec
+
+    assert load_spec(base_file).optim.schedule == "none"  # the tiny base spec, as a spec file
+    # each trial says which code trained it
+    for row in rows:
+        assert row["user_attrs"]["code_version"].startswith("cvae-sweeps "), row["user_attrs"]
+
 
 @pytest.mark.slow
 def test_dashboard_lists_the_study(journal_sweep):
@@ -535,6 +563,81 @@ def test_dashboard_lists_the_study(journal_sweep):
             proc.wait()
     first = proc.stdout.readline()
     assert f"http://127.0.0.1:{port}/" in first
+
+
+def test_best_reads_the_base_spec_of_a_study_made_before_it_moved_to_a_file(tmp_path):
+    """Studies made before kept the whole base spec in the user attribute `base_spec`: `cvae sweep best`
+    still makes their best spec."""
+    import optuna
+
+    from cvae.sweep.study import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(storage=open_storage(str(journal)), study_name="old", direction="maximize")
+    study.set_user_attr("base_spec", {"name": "quick", "optim": {"lr": 0.001}, "train": {"epochs": 3}})
+    dist = optuna.distributions.FloatDistribution(0.1, 1.0)
+    trial = optuna.trial.create_trial(
+        params={"kl_annealing.ratio": 0.5}, distributions={"kl_annealing.ratio": dist}, value=1
+    )
+    study.add_trial(trial)
+    r = cvae("sweep", "best", "--storage", journal, "--study", "old")
+    assert_ok(r)
+    spec = yaml.safe_load(r.stdout)
+    assert spec["name"] == "quick-best" and spec["kl_annealing"]["ratio"] == 0.5 and spec["train"]["epochs"] == 3
+
+
+def test_status_names_both_importance_evaluators_and_the_dashboard_draws_the_ped_anova_one(tmp_path):
+    """optuna-dashboard ranks importances with PED-ANOVA, `cvae sweep status` with fANOVA: status shows
+    both, each named, and its PED-ANOVA values are the ones the dashboard's own code serves. A study
+    of 24 trials in a real journal whose score is mostly one parameter (no training needed)."""
+    import random
+
+    import optuna
+
+    from cvae.sweep.study import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(storage=open_storage(str(journal)), study_name="imp", direction="maximize")
+    dists = {
+        "optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "kl_annealing.ratio": optuna.distributions.FloatDistribution(0.1, 1.0),
+        "kl_annealing.type": optuna.distributions.CategoricalDistribution(["cyclical", "none"]),
+    }
+    rng = random.Random(0)
+    for _ in range(24):
+        p = {"optim.lr": 10 ** rng.uniform(-4, -2), "kl_annealing.ratio": rng.uniform(0.1, 1.0)}
+        p["kl_annealing.type"] = rng.choice(["cyclical", "none"])
+        value = (
+            20
+            + 2 * math.log10(p["optim.lr"])
+            + 0.2 * p["kl_annealing.ratio"]
+            + 0.1 * (p["kl_annealing.type"] == "none")
+        )
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, value=value))
+    where = ["--storage", journal, "--study", "imp"]
+    r = cvae("sweep", "status", *where, "--json")
+    assert_ok(r)
+    st = json.loads(r.stdout)
+    assert set(st["importance"]) == set(st["importance_ped_anova"]) == set(dists)
+    for evaluator in ("importance", "importance_ped_anova"):
+        assert max(st[evaluator], key=st[evaluator].get) == "optim.lr", st[evaluator]
+    text = cvae("sweep", "status", *where)
+    assert_ok(text)
+    assert "fANOVA" in text.stdout and "PED-ANOVA" in text.stdout, text.stdout
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvae.cli", "sweep", "dashboard", "--storage", str(journal), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        (summary,) = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", proc).read())["study_summaries"]
+        served = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}/param_importances", proc)
+        (dashboard,) = json.loads(served.read())["param_importances"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert {d["name"]: d["importance"] for d in dashboard} == pytest.approx(st["importance_ped_anova"])
 
 
 # --------------------------------------------------------------------------- failures
@@ -814,6 +917,7 @@ def test_a_trial_its_wandb_run_and_its_dashboard_page_point_at_each_other(tmp_pa
     artifacts that `cvae sweep dashboard` serves, and its Note gives the score beside the references."""
     import optuna_dashboard
     from optuna.artifacts import get_all_artifact_meta
+    from PIL import Image
     from wandb_offline import read_offline_run
 
     sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
@@ -836,6 +940,9 @@ def test_a_trial_its_wandb_run_and_its_dashboard_page_point_at_each_other(tmp_pa
     assert info["epoch"] == 1 and info["val/psnr"] == pytest.approx(trial.value) and info["spec"] == "tiny-t0"
     assert info["data_identity"]["train_frames"] == 96
     assert trial.user_attrs["wandb_run_id"] == run["run_id"] and trial.user_attrs["device"] == "cpu"
+    # the trial's plot is titled with the run's W&B name (not the spec's name, tiny-t0)
+    plot = Path(trial.user_attrs["run_dir"]) / "plots" / "val_psnr.png"
+    assert Image.open(plot).text["Title"] == f"{meta['display_name']}: validation rollout, epoch 1"
 
     media = get_all_artifact_meta(trial, storage=study._storage)
     assert sorted(m.mimetype for m in media) == ["image/gif", "image/png"]
