@@ -70,6 +70,7 @@ def status_of(n_trials: int) -> dict:
         "failed": [],
         "trials": trials,
         "importance": {"kl_annealing.ratio": 0.61, "teacher_forcing.decay_start": 0.39},
+        "importance_ped_anova": {"kl_annealing.ratio": 0.27, "teacher_forcing.decay_start": 0.73},
         "importance_note": None,
     }
 

@@ -414,8 +414,8 @@ def status_tables(st: dict[str, Any]) -> list:
         title = "what mattered: each parameter's importance over the complete trials"
         ped = st.get("importance_ped_anova") or {}
         rows = [[k, f"{v:.2f}", f"{ped[k]:.2f}" if k in ped else "-"] for k, v in st["importance"].items()]
-        out.append(table(title, ["parameter", Col("fANOVA", numeric=True), Col("PED-ANOVA", numeric=True)], rows))
-        out.append(IMPORTANCE_LEGEND)
+        columns = ["parameter", Col("fANOVA", numeric=True), Col("PED-ANOVA", numeric=True)]
+        out.append(table(title, columns, rows, notes=[IMPORTANCE_LEGEND]))
     if st["importance_note"]:
         out.append(f"note: {st['importance_note']}")
     return out
