@@ -10,12 +10,14 @@ so a run reaches W&B the same way whoever starts it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cvae import run_folder
-from cvae.spec import ExperimentSpec
+from cvae.spec import ExperimentSpec, flatten, validate_spec
+from cvae.tracking.wandb_run import OVERRIDES_KEY
 
 
 def launch(
@@ -49,3 +51,27 @@ def launch(
     run_folder.prepare(run_dir, resume, overwrite)
     trackers = ([ConsoleTracker(console)] if console is not None else []) + [wandb_tracker]
     return train(spec, run_dir, trackers, callbacks, resume=resume, console=console)
+
+
+def note_overrides(spec: ExperimentSpec, keys: Iterable[str]) -> ExperimentSpec:
+    """``spec`` with the values set on top of its file (``--set``, ``--key=value``, a W&B sweep agent's
+    parameters) listed as ``key=value`` in ``tracking.wandb.config.overrides``: the W&B run's config
+    says them and its tags repeat them (cvae/tracking/wandb_run.py), so runs of one spec are told apart.
+    ``tracking.*`` keys say where a run is tracked, not what it trains: they are left out. The list
+    replaces one the spec already had (a run's saved spec.yaml trained again with other overrides)."""
+    values = flatten(spec.to_dict())
+    chosen = [k for k in dict.fromkeys(keys) if not k.startswith("tracking.") and k in values]
+    if not chosen and OVERRIDES_KEY not in spec.tracking.wandb.config:
+        return spec
+    data = spec.to_dict()
+    config = dict(data["tracking"]["wandb"]["config"])
+    config[OVERRIDES_KEY] = [f"{k}={_text(values[k])}" for k in chosen]
+    if not chosen:
+        del config[OVERRIDES_KEY]
+    data["tracking"]["wandb"]["config"] = config
+    return validate_spec(data)
+
+
+def _text(value) -> str:
+    """A value as it is written on a command line: text as it is, numbers and lists as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -43,6 +43,16 @@ def is_run(path: Path) -> bool:
     return (Path(path) / SPEC_FILE).is_file()
 
 
+def run_name(wandb_name: str | None, run_dir: Path) -> str:
+    """What a run is called everywhere (its W&B run, its plots' titles, ``cvae compare``): the spec's
+    ``tracking.wandb.name`` when set (a sweep's trials: ``quick-t7``), else its run folder's name,
+    which no other run in the same runs folder has (with its parent for a number: ``trials/3``)."""
+    if wandb_name:
+        return wandb_name
+    parts = Path(run_dir).resolve().parts
+    return "/".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
 def checkpoint_path(run_dir: Path, name: str = LAST) -> Path:
     """``RUN/checkpoints/<name>``: ``last.pt``, ``prev.pt`` or ``best.pt``."""
     return Path(run_dir) / CHECKPOINTS / name

@@ -53,7 +53,12 @@ TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
 
 def test_help_does_not_import_torch_or_wandb():
     r = cli_in_process(
-        ["--help"], ["train", "--help"], ["evaluate", "--help"], ["spec", "show", "--help"], ["data", "synth", "--help"]
+        ["--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["spec", "show", "--help"],
+        ["data", "synth", "--help"],
+        ["sync", "--help"],
     )
     assert "HEAVY []" in r.stdout
     assert "train" in r.stdout and "evaluate" in r.stdout  # the help was printed
@@ -371,6 +376,16 @@ def test_evaluate_crafted_pickle_does_not_run(run_copy, tmp_path, writer):
 
 def test_evaluate_not_a_run_folder(tmp_path):
     assert_bad_input(cvae("evaluate", tmp_path), str(tmp_path), "spec.yaml")
+
+
+def test_sync_of_what_holds_no_offline_run_is_bad_input(tmp_path, run_copy):
+    """A missing path, a file, and a run that kept no W&B files (W&B disabled): each named, exit 2,
+    nothing touched (and nothing asked of wandb)."""
+    before = snapshot(run_copy)
+    assert_bad_input(cvae("sync", tmp_path / "nope", "--dry-run"), str(tmp_path / "nope"), "no such folder")
+    assert_bad_input(cvae("sync", run_copy / "spec.yaml"), str(run_copy / "spec.yaml"), "not a folder")
+    assert_bad_input(cvae("sync", run_copy), str(run_copy), "no offline W&B run", "offline-run-*")
+    assert snapshot(run_copy) == before
 
 
 # --------------------------------------------------------------------------- data synth / check

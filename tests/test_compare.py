@@ -98,9 +98,22 @@ def test_table_lists_what_differs(tmp_path):
     header, rows = table_rows(runs, keys)
     assert header[:3] == ["run", "kl_annealing.type", "optim.lr"]
     # best run first: best PSNR, its epoch (from 1), final PSNR, epochs, train time, status, data
-    # labelled by the names of their W&B runs (the specs' names, here), told apart
-    assert rows[0] == ["other", "none", "0.001", "14.00", "1", "13.00", "2", "1m10s", "failed", "-"]
-    assert rows[1] == ["r", "cyclical", "0.01", "12.00", "2", "11.00", "3", "1m45s", "finished", "-"]
+    # labelled by the names of their W&B runs: their folders' names (not the specs' names), told apart
+    assert rows[0] == ["high", "none", "0.001", "14.00", "1", "13.00", "2", "1m10s", "failed", "-"]
+    assert rows[1] == ["low", "cyclical", "0.01", "12.00", "2", "11.00", "3", "1m45s", "finished", "-"]
+
+
+def test_runs_are_labelled_as_their_wandb_runs_are_named(tmp_path):
+    """A run's label is its W&B run's name: tracking.wandb.name where the spec sets it (a sweep's
+    trials), else its folder's name; three runs of one spec told apart by their folders."""
+    from cvae.run_folder import run_name
+
+    for folder in ("lr-1e-3", "lr-3e-3", "seed-2"):
+        fake_run(tmp_path / "runs" / folder, [10.0])
+    fake_run(tmp_path / "sweep" / "trials" / "7", [11.0], **{"tracking.wandb.name": "quick-t7"})
+    runs = load_runs([tmp_path / "runs", tmp_path / "sweep"])
+    assert [r.label for r in runs] == ["lr-1e-3", "lr-3e-3", "seed-2", "quick-t7"]
+    assert [run_name(r.settings.get("tracking.wandb.name"), r.path) for r in runs] == [r.label for r in runs]
 
 
 def test_report_tells_runs_apart_by_their_specs(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -154,16 +155,42 @@ def test_grid_needs_steps(tmp_path):
 # --------------------------------------------------------------------------- W&B export
 
 
+def wandb_sweeps_engine():
+    """W&B's sweep-config schema and engine (the `sweeps` package), without its pydantic-1 style warnings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+def shipped_wandb_exports() -> dict[Path, tuple[Path, str | None]]:
+    """sweeps/wandb/<file> -> (its sweep file, its --only part): a sweep that W&B can run whole is
+    <name>.yaml; one with enqueued points and a search after them, <name>-points and <name>-search."""
+    out = {}
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        sweep = load_sweep(path.relative_to(REPO))
+        if sweep.spec.enqueue and len(sweep.spec.enqueue) < sweep.spec.budget.n_trials:
+            for part in ("points", "search"):
+                out[SWEEPS / "wandb" / f"{path.stem}-{part}.yaml"] = (path, part)
+        else:
+            out[SWEEPS / "wandb" / path.name] = (path, None)
+    return out
+
+
 def test_exported_wandb_configs_are_in_sync():
-    """sweeps/wandb/<name>.yaml is what `cvae sweep export-wandb sweeps/<name>.yaml` writes (from
-    the repository root, where the agents run)."""
-    shipped = sorted(SWEEPS.glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"kl_annealing", "teacher_forcing", "kl_tfr", "quick"}
-    for path in shipped:
-        exported = SWEEPS / "wandb" / path.name
-        assert exported.exists(), f"missing {exported}: run cvae sweep export-wandb {path} -o {exported}"
-        want = wandb_sweep_yaml(load_sweep(path.relative_to(REPO)), cwd=REPO)
-        assert exported.read_text() == want, f"{exported} is stale: cvae sweep export-wandb {path} -o {exported}"
+    """sweeps/wandb/ holds what `cvae sweep export-wandb` writes for every sweep file (from the
+    repository root, where the agents run), and nothing else."""
+    shipped = shipped_wandb_exports()
+    assert {p.stem for p, _ in shipped.values()} >= {"kl_annealing", "teacher_forcing", "kl_tfr", "quick"}
+    assert set(shipped) == set((SWEEPS / "wandb").glob("*.yaml"))
+    for exported, (path, part) in shipped.items():
+        rel = path.relative_to(REPO)
+        only = f" --only {part}" if part else ""
+        how = f"cvae sweep export-wandb {rel}{only} -o {exported.relative_to(REPO)}"
+        assert exported.exists(), f"missing {exported}: run {how}"
+        assert exported.read_text() == wandb_sweep_yaml(load_sweep(rel), cwd=REPO, only=part), f"stale: run {how}"
     cfg = yaml.safe_load((SWEEPS / "wandb" / "kl_tfr.yaml").read_text())
     assert cfg["method"] == "bayes" and cfg["metric"] == {"name": "val/psnr", "goal": "maximize"}
     assert cfg["parameters"]["teacher_forcing.decay_step"]["distribution"] == "log_uniform_values"
@@ -174,10 +201,67 @@ def test_exported_wandb_configs_are_in_sync():
     assert cfg["command"][-1] == "${args}"
 
 
-def test_export_wandb_cli_writes_the_file(tmp_path):
+def test_every_exported_sweep_passes_wandbs_schema_with_its_budget_and_runs_in_its_engine():
+    """W&B's own sweep-config schema and search engine (the `sweeps` package, what wandb[sweeps]
+    installs) accept every shipped config; each carries its budget as run_cap (a sweep of 40 trials
+    is 40 W&B runs, not an endless search), and the engine proposes runs of the exported parameters."""
+    sweeps = wandb_sweeps_engine()
+    for exported, (path, part) in shipped_wandb_exports().items():
+        cfg = yaml.safe_load(exported.read_text())
+        assert sweeps.schema_violations_from_proposed_config(cfg) == [], exported
+        spec = load_sweep(path.relative_to(REPO)).spec
+        n_points = len(spec.enqueue)
+        want = {"points": n_points, "search": spec.budget.n_trials - n_points, None: spec.budget.n_trials}[part]
+        assert cfg["run_cap"] == want, exported
+        run = sweeps.next_run(cfg, [], validate=True)
+        assert run is not None and set(run.config) == set(cfg["parameters"]), exported
+
+
+def test_a_sweep_of_enqueued_points_exports_as_a_grid_over_them():
+    """sweeps/quickstart_recipe.yaml compares two enqueued points: its W&B sweep is a grid over those
+    two (W&B's engine proposes them, then no more), not a random search that never tries them."""
+    sweeps = wandb_sweeps_engine()
+    cfg = yaml.safe_load((SWEEPS / "wandb" / "quickstart_recipe.yaml").read_text())
+    points = [{"name": p.name, "params": p.params} for p in load_sweep(SWEEPS / "quickstart_recipe.yaml").spec.enqueue]
+    assert cfg["method"] == "grid" and cfg["run_cap"] == 2
+    proposed = []
+    for _ in range(3):
+        run = sweeps.next_run(cfg, proposed, validate=True)
+        if run is None:
+            break
+        run.state = sweeps.RunState.finished
+        proposed.append(run)
+    assert [r.config["enqueue"]["value"] for r in proposed] == points
+
+
+def test_a_sweep_of_points_and_a_search_is_exported_in_two_parts_or_refused(tmp_path):
+    """W&B cannot try given points before a search: exporting such a sweep whole is refused with the
+    reason (exit 2, nothing written); `--only points` and `--only search` export the two parts, whose
+    run caps add up to the budget."""
     out = tmp_path / "quick.yaml"
-    assert_ok(cvae("sweep", "export-wandb", "sweeps/quick.yaml", "-o", out, cwd=REPO))
-    assert out.read_text() == (SWEEPS / "wandb" / "quick.yaml").read_text()
+    r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "-o", out, cwd=REPO)
+    assert_bad_input(r, "sweeps/quick.yaml", "enqueue", "3 enqueued points", "13 searched", "--only points")
+    assert not out.exists()
+    caps = {}
+    for part in ("points", "search"):
+        r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", part, cwd=REPO)
+        assert_ok(r)
+        caps[part] = yaml.safe_load(r.stdout)["run_cap"]
+    assert caps == {"points": 3, "search": 13}
+    assert_bad_input(cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", "all", cwd=REPO), "--only", "points")
+    assert_bad_input(cvae("sweep", "export-wandb", "sweeps/kl_tfr.yaml", "--only", "points", cwd=REPO), "no points")
+    r = cvae("sweep", "export-wandb", "sweeps/quick.yaml", "--only", "search", "--n-trials", "5", cwd=REPO)
+    assert_ok(r)
+    assert yaml.safe_load(r.stdout)["run_cap"] == 2  # --n-trials is the budget, the points' 3 runs included
+    timed = {"search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"timeout": 60}}
+    path = write_sweep(tmp_path / "t", tmp_path, timed)
+    assert_bad_input(cvae("sweep", "export-wandb", path), "budget", "run_cap", "n_trials")
+
+
+def test_export_wandb_cli_writes_the_file(tmp_path):
+    out = tmp_path / "kl_tfr.yaml"
+    assert_ok(cvae("sweep", "export-wandb", "sweeps/kl_tfr.yaml", "-o", out, cwd=REPO))
+    assert out.read_text() == (SWEEPS / "wandb" / "kl_tfr.yaml").read_text()
 
 
 @pytest.mark.slow
@@ -241,6 +325,67 @@ def test_the_exported_sweep_through_wandbs_own_agent_two_runs_in_a_row(tmp_path,
         assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
 
 
+@pytest.mark.slow
+def test_enqueued_points_through_wandbs_own_engine_and_agent(tmp_path, tiny_data, monkeypatch):
+    """A sweep that is only its enqueued points, exported, proposed by W&B's own engine (the `sweeps`
+    package) and launched by wandb's own ``Agent._command_run``, offline: each run trains its point's
+    values (every searched key, not one of them), and its W&B config names the point."""
+    from wandb.wandb_agent import Agent
+    from wandb_offline import read_offline_run
+
+    sweeps = wandb_sweeps_engine()
+    points = [
+        {"name": "slow", "params": {"optim.lr": 1e-4, "kl_annealing.type": "none"}},
+        {"name": "fast", "params": {"optim.lr": 3e-3, "kl_annealing.type": "cyclical"}},
+    ]
+    sweep = {
+        "overrides": {"train.epochs": 1},
+        "search": {
+            "optim.lr": SEARCH["optim.lr"],
+            "kl_annealing.type": {"type": "categorical", "choices": ["cyclical", "none"]},
+        },
+        "enqueue": points,
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2},
+    }
+    path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": None})
+    r = cvae("sweep", "export-wandb", path, cwd=tmp_path)
+    assert_ok(r)
+    config = yaml.safe_load(r.stdout)
+    assert config["method"] == "grid" and config["run_cap"] == 2 and "${args}" not in config["command"]
+    proposed = []
+    while (run := sweeps.next_run(config, proposed, validate=True)) is not None:
+        run.state = sweeps.RunState.finished
+        proposed.append(run)
+    assert len(proposed) == 2
+
+    command = list(config["command"])
+    if shutil.which("cvae") is None:  # not installed as a script: the same program via python -m
+        i = command.index("cvae")
+        command[i : i + 1] = [sys.executable, "-m", "cvae.cli"]
+    for key, value in subprocess_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "p01nts")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_PARAM_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    agent = Agent(api=None, queue=None, sweep_id="p01nts")
+    agent._sweep_command = command
+    for i, run in enumerate(proposed):
+        agent._command_run({"type": "run", "run_id": f"point{i}", "program": "cvae", "args": run.config})
+        assert agent._run_processes[f"point{i}"].wait(timeout=300) == 0
+    for i, point in enumerate(points):
+        run_dir = tmp_path / "runs" / "wandb-sweeps" / "p01nts" / f"point{i}"
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert spec["optim"]["lr"] == point["params"]["optim.lr"] and spec["train"]["epochs"] == 1
+        assert spec["kl_annealing"]["type"] == point["params"]["kl_annealing.type"]
+        wb = read_offline_run(run_dir)
+        assert wb["config"]["enqueue"] == point and wb["config"]["optim.lr"] == point["params"]["optim.lr"]
+
+
 # --------------------------------------------------------------------------- 2 workers on a journal file
 
 
@@ -285,6 +430,13 @@ def test_two_workers_on_journal(journal_sweep):
             assert re.search(done + rf"val/psnr {row['val/psnr']:.2f} dB$", r.stdout, re.M), r.stdout
     for t in trials:  # pruning saw every epoch
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_done"] + 1))
+    # the pruned trial's page in optuna-dashboard says it was pruned, and after which epoch
+    import optuna_dashboard
+
+    study = load_study(url, "sweep")
+    note = optuna_dashboard.get_note(_TrialRef(study, next(t for t in trials if t.number == 2)))
+    assert "**Pruned** after epoch 1 (trial 2)" in note, note
+    assert "Pruned" not in optuna_dashboard.get_note(_TrialRef(study, next(t for t in trials if t.number == 0)))
 
 
 @pytest.mark.slow
@@ -366,6 +518,27 @@ def test_optuna_cli_agrees_with_status(journal_sweep):
     assert_ok(text)
     assert f"best: trial {st['best']['number']}" in text.stdout and "complete" in text.stdout
 
+    # `optuna studies` prints every study attribute in its table: they are short, and the base spec is a
+    # file (a spec `cvae train` takes) that an attribute names, not 700 columns of JSON
+    table = subprocess.run(["optuna", *storage, "studies"], capture_output=True, text=True, env=env, timeout=120)
+    assert table.returncode == 0, table.stderr
+    studies = subprocess.run(
+        ["optuna", *storage, "studies", "-f", "json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    (attrs,) = [s["user_attrs"] for s in json.loads(studies.stdout)]
+    paths = len(attrs["sweep_file"]) + len(attrs["base_spec_file"])  # as long as the folders are
+    assert max(map(len, table.stdout.splitlines())) - paths < 150, table.stdout
+    assert set(attrs) == {"sweep_file", "objective", "base_spec_file"} and attrs["objective"] == "val/psnr, best epoch"
+    base_file = Path(attrs["base_spec_file"])
+    assert base_file.is_absolute() and base_file.parent == out.resolve()
+    assert yaml.safe_load(base_file.read_text()) == load_sweep(path).base
+    from cvae.spec import load_spec
+
+    assert load_spec(base_file).optim.schedule == "none"  # the tiny base spec, as a spec file
+    # each trial says which code trained it
+    for row in rows:
+        assert row["user_attrs"]["code_version"].startswith("cvae-sweeps "), row["user_attrs"]
+
 
 @pytest.mark.slow
 def test_dashboard_lists_the_study(journal_sweep):
@@ -397,6 +570,81 @@ def test_dashboard_lists_the_study(journal_sweep):
             proc.wait()
     first = proc.stdout.readline()
     assert f"http://127.0.0.1:{port}/" in first
+
+
+def test_best_reads_the_base_spec_of_a_study_made_before_it_moved_to_a_file(tmp_path):
+    """Studies made before kept the whole base spec in the user attribute `base_spec`: `cvae sweep best`
+    still makes their best spec."""
+    import optuna
+
+    from cvae.sweep.study import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(storage=open_storage(str(journal)), study_name="old", direction="maximize")
+    study.set_user_attr("base_spec", {"name": "quick", "optim": {"lr": 0.001}, "train": {"epochs": 3}})
+    dist = optuna.distributions.FloatDistribution(0.1, 1.0)
+    trial = optuna.trial.create_trial(
+        params={"kl_annealing.ratio": 0.5}, distributions={"kl_annealing.ratio": dist}, value=1
+    )
+    study.add_trial(trial)
+    r = cvae("sweep", "best", "--storage", journal, "--study", "old")
+    assert_ok(r)
+    spec = yaml.safe_load(r.stdout)
+    assert spec["name"] == "quick-best" and spec["kl_annealing"]["ratio"] == 0.5 and spec["train"]["epochs"] == 3
+
+
+def test_status_names_both_importance_evaluators_and_the_dashboard_draws_the_ped_anova_one(tmp_path):
+    """optuna-dashboard ranks importances with PED-ANOVA, `cvae sweep status` with fANOVA: status shows
+    both, each named, and its PED-ANOVA values are the ones the dashboard's own code serves. A study
+    of 24 trials in a real journal whose score is mostly one parameter (no training needed)."""
+    import random
+
+    import optuna
+
+    from cvae.sweep.study import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(storage=open_storage(str(journal)), study_name="imp", direction="maximize")
+    dists = {
+        "optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "kl_annealing.ratio": optuna.distributions.FloatDistribution(0.1, 1.0),
+        "kl_annealing.type": optuna.distributions.CategoricalDistribution(["cyclical", "none"]),
+    }
+    rng = random.Random(0)
+    for _ in range(24):
+        p = {"optim.lr": 10 ** rng.uniform(-4, -2), "kl_annealing.ratio": rng.uniform(0.1, 1.0)}
+        p["kl_annealing.type"] = rng.choice(["cyclical", "none"])
+        value = (
+            20
+            + 2 * math.log10(p["optim.lr"])
+            + 0.2 * p["kl_annealing.ratio"]
+            + 0.1 * (p["kl_annealing.type"] == "none")
+        )
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, value=value))
+    where = ["--storage", journal, "--study", "imp"]
+    r = cvae("sweep", "status", *where, "--json")
+    assert_ok(r)
+    st = json.loads(r.stdout)
+    assert set(st["importance"]) == set(st["importance_ped_anova"]) == set(dists)
+    for evaluator in ("importance", "importance_ped_anova"):
+        assert max(st[evaluator], key=st[evaluator].get) == "optim.lr", st[evaluator]
+    text = cvae("sweep", "status", *where)
+    assert_ok(text)
+    assert "fANOVA" in text.stdout and "PED-ANOVA" in text.stdout, text.stdout
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvae.cli", "sweep", "dashboard", "--storage", str(journal), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        (summary,) = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", proc).read())["study_summaries"]
+        served = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}/param_importances", proc)
+        (dashboard,) = json.loads(served.read())["param_importances"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert {d["name"]: d["importance"] for d in dashboard} == pytest.approx(st["importance_ped_anova"])
 
 
 # --------------------------------------------------------------------------- failures
@@ -676,6 +924,7 @@ def test_a_trial_its_wandb_run_and_its_dashboard_page_point_at_each_other(tmp_pa
     artifacts that `cvae sweep dashboard` serves, and its Note gives the score beside the references."""
     import optuna_dashboard
     from optuna.artifacts import get_all_artifact_meta
+    from PIL import Image
     from wandb_offline import read_offline_run
 
     sweep = {"overrides": {"train.epochs": 1}, "search": {"optim.lr": SEARCH["optim.lr"]}, "budget": {"n_trials": 1}}
@@ -698,6 +947,9 @@ def test_a_trial_its_wandb_run_and_its_dashboard_page_point_at_each_other(tmp_pa
     assert info["epoch"] == 1 and info["val/psnr"] == pytest.approx(trial.value) and info["spec"] == "tiny-t0"
     assert info["data_identity"]["train_frames"] == 96
     assert trial.user_attrs["wandb_run_id"] == run["run_id"] and trial.user_attrs["device"] == "cpu"
+    # the trial's plot is titled with the run's W&B name (not the spec's name, tiny-t0)
+    plot = Path(trial.user_attrs["run_dir"]) / "plots" / "val_psnr.png"
+    assert Image.open(plot).text["Title"] == f"{meta['display_name']}: validation rollout, epoch 1"
 
     media = get_all_artifact_meta(trial, storage=study._storage)
     assert sorted(m.mimetype for m in media) == ["image/gif", "image/png"]

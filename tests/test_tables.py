@@ -118,6 +118,7 @@ def status_of(n_trials: int) -> dict:
         "failed": [{"number": 17, "reason": "TrainingDiverged: non-finite loss at step 1234 (beta 0.5)"}],
         "trials": trials,
         "importance": {"kl_annealing.ratio": 0.61, "teacher_forcing.decay_start": 0.39},
+        "importance_ped_anova": {"kl_annealing.ratio": 0.27, "teacher_forcing.decay_start": 0.73},
         "importance_note": "16 complete trials for 7 parameters: the importances are rough",
     }
 

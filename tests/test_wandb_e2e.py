@@ -17,10 +17,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from helpers import REPO, subprocess_env, tiny_overrides, write_spec
+from helpers import REPO, subprocess_env, tiny_overrides, write_spec, write_sweep
 from wandb_offline import read_offline_run
 
 from cvae.tracking.media import LABEL_HEIGHT
+from cvae.tracking.wandb_files import wandb_files
 from cvae.tracking.wandb_run import RUN_ID_FILE
 
 pytestmark = pytest.mark.slow
@@ -145,16 +146,22 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert len(plots) == 2 and wandb_epochs[-1]["val/psnr_plot"]["_type"] == "image-file"
     assert iio.imread(plots[-1]).shape[:2] == iio.imread(run_dir / "plots" / "val_psnr.png").shape[:2]
 
-    # The per-frame PSNR line plot: W&B's line chart over a table of (frame, psnr), one per epoch.
-    table_ref = wandb_epochs[-1]["val/psnr_per_frame_table"]
+    # The per-frame PSNR line plot: W&B's line chart over a table of (frame, psnr), logged by every
+    # validation that is the run's best so far (the chart draws the last one logged: the best epoch's).
+    improving = [
+        r["epoch"] for i, r in enumerate(wandb_epochs) if all(r["val/psnr"] > q["val/psnr"] for q in wandb_epochs[:i])
+    ]
+    assert [r["epoch"] for r in wandb_epochs if "val/psnr_per_frame_table" in r] == improving
+    best = max(wandb_epochs, key=lambda r: r["val/psnr"])
+    table_ref = best["val/psnr_per_frame_table"]
     assert table_ref["_type"] == "table-file" and table_ref["nrows"] == 11  # val_len 12: frames 1..11
     tables = sorted(p for p in run["files"] if p.name.endswith(".table.json"))
-    assert len(tables) == 2
+    assert len(tables) == len(improving)
     last_table = next(p for p in tables if p.name == Path(table_ref["path"]).name)
     table = json.loads(last_table.read_text())
     assert table["columns"] == ["frame", "psnr"] and [r[0] for r in table["data"]] == list(range(1, 12))
     # one val video: its mean per-frame PSNR is the epoch's val/psnr
-    assert sum(r[1] for r in table["data"]) / 11 == pytest.approx(wandb_epochs[-1]["val/psnr"], rel=1e-5)
+    assert sum(r[1] for r in table["data"]) / 11 == pytest.approx(best["val/psnr"], rel=1e-5)
     charts = [
         rec["config"]["update"]["_wandb.visualize.val/psnr_per_frame"]["panel_config"]
         for rec in wandb_records(run["segments"][0])
@@ -172,6 +179,89 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert summary["best/epoch"] == local_summary["best/epoch"]
     assert summary["status"] == local_summary["status"] == "finished"
     assert summary["epochs_done"] == 2 and summary["steps"] == total
+
+
+# --------------------------------------------------------------------------- which code, which run
+
+
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_run_from_another_repository_records_its_own_code_and_is_found_by_its_folder(tmp_path, tiny_data, wandb_env):
+    """Started from another git repository with overrides: the W&B config records cvae-sweeps' own
+    version and the commit of its own checkout (not the repository the command ran in), the absolute
+    run folder and the overrides; the run is named after its folder and tagged with its overrides,
+    unset tracking.wandb.* settings stay out of the config, and the per-frame PSNR plot is titled
+    with the run's W&B name."""
+    from importlib import metadata
+
+    from PIL import Image
+
+    other = tmp_path / "another-repo"
+    other.mkdir()
+    git(other, "init", "-q")
+    git(other, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "theirs")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    args = ["train", spec, "--run-dir", "runs/lr-2e-3", "--set", "optim.lr=0.002", "--kl_annealing.cycles=3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args), "--set", "tracking.wandb.mode=offline"],
+        cwd=other, env=wandb_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    run_dir = other / "runs" / "lr-2e-3"
+    run = read_offline_run(run_dir)
+    config = run["config"]
+
+    assert config["git_commit"] == git(REPO, "rev-parse", "HEAD") != git(other, "rev-parse", "HEAD")
+    assert config["git_dirty"] is bool(git(REPO, "status", "--porcelain", "--untracked-files=no"))
+    assert config["versions.cvae_sweeps"] == metadata.version("cvae-sweeps")
+    assert config["run_dir"] == str(run_dir.resolve())  # absolute, though given relative
+    assert config["overrides"] == ["optim.lr=0.002", "kl_annealing.cycles=3"]  # tracking.* are not what it trains
+    assert run["meta"]["display_name"] == "lr-2e-3"
+    assert {"optim.lr=0.002", "kl_annealing.cycles=3"} <= set(run["meta"]["tags"])
+    unset = [k for k, v in config.items() if k.startswith("tracking.wandb.") and v in (None, "", [], {})]
+    assert unset == [] and "tracking.wandb.project" not in config and config["tracking.wandb.mode"] == "offline"
+    assert Image.open(run_dir / "plots" / "val_psnr.png").text["Title"] == "lr-2e-3: validation rollout, epoch 1"
+
+
+def test_the_per_frame_psnr_chart_shows_the_best_epoch(tmp_path, tiny_data, wandb_env, monkeypatch):
+    """W&B's per-frame PSNR chart draws the last table logged: the run logs the curve when a validation
+    is its best, so the chart shows the best epoch's curve, not the last epoch's. Here the last of
+    three validations is made 5 dB worse than it was (the real rollout, its scores lowered)."""
+    import dataclasses
+
+    from cvae.run_folder import prepare
+    from cvae.spec import load_spec
+    from cvae.tracking.wandb_run import WandbTracker
+    from cvae.training import loop
+
+    real, calls = loop.validate_model, []
+
+    def last_one_worse(*args, **kwargs):
+        val = real(*args, **kwargs)
+        calls.append(val.metrics["val/psnr"])
+        if len(calls) < 3:
+            return val
+        metrics = val.metrics | {"val/psnr": val.metrics["val/psnr"] - 5}
+        return dataclasses.replace(val, metrics=metrics, curve=val.curve - 5)
+
+    monkeypatch.setattr(loop, "validate_model", last_one_worse)
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "tracking.wandb.mode": "offline"}))
+    run_dir = tmp_path / "run"
+    prepare(run_dir, resume=False, overwrite=False)
+    loop.train(spec, run_dir, [WandbTracker(mode="offline")])
+
+    run = read_offline_run(run_dir)
+    epochs = {row["_step"]: row["epoch"] for row in run["history"] if "val/psnr" in row}
+    psnr = {row["epoch"]: row["val/psnr"] for row in run["history"] if "val/psnr" in row}
+    best = max(psnr, key=psnr.get)
+    assert best != 3 and run["summary"]["best/epoch"] == best
+    logged = [row for row in run["history"] if "val/psnr_per_frame_table" in row]
+    assert logged and epochs[logged[-1]["_step"]] == best  # the last curve logged is the best epoch's
+    table_file = next(p for p in run["files"] if p.name == Path(logged[-1]["val/psnr_per_frame_table"]["path"]).name)
+    ys = [r[1] for r in json.loads(table_file.read_text())["data"]]
+    assert sum(ys) / len(ys) == pytest.approx(psnr[best], rel=1e-5)  # one val video: its curve's mean is val/psnr
 
 
 # --------------------------------------------------------------------------- sweep agent
@@ -257,6 +347,59 @@ def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wa
     assert run["summary"]["epochs_done"] == 3
     assert run["summary"]["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in run["history"] if "val/psnr" in r))
 
+    # `cvae sync` of the run folder uploads both starts (`wandb sync` of it finds none)
+    r = cvae(wandb_env, "sync", run_dir, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "Would sync 2 run(s)" in r.stdout + r.stderr
+    assert all(str(segment) in r.stdout + r.stderr for segment in run["segments"])
+
+
+# --------------------------------------------------------------------------- one place to sync
+
+
+def test_cvae_sync_finds_every_run_of_a_sweep_and_of_a_runs_folder(tmp_path, tiny_data, wandb_env):
+    """`wandb sync --dry-run` on a sweep folder or a runs folder finds nothing (it looks only in a
+    run's own wandb/ folder); `cvae sync` finds every offline run beneath them and hands them to
+    `wandb sync`, whose own dry run then lists each."""
+    runs = tmp_path / "runs"
+    sweep = {
+        "overrides": {"train.epochs": 1},
+        "search": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2},
+    }
+    path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
+    done = cvae(wandb_env, "sweep", "run", path, "--dir", runs / "sweeps" / "s")
+    assert done.returncode == 0, done.stderr + done.stdout
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    done = cvae(wandb_env, "train", spec, "--run-dir", runs / "single", "--set", "tracking.wandb.mode=offline")
+    assert done.returncode == 0, done.stderr + done.stdout
+    trial_logs = [f for t in ("0", "1") for f in wandb_files(runs / "sweeps" / "s" / "trials" / t)]
+    single_log = wandb_files(runs / "single")
+    assert len(trial_logs) == 2 and len(single_log) == 1
+
+    own = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(runs / "sweeps" / "s")],
+        env=wandb_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "No runs to sync" in own.stdout + own.stderr
+
+    for target, logs in ((runs / "sweeps" / "s", trial_logs), (runs, trial_logs + single_log)):
+        r = cvae(wandb_env, "sync", target, "--dry-run")
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out
+        assert f"Would sync {len(logs)} run(s)" in out, out
+        for log in logs:
+            assert str(log) in out, (log, out)
+
+    # an upload without a W&B login fails with wandb's reason, and exit 1 (nothing reaches a server)
+    no_login = {k: v for k, v in wandb_env.items() if k != "WANDB_API_KEY"}
+    no_login |= {"HOME": str(tmp_path / "home"), "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    r = cvae(no_login, "sync", runs / "single")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "wandb login" in r.stdout + r.stderr and "failed: wandb sync exited" in r.stderr
+
 
 # --------------------------------------------------------------------------- failures
 
@@ -328,7 +471,7 @@ def test_a_moved_run_folder_holds_every_file_its_wandb_records_refer_to(tmp_path
     done = cvae(env, "train", spec, "--run-dir", made)
     assert done.returncode == 0, done.stderr + done.stdout
     files, artifacts = wandb_references(made)
-    assert len(artifacts) >= 2 and any(p.suffix == ".gif" for p in files)  # a table a validation, GIFs
+    assert len(artifacts) >= 2 and any(p.suffix == ".gif" for p in files)  # a per-frame table and the model, GIFs
     assert not [p for p in home.rglob("*") if "wandb" in p.parts]  # nothing of W&B's under the home
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()

@@ -248,12 +248,25 @@ def dashboard(
 def export_wandb(
     sweep_file: SweepArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            metavar="points|search",
+            help="Of a sweep that enqueues points and searches after them (W&B sweeps cannot do both): "
+            "a grid over its enqueued points, or its search alone.",
+        ),
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option(min=1, help="The budget, W&B's run_cap (default: the sweep's n_trials).")
+    ] = None,
 ) -> None:
-    """Write the sweep as a W&B sweep config (agents run `cvae train BASE --key=value ...`)."""
+    """Write the sweep as a W&B sweep config with its budget (agents run `cvae train BASE --key=value ...`)."""
     from cvae.sweep.file import load_sweep
-    from cvae.sweep.wandb_export import wandb_sweep_yaml
+    from cvae.sweep.wandb_export import PARTS, wandb_sweep_yaml
 
-    text = wandb_sweep_yaml(load_sweep(sweep_file))
+    if only is not None and only not in PARTS:
+        raise UserError(f"--only {only!r}: allowed: {', '.join(PARTS)}")
+    text = wandb_sweep_yaml(load_sweep(sweep_file), n_trials=n_trials, only=only)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -40,7 +40,7 @@ def train(
     """Train a spec. Extra --key=value arguments (the W&B agent form) override spec keys."""
     apply_threads(threads, quiet)
     from cvae import run_folder
-    from cvae.launch import launch
+    from cvae.launch import launch, note_overrides
     from cvae.spec import load_spec_origins
     from cvae.tracking.wandb_agent import agent_run_dir, sweep_agent_overrides
 
@@ -58,6 +58,7 @@ def train(
         if spec is None:
             raise UserError("missing SPEC: cvae train experiments/quickstart.yaml (or --resume RUN_DIR)")
         spec_obj, origins = load_spec_origins(spec, layers=layers)
+        spec_obj = note_overrides(spec_obj, [key for _, values in layers for key in values])
         folder = run_dir or agent_run_dir() or Path("runs") / spec_obj.name
     console = make_console(quiet)
     summary = launch(spec_obj, folder, resume=resume is not None, overwrite=overwrite, origins=origins, console=console)

@@ -26,7 +26,7 @@ from cvae import run_folder
 from cvae.errors import RunDirError
 from cvae.history import REFERENCE_NAMES, TRIVIAL_REFERENCES
 from cvae.history import title as key_title
-from cvae.run_folder import RunRecord, is_run, read_run
+from cvae.run_folder import RunRecord, is_run, read_run, run_name
 
 # Keys that never change what a run learns: left out of "settings that differ".
 _IGNORED_PREFIXES = ("tracking.",)
@@ -96,11 +96,11 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def load_runs(args: Sequence[str | Path]) -> list[RunRecord]:
-    """The runs, each labelled by the name its W&B run has (``tracking.wandb.name``, else the spec's
-    name: ``quick-t7``), or by its folder where two runs share a name."""
+    """The runs, each labelled by the name its W&B run has (``tracking.wandb.name``, as a sweep's trials
+    have: ``quick-t7``; else the run folder's name), or by its folder and parents where two runs share one."""
     paths = resolve_runs(args)
     runs = [read_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
-    names = [r.settings.get("tracking.wandb.name") or r.settings.get("name") for r in runs]
+    names = [run_name(r.settings.get("tracking.wandb.name"), p) for r, p in zip(runs, paths, strict=True)]
     if all(names) and len(set(names)) == len(names):
         for r, name in zip(runs, names, strict=True):
             r.label = str(name)

@@ -35,9 +35,12 @@ def artifact_store(folder: Path):
     return FileSystemArtifactStore(str(folder))
 
 
-def publish_trial(trial, folder: Path, run_dir: Path, row: dict[str, Any], metric: str) -> None:
+def publish_trial(
+    trial, folder: Path, run_dir: Path, row: dict[str, Any], metric: str, pruned_after: int | None = None
+) -> None:
     """Upload the trial's GIF and plot of its scored epoch (``row``) and write its Note; ``trial`` is
-    the running Trial (Optuna takes artifacts of unfinished trials only)."""
+    the running Trial (Optuna takes artifacts of unfinished trials only); ``pruned_after``: the epoch
+    after which the pruner stopped it."""
     import optuna_dashboard
     from optuna.artifacts import upload_artifact
 
@@ -55,12 +58,19 @@ def publish_trial(trial, folder: Path, run_dir: Path, row: dict[str, Any], metri
         if path.is_file():
             aid = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
             links.append(f"![{label}](/artifacts/{study_id}/{trial._trial_id}/{aid})")
-    optuna_dashboard.save_note(trial, trial_note(trial.number, run_dir, row, metric, links))
+    optuna_dashboard.save_note(trial, trial_note(trial.number, run_dir, row, metric, links, pruned_after))
 
 
-def trial_note(number: int, run_dir: Path, row: dict[str, Any], metric: str, media: list[str]) -> str:
+def trial_note(
+    number: int, run_dir: Path, row: dict[str, Any], metric: str, media: list[str], pruned_after: int | None = None
+) -> str:
     """The Markdown of a trial's Note."""
     lines = [f"**{metric} {row[metric]:.2f}** at epoch {row['epoch']} (trial {number})", ""]
+    if pruned_after is not None:
+        lines[:1] = [
+            f"**Pruned** after epoch {pruned_after} (trial {number}): the pruner stopped it there, so its score "
+            f"is of the epochs it trained: **{metric} {row[metric]:.2f}** at epoch {row['epoch']}"
+        ]
     if metric == "val/psnr":
         lines += ["| predictor | mean PSNR (dB) |", "|---|---|", f"| this trial | {row[metric]:.2f} |"]
         for key, name in REFERENCE_NAMES.items():
@@ -74,13 +84,13 @@ def trial_note(number: int, run_dir: Path, row: dict[str, Any], metric: str, med
     if url:
         lines.append(f"W&B run: [{run_id}]({url})")
     elif run_id:
-        lines.append(f"W&B run: `{run_id}`, offline (upload: `wandb sync {run_dir.resolve() / 'wandb'}`)")
+        lines.append(f"W&B run: `{run_id}`, offline (upload: `cvae sync {run_dir.resolve()}`)")
     return "\n".join(lines + ["", *media]) + "\n"
 
 
 def study_note(study, sweep) -> None:
-    """The study's Note: the sweep file, the objective and the base spec as YAML (the study's
-    ``base_spec`` attribute keeps the same as JSON for ``cvae sweep best`` and the ``optuna`` CLI)."""
+    """The study's Note: the sweep file, the objective and the base spec as YAML (the same as the
+    sweep folder's base_spec.yaml, which the study's ``base_spec_file`` attribute names)."""
     import optuna_dashboard
 
     o = sweep.spec.objective

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cvae import history
 from cvae.errors import SpecError, UserError
 from cvae.redact import redact
@@ -22,6 +24,11 @@ from cvae.terminal import fmt
 
 JOURNAL_NAME = "optuna.journal"
 STORAGE_ENV = "CVAE_SWEEP_STORAGE"  # the storage URL handed to worker processes (not on argv)
+BASE_SPEC_FILE = "base_spec.yaml"  # in the sweep folder: the base spec with the sweep's overrides, a spec file
+# The same spec as JSON in the study's system attributes (which `optuna studies` does not print), for
+# `cvae sweep best` on any machine that reaches the storage; the user attribute `base_spec_file` names the
+# file. Studies made before kept the spec in the user attribute `base_spec`.
+BASE_SPEC_ATTR = "cvae:base_spec"
 
 
 def storage_url(sweep: Sweep, storage: str | None) -> str:
@@ -129,19 +136,41 @@ def open_study(sweep: Sweep, url: str, seed: int | None = None):
         pruner=make_pruner(sweep),
         load_if_exists=True,
     )
-    if "base_spec" not in study.user_attrs:  # a new study: its points first, then the marks of a made one
+    if not {"base_spec_file", "base_spec"} & study.user_attrs.keys():  # new: its points, then a made one's marks
         for point in sweep.spec.enqueue:
             study.enqueue_trial(point.params, user_attrs={"label": point.name})
         # optuna-dashboard and the `optuna` CLI show the metric's name, not "Objective 0"
         with quiet_experimental():
             study.set_metric_names([sweep.spec.objective.metric])
         study.set_user_attr("sweep_file", str(sweep.path))
-        study.set_user_attr("objective", sweep.spec.objective.model_dump())
-        study.set_user_attr("base_spec", sweep.base)
+        o = sweep.spec.objective  # one short line: `optuna studies` prints every attribute in its table
+        study.set_user_attr("objective", f"{o.metric}, {o.epoch} epoch")
+        study._storage.set_study_system_attr(study._study_id, BASE_SPEC_ATTR, sweep.base)
+        study.set_user_attr("base_spec_file", str(write_base_spec(sweep).resolve()))
         from cvae.sweep.dashboard import study_note
 
         study_note(study, sweep)  # the base spec as YAML on the study's page in optuna-dashboard
     return study
+
+
+def write_base_spec(sweep: Sweep) -> Path:
+    """``<sweep folder>/base_spec.yaml``: the spec every trial starts from, a file ``cvae train`` takes."""
+    path = sweep.out_dir / BASE_SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# The base spec of study {sweep.study}: {sweep.base_path} with the overrides of {sweep.path}.\n"
+        "# Every trial trains it with the trial's values (written when the study was made).\n"
+    )
+    path.write_text(header + yaml.safe_dump(sweep.base, sort_keys=False))
+    return path
+
+
+def stored_base_spec(study) -> dict[str, Any] | None:
+    """The base spec the study was made with (None: not a study `cvae sweep run` made)."""
+    base = study._storage.get_study_system_attrs(study._study_id).get(BASE_SPEC_ATTR)
+    if base is None:
+        base = study.user_attrs.get("base_spec")  # a study made before the spec moved out of the user attributes
+    return base
 
 
 def load_study(url: str, study: str):
@@ -254,6 +283,7 @@ def status(study, importance: bool = True) -> dict[str, Any]:
         if t.state.is_finished() and t.number not in out["replaced"]
     ]
     out["importance"], out["importance_note"] = importances(study, complete) if importance else ({}, None)
+    out["importance_ped_anova"] = ped_anova_importances(study, complete) if importance and out["importance"] else {}
     return out
 
 
@@ -286,11 +316,35 @@ def importances(study, complete: list) -> tuple[dict[str, float], str | None]:
     return {k: float(v) for k, v in values.items()}, note
 
 
+def ped_anova_importances(study, complete: list) -> dict[str, float]:
+    """Each searched parameter's importance as optuna-dashboard 0.21 computes it: PED-ANOVA (how
+    differently the parameter is set in the best 10% of the complete trials than in all of them; no
+    randomness), on the objective turned to "lower is better" as the dashboard does. It answers another
+    question than fANOVA's share of the variance; on few trials the two often disagree. {} where it
+    cannot be computed."""
+    import warnings
+
+    import optuna
+
+    if len(complete) < 2:
+        return {}
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    try:
+        with quiet_experimental(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PED-ANOVA warns that it ranks for low target values: so it does
+            values = optuna.importance.get_param_importances(
+                study, target=lambda t: sign * t.value, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
+    except (RuntimeError, ValueError):
+        return {}
+    return {k: float(v) for k, v in values.items()}
+
+
 def best_spec_yaml(study) -> str:
     """The best trial's values merged into the sweep's base spec: a ready spec file."""
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         raise SpecError(f"study {study.study_name!r} has no complete trial yet")
-    base = study.user_attrs.get("base_spec")
+    base = stored_base_spec(study)
     if base is None:
         raise SpecError(f"study {study.study_name!r} was not made by cvae sweep run (no base spec stored)")
     b = study.best_trial
@@ -299,7 +353,7 @@ def best_spec_yaml(study) -> str:
     spec = validate_spec(data, f"best trial {b.number}")
     header = (
         f"# Best trial {b.number} of study {study.study_name}: {fmt(b.value)} "
-        f"({study.user_attrs.get('objective', {}).get('metric', 'objective')}).\n"
+        f"({(study.metric_names or ['objective'])[0]}).\n"
         f"# Sweep file: {study.user_attrs.get('sweep_file', '?')}; values found:\n"
         + "".join(f"#   {k}: {v}\n" for k, v in b.params.items())
     )
@@ -355,9 +409,11 @@ def status_tables(st: dict[str, Any]) -> list:
     if st["trials"]:
         out.append(trials_table(st))
     if st["importance"]:
-        title = "what mattered: each parameter's importance (fANOVA over the complete trials)"
-        rows = [[k, f"{v:.2f}"] for k, v in st["importance"].items()]
-        out.append(table(title, ["parameter", Col("importance", numeric=True)], rows))
+        title = "what mattered: each parameter's importance over the complete trials"
+        ped = st.get("importance_ped_anova") or {}
+        rows = [[k, f"{v:.2f}", f"{ped[k]:.2f}" if k in ped else "-"] for k, v in st["importance"].items()]
+        columns = ["parameter", Col("fANOVA", numeric=True), Col("PED-ANOVA", numeric=True)]
+        out.append(table(title, columns, rows, notes=[IMPORTANCE_LEGEND]))
     if st["importance_note"]:
         out.append(Fields([f"note: {st['importance_note']}"]))
     return out
@@ -371,6 +427,13 @@ def metric_header(metric: str) -> str:
 def param_words(params: dict[str, Any]) -> list[str]:
     """``key=value`` each (4 significant digits): words a line or a table cell never splits."""
     return [f"{k}={fmt(v)}" for k, v in params.items()]
+
+
+IMPORTANCE_LEGEND = (
+    "fANOVA: the parameter's share of the score's variance; PED-ANOVA: how differently it is set in the best "
+    "10% of trials than in all of them (what optuna-dashboard draws). They answer different questions; on few "
+    "trials they often disagree."
+)
 
 
 def params_text(params: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import history, run_folder
+from cvae.code_version import describe
 from cvae.errors import Pruned, Stopped, signals_held
 from cvae.history import REFERENCE_NAMES
 from cvae.placement import GPU_KEY, given_gpu
@@ -103,6 +104,7 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             params = {key: suggest(trial, key, p) for key, p in sweep.spec.search.items()}
             trial.set_user_attr("run_dir", str(run_dir.resolve()))
             trial.set_user_attr("worker", worker)
+            trial.set_user_attr("code_version", describe())  # workers on other machines may run other code
             if (gpu := given_gpu()) is not None:  # the GPU this worker was given (--gpus)
                 trial.set_user_attr(GPU_KEY, gpu)
         o = sweep.spec.objective
@@ -124,9 +126,8 @@ def make_objective(sweep: Sweep, study_name: str, lock=None, worker: str = ""):
             return float(row[o.metric])
         except Pruned as e:  # the run folder and W&B say pruned; Optuna learns it the way it expects
             with signals_held(), contextlib.suppress(RuntimeError):  # no epoch validated: nothing to show
-                publish(
-                    trial, sweep, run_dir, scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch), o.metric
-                )
+                row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
+                publish(trial, sweep, run_dir, row, o.metric, trial.user_attrs.get("pruned_at_epoch"))
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt as e:
             how = e.how if isinstance(e, Stopped) else "Ctrl-C"
@@ -160,14 +161,16 @@ def trial_tracking(sweep: Sweep, study: str, number: int, params: dict[str, Any]
     }
 
 
-def publish(trial, sweep: Sweep, run_dir: Path, row: dict[str, Any], metric: str) -> None:
+def publish(
+    trial, sweep: Sweep, run_dir: Path, row: dict[str, Any], metric: str, pruned_after: int | None = None
+) -> None:
     """The trial's media and Note for optuna-dashboard; a failure there warns and loses nothing else."""
     import warnings
 
     from cvae.sweep.dashboard import artifact_dir, publish_trial
 
     try:
-        publish_trial(trial, artifact_dir(sweep), run_dir, row, metric)
+        publish_trial(trial, artifact_dir(sweep), run_dir, row, metric, pruned_after)
     except Exception as e:  # the dashboard's extras must never fail a trial
         warnings.warn(f"trial {trial.number}: optuna-dashboard media not stored: {e}", RuntimeWarning, stacklevel=2)
 

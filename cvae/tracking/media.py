@@ -135,15 +135,15 @@ def colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write atomically, close."""
+def save_figure(fig, path: Path, title: str | None = None) -> Path:
+    """Lay out, write atomically, close; ``title`` also in the PNG's Title field (what viewers list)."""
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     try:
         fig.tight_layout()
-        fig.savefig(tmp)
+        fig.savefig(tmp, metadata={"Title": title} if title else None)
     finally:
         plt.close(fig)
     os.replace(tmp, path)
@@ -164,7 +164,7 @@ def plot_psnr(path: Path, curves: dict[str, Sequence[float]], refs: dict[str, fl
     ax.set(xlabel="frame", ylabel="PSNR (dB)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return save_figure(fig, path)
+    return save_figure(fig, path, title)
 
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # history key -> (xs, ys)

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 AGENT_RUNS = Path("runs") / "wandb-sweeps"
+# A W&B grid over a sweep file's enqueued points (cvae/sweep/wandb_export.py) has one parameter, this,
+# whose values are the points: ``{name: ..., params: {dotted key: value}}``.
+ENQUEUE_PARAM = "enqueue"
 
 
 def agent_run_dir() -> Path | None:
@@ -23,7 +26,8 @@ def agent_run_dir() -> Path | None:
 
 def sweep_agent_overrides() -> dict[str, Any]:
     """Under ``wandb agent`` (WANDB_SWEEP_ID set), the run's parameters from the agent's file
-    (``{key: {value: v}}`` YAML at WANDB_SWEEP_PARAM_PATH) as dotted spec overrides; else {}."""
+    (``{key: {value: v}}`` YAML at WANDB_SWEEP_PARAM_PATH) as dotted spec overrides; else {}. An
+    ``enqueue`` parameter (a grid over a sweep file's enqueued points) gives its point's values."""
     import yaml
 
     from cvae.errors import SpecError
@@ -39,5 +43,11 @@ def sweep_agent_overrides() -> dict[str, Any]:
     for key, entry in data.items():
         if key.startswith("_") or key == "wandb_version":
             continue
-        out[key] = entry["value"] if isinstance(entry, dict) and "value" in entry else entry
+        value = entry["value"] if isinstance(entry, dict) and "value" in entry else entry
+        if key == ENQUEUE_PARAM:
+            if not (isinstance(value, dict) and isinstance(value.get("params"), dict)):
+                raise SpecError(f"{path} (WANDB_SWEEP_PARAM_PATH): `{key}` must be {{name: ..., params: {{...}}}}")
+            out.update(value["params"])
+        else:
+            out[key] = value
     return out

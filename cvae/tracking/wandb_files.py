@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-def _segment_key(folder: Path) -> tuple[str, int]:
+def segment_key(folder: Path) -> tuple[str, int]:
     """Order of a run's folders: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]``.
 
     Two starts within one second get ``-1``, ``-2``... suffixes (seen with wandb 0.31).
@@ -38,7 +38,7 @@ def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
             if run_id is not None and path.stem != f"run-{run_id}":
                 continue
             found.append(path)
-    return sorted(found, key=lambda p: _segment_key(p.parent))
+    return sorted(found, key=lambda p: segment_key(p.parent))
 
 
 def inspect_log(path: Path, summary: bool, timeout: float = 120) -> str:

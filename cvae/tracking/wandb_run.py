@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import string
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from cvae import history
 from cvae.redact import redact
+from cvae.run_folder import run_name
 from cvae.spec import flatten
 from cvae.tracking.tracker import Tracker
 from cvae.tracking.wandb_files import last_logged_step
@@ -32,6 +32,7 @@ RUN_ID_FILE = "wandb_run_id.txt"
 RUN_URL_FILE = "wandb_run_url.txt"  # online runs only: where the run is on the W&B server
 LOG_MODEL = ("best", "all", "none")
 PRUNED_TAG = "pruned"
+OVERRIDES_KEY = "overrides"  # tracking.wandb.config's `key=value` list of a run's command-line overrides
 
 # W&B's modes and its aliases for them.
 _MODES = {
@@ -69,16 +70,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _git_commit() -> str | None:
-    """The commit of the repository the program runs from, if it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit or None
-
-
 def _plain(value: Any) -> Any:
     """Config values W&B stores as they are: paths and other objects become strings."""
     if value is None or isinstance(value, (str, bool, int, float)):
@@ -90,16 +81,31 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, list, tuple, dict)) and not value)
+
+
 def run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The flat, redacted config a W&B run gets: the spec plus where/what it ran with."""
-    flat = {k: _plain(v) for k, v in flatten(config).items() if not k.startswith("tracking.wandb.config")}
-    flat["run_dir"] = str(run_dir)
+    """The flat, redacted config a W&B run gets: the spec plus where and with what code it ran.
+    ``tracking.wandb.*`` settings left unset (null or empty) stay out: they say nothing about the run."""
+    from cvae.code_version import code_version
+
+    flat = {
+        k: _plain(v)
+        for k, v in flatten(config).items()
+        if not k.startswith("tracking.wandb.config") and not (k.startswith("tracking.wandb.") and _empty(v))
+    }
+    flat["run_dir"] = str(Path(run_dir).resolve())
     if "device" not in flat and "train.device" in flat:
         flat["device"] = flat["train.device"]
     flat.update(_versions())
-    commit = _git_commit()
-    if commit:
-        flat["git_commit"] = commit
+    code = code_version()
+    if code.get("version"):
+        flat["versions.cvae_sweeps"] = code["version"]
+    if code.get("commit"):  # the commit of cvae-sweeps' own checkout, not of the directory it ran in
+        flat["git_commit"] = code["commit"]
+        if "dirty" in code:
+            flat["git_dirty"] = code["dirty"]
     return redact(flat)
 
 
@@ -236,7 +242,7 @@ class WandbTracker(Tracker):
                 group=self.group,
                 job_type=self.job_type,
                 tags=self.tags,
-                name=self.name,
+                name=self.name or run_name(None, run_dir),
                 notes=self.notes,
                 config=run_config({**config, **self.extra_config}, run_dir),
                 id=run_id,
@@ -332,7 +338,8 @@ class WandbTracker(Tracker):
     def _log_artifact(self, path: Path, metadata: dict[str, Any]) -> None:
         import wandb
 
-        name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self._run.name or 'run'}-{self.run_id}")
+        run = self._run.name or "run"
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", run if run.endswith(str(self.run_id)) else f"{run}-{self.run_id}")
         artifact = wandb.Artifact(name, type="model", metadata=_plain(redact(metadata)))
         artifact.add_file(str(path), name=path.name)  # copied into W&B's staging folder: later writes do not touch it
         self._run.log_artifact(artifact, aliases=["best", "latest"])
@@ -394,13 +401,23 @@ def _new_run_id() -> str:
 # --- wiring from a spec -----------------------------------------------------------------------
 
 
+MAX_TAG = 64  # W&B refuses longer tags
+
+
+def override_tags(config: dict[str, Any]) -> list[str]:
+    """The ``key=value`` overrides a run was started with (``tracking.wandb.config.overrides``, set by
+    ``cvae.launch.note_overrides``) as W&B tags; one longer than W&B allows is in the config only."""
+    overrides = config.get(OVERRIDES_KEY)
+    if not isinstance(overrides, list):
+        return []
+    return [t for t in overrides if isinstance(t, str) and 0 < len(t) <= MAX_TAG]
+
+
 def from_spec(spec: Any, console: Any = None) -> WandbTracker:
     """The W&B tracker that ``spec.tracking.wandb`` asks for (W&B env vars fill unset values)."""
     from cvae.errors import SpecError
 
     w = spec.tracking.wandb
-    # A sweep agent's runs all train the base spec: name each by the W&B run id the agent gave it.
-    agent_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     try:
         return WandbTracker(
             mode=w.mode,
@@ -408,8 +425,8 @@ def from_spec(spec: Any, console: Any = None) -> WandbTracker:
             entity=w.entity,
             group=w.group,
             job_type=w.job_type,
-            tags=list(w.tags),
-            name=w.name or (f"{spec.name}-{agent_run}" if agent_run else spec.name),
+            tags=list(dict.fromkeys([*w.tags, *override_tags(w.config)])),
+            name=w.name,  # None: the run folder's name (a sweep agent's run: its run id, the folder's name)
             notes=w.notes,
             console=console,
             extra_config=w.config,

@@ -344,26 +344,31 @@ def validate_epoch(run_dir: Path, spec, model, opt, sched, val_set: VideoSet, re
         state.best_psnr, state.best_epoch = val.metrics["val/psnr"], state.epoch
         save_checkpoint(run_dir, run_folder.BEST, spec, model, opt, sched, state.counters())
         state.best_val = val if spec.tracking.media == "end" else None
-    if spec.tracking.media == "every":
-        log_validation_media(run_dir, val, val_set, refs, spec, state.epoch, state.step, tracker)
+    if spec.tracking.media == "every":  # the per-frame curve only when best: W&B's chart shows the last one logged
+        best = state.best_epoch == state.epoch
+        log_validation_media(run_dir, val, val_set, refs, spec, state.epoch, state.step, tracker, curve=best)
     return val.metrics | refs | {"perf/val_s": time.perf_counter() - v0}
 
 
-def log_validation_media(run_dir: Path, val: Validation, val_set: VideoSet, refs, spec, epoch: int, step, tracker):
-    """The rollout GIF and per-frame PSNR plot into the run folder, and to the trackers."""
+def log_validation_media(
+    run_dir: Path, val: Validation, val_set: VideoSet, refs, spec, epoch: int, step, tracker, curve: bool = True
+):
+    """The rollout GIF and per-frame PSNR plot into the run folder, and to the trackers; with ``curve``
+    the per-frame PSNR as a curve too (a tracker's chart of it shows the last one logged: the best's)."""
     gif, plot = write_media(
         run_dir / "media" / f"val_epoch{epoch:03d}.gif",
         run_dir / "plots" / "val_psnr.png",
         val,
         val_set,
         refs,
-        f"{spec.name}: validation rollout, epoch {epoch}",
+        f"{run_folder.run_name(spec.tracking.wandb.name, run_dir)}: validation rollout, epoch {epoch}",
         spec.tracking.gif_frames,
     )
     tracker.log_media("val/rollout", gif, step)
     tracker.log_media("val/psnr_plot", plot, step)  # the per-frame PSNR with its references, as drawn here
-    curve = val.curve.tolist()
-    tracker.log_curve("val/psnr_per_frame", list(range(1, len(curve) + 1)), curve, "frame", "psnr", step)
+    if curve:
+        ys = val.curve.tolist()
+        tracker.log_curve("val/psnr_per_frame", list(range(1, len(ys) + 1)), ys, "frame", "psnr", step)
 
 
 def resume_from(ck: dict[str, Any], run_dir: Path, model, opt, sched) -> State:
