@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cvae.cli.common import SetOpt, handle_errors
+from cvae.cli.common import SetOpt, ThreadsOpt, apply_threads, handle_errors
 from cvae.terminal import err_console, make_console
 
 
@@ -60,10 +60,12 @@ def doctor(
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Run the checks (a few minutes; --no-check: the machine only).")
     ] = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     """What this machine offers (devices, bf16, TF32, threads), then checks on --device at template widths:
     numerics, training in each native precision, teacher forcing, the compiled step, bench --quick, rollout
     memory (CUDA), an exact resume: one line per check, exit code 1 if one fails."""
+    apply_threads(threads, quiet=False)  # as cvae train chooses them: a contended thread stalls every op
     from cvae.doctor import machine_lines, run_checks
 
     console = make_console(False)
