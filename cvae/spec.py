@@ -118,6 +118,11 @@ class TrainSpec(_Section):
         "same arithmetic, much less peak memory for more time (docs/performance.md).",
     )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
+    detach_feedback: bool = Field(
+        False,
+        description="Cut the gradient where the model's own output is fed back as the next step's previous frame; "
+        "false: it flows through (our choice: the template leaves its training step to the student).",
+    )
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
     fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")
     fast_epochs: int = Field(

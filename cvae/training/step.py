@@ -101,6 +101,8 @@ def train_step(
                     z = z_all[:, t - 1]
                 out = run(model.decode, f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
                 mse = mse + F.mse_loss(out, x[:, t])
+                if spec.train.detach_feedback:  # the next step sees this frame, but sends no gradient back into it
+                    out = out.detach()
     loss = mse + beta * kl
     loss.backward()
     share = forced.float().mean()
