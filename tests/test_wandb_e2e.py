@@ -172,6 +172,11 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert summary["best/epoch"] == local_summary["best/epoch"]
     assert summary["status"] == local_summary["status"] == "finished"
     assert summary["epochs_done"] == 2 and summary["steps"] == total
+    # The best checkpoint on the held-out test videos (the tiny dancer has their truth), under test/ keys
+    for key in ("test/psnr", "test/psnr_repeat_first", "test/psnr_mean_frame", "test/psnr_shifted_pose"):
+        assert summary[key] == pytest.approx(local_summary[key])
+    assert summary["test/epoch"] == local_summary["best/epoch"]
+    assert "held-out test videos (2 videos" in done.stdout
 
 
 # --------------------------------------------------------------------------- sweep agent

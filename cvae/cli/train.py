@@ -66,6 +66,10 @@ def train(
             f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']}; "
             f"run folder {folder}"
         )
+    from cvae.training.heldout import heldout_line
+
+    if (line := heldout_line(summary)) is not None:
+        console.print(line, markup=False)
 
 
 def split_cli_overrides(args: list[str]) -> list[str]:
