@@ -85,6 +85,26 @@ def test_sweep_status_tables():
             assert_fits(item, [n for n in numbers if n in render(item, 300)])
     trials = assert_fits(status_tables(st)[-2 if st["importance_note"] is None else -3], numbers)
     assert "vs mf: vs the mean frame." in " ".join(trials.split())
+    # where every number was measured: the validation videos the sweep chooses on
+    assert "(val/psnr on the validation videos)" in " ".join(trials.split())
+    best = next(i for i in status_tables(st) if isinstance(i, str) and i.startswith("best:"))
+    assert best.startswith("best: trial 13, val/psnr = 28.5 on the validation videos")
+
+
+def test_report_table_says_which_split_each_number_comes_from(tmp_path):
+    from cvae.run_folder import RunRecord
+    from cvae.runs.report import Figure, ReportFigures
+
+    def run(name: str, summary: dict) -> RunRecord:
+        return RunRecord(tmp_path / name, name, {}, [], {"best/val_psnr": 25.5, "best/epoch": 2, **summary})
+
+    figures = ReportFigures([Figure(tmp_path / "kl_annealing.png", "KL", [("none", run("a", {"test/psnr": 24.75})),
+                                                                          ("cyclical", run("b", {}))])])  # fmt: skip
+    text = " ".join(assert_fits(figures.table(), ["25.50", "24.75"]).split())
+    assert "best val PSNR: best val PSNR (the validation video)" in text
+    assert "test PSNR: its PSNR on the held-out test videos" in text
+    plain = ReportFigures([Figure(tmp_path / "kl.png", "KL", [("cyclical", run("b", {}))])])
+    assert "test PSNR" not in render(plain.table(), 200)  # no run has held-out scores: no column
 
 
 def test_confirm_table():

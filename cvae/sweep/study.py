@@ -17,6 +17,7 @@ import yaml
 
 from cvae import history
 from cvae.errors import SpecError, UserError
+from cvae.history import source_of
 from cvae.redact import redact
 from cvae.spec import apply_overrides, dump_yaml, validate_spec
 from cvae.sweep.file import CategoricalParam, FloatParam, HeartbeatSpec, IntParam, Sweep, grid_values, load_sweep
@@ -345,7 +346,8 @@ def status_tables(st: dict[str, Any]) -> list:
                        [[s.lower(), n] for s, n in st["states"].items() if n])]  # fmt: skip
     if st["best"]:
         b = st["best"]
-        out.append(f"best: trial {b['number']} = {b['value']:.4g}  run folder {b['run_dir']}")
+        where = f" {source_of(st['metric'])}" if source_of(st["metric"]) else ""
+        out.append(f"best: trial {b['number']}, {st['metric']} = {b['value']:.4g}{where}  run folder {b['run_dir']}")
         out += [f"  {k}: {v}" for k, v in b["params"].items()]
     if st["running"]:
         rows = [
@@ -399,4 +401,5 @@ def trials_table(st: dict[str, Any]):
         ]
         for t in ordered
     ]
-    return table(f"trials of {st['study']}, best first", columns, rows)
+    where = f" ({st['metric']} {source_of(st['metric'])})" if source_of(st["metric"]) else ""
+    return table(f"trials of {st['study']}, best first{where}", columns, rows)
