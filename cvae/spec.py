@@ -92,7 +92,8 @@ class ModelSpec(_Section):
 class LossSpec(_Section):
     kl_reduction: Literal["sum", "mean"] = Field(
         "sum",
-        description="KL over latent elements: `sum` / batch (template, ~1000x the MSE) or `mean` (MSE's scale).",
+        description="KL over latent elements: `sum` / batch (template, 1,200-5,600x the MSE at the first step) or "
+        "`mean` (MSE's scale).",
     )
 
 
