@@ -76,6 +76,9 @@ def test_truth_that_does_not_match_the_test_split_is_named(tmp_path, tiny_data):
     (root / "test_truth" / "1" / "frame39.png").unlink()
     with pytest.raises(DataError, match=r"test_truth/1: 39 true frames for the 40 poses"):
         scan_truth(root)
+    with pytest.raises(DataError, match=r"39 true frames"):  # a run that would score it stops before it trains
+        train(load_spec(None, tiny_overrides(root)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
     shutil.rmtree(root / "test_truth")
     with pytest.raises(DataError, match="missing, though .*synth.json names it"):
         truth_folder(root)

@@ -16,7 +16,7 @@ import torch
 
 from cvae import run_folder
 from cvae.data.frames import load_truth
-from cvae.data.truth import truth_folder
+from cvae.data.truth import scan_truth, truth_folder
 from cvae.device import memory_format
 from cvae.model import CVAE, build_model
 from cvae.spec import ExperimentSpec
@@ -29,6 +29,13 @@ def best_weights(run_dir: Path, spec: ExperimentSpec, device: torch.device) -> C
     model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
     model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST), device)["model"])
     return model
+
+
+def check_truth(spec: ExperimentSpec) -> None:
+    """With ``train.test_at_end``, a test truth that does not match the test split is bad input before
+    training starts (file names and counts only), not a failure after it."""
+    if spec.train.test_at_end and truth_folder(Path(spec.data.root)) is not None:
+        scan_truth(Path(spec.data.root))
 
 
 def score_best(run_dir: Path, spec: ExperimentSpec, device: torch.device, best_epoch: int) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
-from cvae.training.heldout import best_weights, score_best
+from cvae.training.heldout import best_weights, check_truth, score_best
 from cvae.training.schedules import schedule_values, step_tfr
 from cvae.training.step import forward_backward
 from cvae.training.validation import VAL_SEED_OFFSET, Validation, reference_metrics, validate_model, write_media
@@ -112,6 +112,7 @@ def train(
     ck = resume_checkpoint(run_dir, device, console) if resume else None
     recorded = RunData(run_dir, strict=True) if resume else None
     train_set, val_set, data_id = load_data(spec, device, console, recorded)
+    check_truth(spec)  # the held-out test videos scored at the end, checked now
     if resume and ck is None:  # stopped before its first epoch ended: nothing to resume, it starts over
         resume = False
         history.truncate(run_dir / history.FILE, 0, 0)
@@ -178,8 +179,7 @@ def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, track
     held_out: dict[str, Any] = {}
     if state.best_epoch:
         tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
-        if spec.train.test_at_end:
-            held_out = score_best(run_dir, spec, val_set.frames.device, state.best_epoch)
+        if spec.train.test_at_end and (held_out := score_best(run_dir, spec, val_set.frames.device, state.best_epoch)):
             tracker.summary(held_out)
     return held_out
 
