@@ -176,17 +176,18 @@ def test_the_labs_data_has_no_test_truth_evaluate_says_so(trained_run, tmp_path)
 
 
 @pytest.mark.slow
-def test_the_z_seed_of_a_rollout_is_a_choice_and_its_default_is_trainings(trained_run, tmp_path, tiny_spec):
-    base = tmp_path / "default"
-    assert_ok(cvae("evaluate", trained_run, "--out", base))
-    same = tmp_path / "same"
-    assert_ok(cvae("evaluate", trained_run, "--out", same, "--z-seed", str(tiny_spec.seed + 7919)))
-    other = tmp_path / "other"
-    assert_ok(cvae("evaluate", trained_run, "--out", other, "--z-seed", "3"))
+def test_the_z_seed_of_a_rollout_is_a_choice_and_its_default_is_trainings(run_copy, tiny_spec):
+    base, same = run_copy / "eval", run_copy / "same"
+    assert_ok(cvae("evaluate", run_copy))
+    assert_ok(cvae("evaluate", run_copy, "--out", same, "--z-seed", str(tiny_spec.seed + 7919)))
+    before = (base / "metrics.json").read_bytes()
+    assert_ok(cvae("evaluate", run_copy, "--z-seed", "3"))  # other draws: beside RUN/eval, never over it
+    other = run_copy / "eval-z3"
     a, b, c = (json.loads((d / "metrics.json").read_text()) for d in (base, same, other))
     assert a["z_seed"] == b["z_seed"] == tiny_spec.seed + 7919 and c["z_seed"] == 3
     assert a["val/psnr"] == b["val/psnr"] and c["val/psnr"] != a["val/psnr"]
     assert (base / "psnr_per_frame.csv").read_bytes() == (same / "psnr_per_frame.csv").read_bytes()
+    assert (base / "metrics.json").read_bytes() == before
 
 
 # --------------------------------------------------------------------------- the lab's own layout

@@ -157,9 +157,10 @@ def evaluate_run(
 ) -> Evaluation:
     """The rollouts of a trained model (``load_trained``'s arguments) on the val videos, or with ``split``
     ``test`` on the held-out test videos where the data has their true frames (else a DataError saying
-    why). ``out`` (default RUN/eval or RUN/eval-test, or ``<file>-eval[-test]`` beside a checkpoint file)
-    gets metrics.json, the per-frame CSV and PNG, the GIF. ``z_seed``: the seed of the z draws (default:
-    the spec's seed + 7919, what the run's validations drew)."""
+    why). ``out`` (default RUN/eval or RUN/eval-test, or ``<file>-eval[-test]`` beside a checkpoint file;
+    ``-z<seed>`` added for other z draws than training's) gets metrics.json, the per-frame CSV and PNG,
+    the GIF. ``z_seed``: the seed of the z draws (default: the spec's seed + 7919, what the run's
+    validations drew)."""
     from cvae.data.frames import load_truth
     from cvae.data.root import RunData, ensure_data, scan_dataset
     from cvae.data.truth import no_truth, truth_folder
@@ -202,8 +203,10 @@ def evaluate_run(
         )
     metrics = result.metrics | refs | {"epoch": trained.epoch, "pose_shift": result.pose_shift, "z_seed": seed}
     metrics |= {"checkpoint": str(trained.checkpoint), "eval_batchnorm": spec.model.eval_batchnorm, "split": split}
-    if out is None:
-        suffix = "eval" if split == "val" else "eval-test"
+    if out is None:  # RUN/eval is the checkpoint's validation as trained (cvae compare reads it): other draws go beside
+        suffix = ("eval" if split == "val" else "eval-test") + (
+            "" if seed == spec.seed + VAL_SEED_OFFSET else f"-z{seed}"
+        )
         out = (
             trained.run_dir / suffix
             if trained.run_dir is not None
