@@ -132,11 +132,6 @@ class TrainSpec(_Section):
         description="Epochs of fast training when `fast_train` is on (the template's --fast_train_epoch 5 gives 7).",
     )
     val_every: int = Field(1, ge=1, description="Validate (rollout + checkpoint best) every N epochs.")
-    test_at_end: bool = Field(
-        True,
-        description="When the run ends, score its best checkpoint on the held-out test videos where the dataset has "
-        "their true frames (the synthetic dancer; the lab's are Kaggle's): `test/*` in summary.json and W&B.",
-    )
     on_nan: Literal["stop", "skip_batch"] = Field(
         "stop",
         description="A NaN/inf loss: `stop` the run at once, or `skip_batch` (drop that update; stop past the limit).",
@@ -219,6 +214,11 @@ class TrackingSpec(_Section):
         "every",
         description="The validation GIF and plot: at `every` validation, or once at the `end`, of the best epoch "
         "(sweep trials and confirm runs: nothing reads them meanwhile).",
+    )
+    test_at_end: bool = Field(
+        True,
+        description="When the run ends, score its best checkpoint on the held-out test videos where the dataset has "
+        "their true frames (the synthetic dancer; the lab's are Kaggle's): `test/*` in summary.json and W&B.",
     )
     wandb: WandbSpec = WandbSpec()
 

@@ -94,7 +94,7 @@ def tiny_overrides(root: Path | str, **extra: Any) -> dict[str, Any]:
     12-frame validation rollouts, teacher forcing 0.5 per frame from the start (so the coins and
     the model's own outputs are used), frames squashed by a sigmoid (the template's unbounded
     output can blow up in a tiny model that feeds on itself), W&B off, no held-out test scoring at
-    the end (a fifth of a tiny run's time; the tests of it ask for it: ``train.test_at_end``)."""
+    the end (a fifth of a tiny run's time; the tests of it ask for it: ``tracking.test_at_end``)."""
     out: dict[str, Any] = {
         "name": "tiny",
         "seed": 0,
@@ -117,7 +117,7 @@ def tiny_overrides(root: Path | str, **extra: Any) -> dict[str, Any]:
         "teacher_forcing.mode": "frame",
         "tracking.wandb.mode": "disabled",
         "tracking.gif_frames": 10,
-        "train.test_at_end": False,
+        "tracking.test_at_end": False,
     }
     out.update(extra)
     return out

@@ -398,7 +398,7 @@ def test_confirm_stopped_with_ctrl_c_resumes_without_retraining_finished_seeds(t
     assert iio.imread(out / "confirm.png").ndim == 3
     # The tiny dancer has test truth: every confirm run scored its best checkpoint on the held-out test videos
     # (the sweep's trials did not), and confirm puts them and their verdict beside validation's.
-    assert spec["train"]["test_at_end"] and result["heldout"]
+    assert spec["tracking"]["test_at_end"] and result["heldout"]
     for s in settings:
         runs = [confirm_dir / s["name"] / f"seed{k}" for k in result["seeds"]]
         held = [json.loads((r / "summary.json").read_text())["test/psnr"] for r in runs]

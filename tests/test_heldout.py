@@ -77,7 +77,7 @@ def test_truth_that_does_not_match_the_test_split_is_named(tmp_path, tiny_data):
     with pytest.raises(DataError, match=r"test_truth/1: 39 true frames for the 40 poses"):
         scan_truth(root)
     with pytest.raises(DataError, match=r"39 true frames"):  # a run that would score it stops before it trains
-        train(load_spec(None, tiny_overrides(root, **{"train.test_at_end": True})), tmp_path / "run")
+        train(load_spec(None, tiny_overrides(root, **{"tracking.test_at_end": True})), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     shutil.rmtree(root / "test_truth")
     with pytest.raises(DataError, match="missing, though .*synth.json names it"):
@@ -105,9 +105,9 @@ def test_a_run_scores_its_best_checkpoint_on_the_held_out_videos_when_it_ends(tr
 
 
 def test_no_test_truth_no_test_scores_and_the_switch_turns_it_off(tmp_path, tiny_data, workspace):
-    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.test_at_end": False}))
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "tracking.test_at_end": False}))
     assert not [k for k in train(spec, tmp_path / "off") if k.startswith("test/")]
-    spec = load_spec(workspace / "spec.yaml", {"train.epochs": 1, "train.test_at_end": True})  # the lab's: no truth
+    spec = load_spec(workspace / "spec.yaml", {"train.epochs": 1, "tracking.test_at_end": True})  # the lab's: no truth
     summary = train(spec, tmp_path / "lab")
     assert "best/val_psnr" in summary and not [k for k in summary if k.startswith("test/")]
 

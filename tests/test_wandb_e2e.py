@@ -85,7 +85,7 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"kl_annealing.cycles": 7}))
     run_dir = tmp_path / "run"
     done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline", "--set",
-                "train.test_at_end=true")  # fmt: skip
+                "tracking.test_at_end=true")  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert WARNING not in done.stdout + done.stderr
 

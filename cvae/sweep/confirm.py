@@ -14,7 +14,7 @@ seeds, and the base on every seed an open setting has. ``race=False`` trains eve
 ``max_seeds`` seeds and decides once, by its 95% interval.
 
 Where the dataset holds the test videos' true frames (the synthetic dancer), every run also scores its
-best checkpoint on them when it ends (``train.test_at_end``): each setting then gets its held-out mean
+best checkpoint on them when it ends (``tracking.test_at_end``): each setting then gets its held-out mean
 beside its validation mean, and a held-out verdict against the base by the same paired method, on the
 seeds the race trained it on and at the level of the look that settled its validation verdict. The
 race decides on validation alone; the held-out verdict says whether its answer holds on videos nobody
@@ -97,7 +97,7 @@ def runs_of(sweep: Sweep, pairs: list[tuple[Setting, int]]) -> dict[str, dict[st
             "tracking.wandb.group": f"{sweep.study}-confirm",
             "tracking.wandb.job_type": "confirm",
             "tracking.media": "end",  # the best epoch's GIF and plot once, at the end
-            "train.test_at_end": True,  # the held-out test videos, where the data has their truth: never raced on
+            "tracking.test_at_end": True,  # the held-out test videos, where the data has their truth: never raced on
             "tracking.wandb.tags": ["confirm", sweep.study],
             "tracking.wandb.name": f"{sweep.study}-{s.name}-s{seed}",
             "tracking.wandb.config": {

@@ -3,7 +3,7 @@
 The best checkpoint is the one validation chose; the test videos had no part in choosing it (nor in a
 sweep's objective, its pruner or confirm's race), so its score on them says whether what validation
 saw holds on videos nobody chose on, as the Kaggle leaderboard says it for the lab. Scored when a run
-ends (``train.test_at_end``) and by ``cvae evaluate RUN --split test`` (cvae/runs/evaluate.py).
+ends (``tracking.test_at_end``) and by ``cvae evaluate RUN --split test`` (cvae/runs/evaluate.py).
 """
 
 from __future__ import annotations
@@ -32,18 +32,22 @@ def best_weights(run_dir: Path, spec: ExperimentSpec, device: torch.device) -> C
 
 
 def check_truth(spec: ExperimentSpec) -> None:
-    """With ``train.test_at_end``, a test truth that does not match the test split is bad input before
+    """With ``tracking.test_at_end``, a test truth that does not match the test split is bad input before
     training starts (file names and counts only), not a failure after it."""
-    if spec.train.test_at_end and truth_folder(Path(spec.data.root)) is not None:
+    if spec.tracking.test_at_end and truth_folder(Path(spec.data.root)) is not None:
         scan_truth(Path(spec.data.root))
 
 
 def score_best(run_dir: Path, spec: ExperimentSpec, device: torch.device, best_epoch: int) -> dict[str, Any]:
     """``test/*`` scores of a finished run's best checkpoint (epoch ``best_epoch``) and the trivial
-    references on the same videos, ``perf/test_s`` the seconds it took; {} where the data has no truth."""
+    references on the same videos, ``perf/test_s`` the seconds it took; {} where the data has no truth.
+    A run resumed after it finished, its best checkpoint the one already scored, keeps its scores."""
     root = Path(spec.data.root)
     if truth_folder(root) is None:
         return {}
+    before = run_folder.read_summary(run_dir)
+    if before.get("test/epoch") == best_epoch and "test/psnr" in before:
+        return {k: v for k, v in before.items() if k.startswith("test/") or k == "perf/test_s"}
     t0 = time.perf_counter()
     test_set = load_truth(root, spec.data.frame_size).to(device)
     t = spec.train

@@ -171,7 +171,7 @@ def train(
 def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, tracker, data_id) -> dict[str, Any]:
     """What a run that ended normally (or was pruned) writes last: with ``tracking.media: end`` the best
     epoch's GIF and plot, the training curves, the best checkpoint as a model (``log_model``) and, with
-    ``train.test_at_end`` on data with test truth, its scores on the held-out test videos (returned)."""
+    ``tracking.test_at_end`` on data with test truth, its scores on the held-out test videos (returned)."""
     if spec.tracking.media == "end" and state.best_epoch:
         val = state.best_val or revalidate(run_dir, spec, val_set)  # resumed after its best: roll out best.pt
         log_validation_media(run_dir, val, val_set, refs, spec, state.best_epoch, state.step, tracker)
@@ -179,7 +179,8 @@ def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, track
     held_out: dict[str, Any] = {}
     if state.best_epoch:
         tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
-        if spec.train.test_at_end and (held_out := score_best(run_dir, spec, val_set.frames.device, state.best_epoch)):
+        if spec.tracking.test_at_end:
+            held_out = score_best(run_dir, spec, val_set.frames.device, state.best_epoch)
             tracker.summary(held_out)
     return held_out
 
