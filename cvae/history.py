@@ -29,6 +29,20 @@ REFERENCE_NAMES = {
 }
 TRIVIAL_REFERENCES = ("val/psnr_repeat_first", "val/psnr_mean_frame")  # independent of the model
 
+# Where a metric was measured, by its prefix: what tables and figures say beside a number.
+SOURCES = {
+    "val": "the validation videos",
+    "epoch": "the training clips",
+    "train": "the training clips",
+    "test": "the held-out test videos",
+}
+
+
+def source_of(metric: str) -> str:
+    """``on the validation videos`` for ``val/psnr``, and so on; "" for a metric of no known prefix."""
+    where = SOURCES.get(metric.split("/", 1)[0])
+    return f"on {where}" if where else ""
+
 
 # What the logged keys measure, with their unit, as plots title them. KL's unit depends on
 # loss.kl_reduction: summed over the latent elements (per sample) or their mean.

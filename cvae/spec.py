@@ -92,7 +92,8 @@ class ModelSpec(_Section):
 class LossSpec(_Section):
     kl_reduction: Literal["sum", "mean"] = Field(
         "sum",
-        description="KL over latent elements: `sum` / batch (template, ~1000x the MSE) or `mean` (MSE's scale).",
+        description="KL over latent elements: `sum` / batch (template, 1,200-5,600x the MSE at the first step) or "
+        "`mean` (MSE's scale).",
     )
 
 
@@ -129,6 +130,11 @@ class TrainSpec(_Section):
         "same arithmetic, much less peak memory for more time (docs/performance.md).",
     )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
+    detach_feedback: bool = Field(
+        False,
+        description="Cut the gradient where the model's own output is fed back as the next step's previous frame; "
+        "false: it flows through (our choice: the template leaves its training step to the student).",
+    )
     fast_train: bool = Field(False, description="Train on `fast_partial` of the data for the first epochs.")
     fast_partial: float = Field(0.4, gt=0, le=1, description="Fraction of clips used while fast training.")
     fast_epochs: int = Field(
@@ -226,6 +232,11 @@ class TrackingSpec(_Section):
         "every",
         description="The validation GIF and plot: at `every` validation, or once at the `end`, of the best epoch "
         "(sweep trials and confirm runs: nothing reads them meanwhile).",
+    )
+    test_at_end: bool = Field(
+        True,
+        description="When the run ends, score its best checkpoint on the held-out test videos where the dataset has "
+        "their true frames (the synthetic dancer; the lab's are Kaggle's): `test/*` in summary.json and W&B.",
     )
     wandb: WandbSpec = WandbSpec()
 

@@ -53,7 +53,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_spec(tiny_data):
     from cvae.spec import load_spec
 
-    return load_spec(None, tiny_overrides(tiny_data))
+    return load_spec(None, tiny_overrides(tiny_data, **{"tracking.test_at_end": True}))  # trained_run: held-out too
 
 
 @pytest.fixture(scope="session")

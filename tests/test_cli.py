@@ -452,7 +452,8 @@ def test_train_evaluate_predict_resume(tmp_path, tiny_data):
     # predict: a GIF per test video and submission.csv (40 frames per video, 3*32*64 values a row)
     out = tmp_path / "pred"
     assert_ok(cvae("predict", run, "--data", tiny_data, "--out", out, "--device", "cpu", "-q", cwd=tmp_path))
-    assert sorted(p.name for p in out.iterdir()) == ["0.gif", "1.gif", "submission.csv"]
+    # ... and, the tiny dancer holding its test videos' true frames, the submission's score against them
+    assert sorted(p.name for p in out.iterdir()) == ["0.gif", "1.gif", "submission.csv", "test_scores.json"]
     for k in ("0", "1"):
         assert iio.imread(out / f"{k}.gif").shape[:3] == (
             40,

@@ -20,8 +20,9 @@ from helpers import assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
 from cvae.sweep import race
-from cvae.sweep.confirm import mean_interval, summarize, t_quantile, verdict
+from cvae.sweep.confirm import confirm_table, mean_interval, summarize, t_quantile, verdict
 from cvae.sweep.file import load_sweep
+from cvae.terminal import render
 
 # --------------------------------------------------------------------------- statistics by hand
 
@@ -132,9 +133,10 @@ def test_wrong_verdicts_at_no_true_difference_stay_under_five_percent():
     assert seeds / 20_000 < 4
 
 
-def fake_confirm(tmp_path, tiny_data, monkeypatch, values: dict[str, list[float]], **kw):
-    """run_confirm over scripted values (setting -> val PSNR per seed 1..5): the rounds, which runs each
-    asks for, and the result; nothing is trained (the real path is tested through the CLI below)."""
+def fake_confirm(tmp_path, tiny_data, monkeypatch, values: dict[str, list[float]], test=None, **kw):
+    """run_confirm over scripted values (setting -> val PSNR per seed 1..5, and ``test``: held-out PSNR per
+    seed in the runs' summary.json): the rounds, which runs each asks for, and the result; nothing is
+    trained (the real path is tested through the CLI below)."""
     from cvae.runs import queue
     from cvae.sweep import confirm
 
@@ -155,6 +157,9 @@ def fake_confirm(tmp_path, tiny_data, monkeypatch, values: dict[str, list[float]
                 run.mkdir(parents=True)
                 row = {"step": 1, "epoch": 1, "epoch/loss": 0.1, "val/psnr": values[setting][int(seed) - 1]}
                 (run / "history.jsonl").write_text(json.dumps(row) + "\n")
+                if test is not None:
+                    held = {"test/psnr": test[setting][int(seed) - 1], "test/psnr_mean_frame": 24.0}
+                    (run / "summary.json").write_text(json.dumps(held))
         return [runs_dir / n for n in specs], []
 
     monkeypatch.setattr(queue, "train_all", train_all)
@@ -187,6 +192,49 @@ def test_confirm_gives_its_runs_the_gpus_it_was_given(tmp_path, tiny_data, monke
     values = {"base": [27.0, 28.0, 29.0, 30.0, 31.0], "up": [28.0, 29.2, 29.8, 31.1, 31.9]}
     result, asked = fake_confirm(tmp_path, tiny_data, monkeypatch, values, race=False, gpus=["2", "3"])
     assert result["runs"] == 10  # the fake's assertion held for every call
+
+
+def test_held_out_verdicts_sit_beside_the_race_on_its_seeds_and_decide_nothing(tmp_path, tiny_data, monkeypatch):
+    """Each setting's held-out scores, paired with the base's on the seeds the race trained it on, at the level
+    of its validation look: computed by hand here. The race asks for the same runs as without them."""
+    values = {
+        "base": [27.91, 28.09, 27.47, 27.37, 27.27],
+        "steady": [28.53, 28.60, 27.58, 27.86, 27.61],
+        "noise": [28.35, 28.34, 27.31, 27.65, 27.64],
+    }
+    test = {
+        "base": [26.0, 26.5, 25.8, 26.1, 26.3],
+        "steady": [26.2, 26.4, 26.1, 25.9, 26.6],  # better on validation, not steadily on the held-out videos
+        "noise": [26.9, 27.4, 26.6, 99.0, 99.0],  # seeds 4 and 5 are never trained (futility after 3)
+    }
+    (tmp_path / "a").mkdir()
+    plain, asked_plain = fake_confirm(tmp_path / "a", tiny_data, monkeypatch, values)
+    (tmp_path / "b").mkdir()
+    result, asked = fake_confirm(tmp_path / "b", tiny_data, monkeypatch, values, test=test)
+    assert asked == asked_plain  # the held-out scores change no decision
+    assert [r["vs_base"] for r in result["settings"][1:]] == [r["vs_base"] for r in plain["settings"][1:]]
+    assert result["heldout"] and not plain["heldout"] and result["test_mean_frame"] == 24.0
+    rows = {r["name"]: r for r in result["settings"]}
+    for name, seeds in (("steady", 5), ("noise", 3)):
+        diffs = [a - b for a, b in zip(test[name][:seeds], test["base"][:seeds], strict=True)]
+        level = rows[name]["vs_base"]["level"]
+        mean, _, ci = race.interval(diffs, 1 - level)
+        held = rows[name]["test_vs_base"]
+        assert (held["paired"], held["level"]) == (seeds, level) and held["mean"] == pytest.approx(mean)
+        assert held["ci"] == pytest.approx(list(ci)) and held["verdict"] == verdict(ci, "maximize")
+        assert rows[name]["test"]["values"] == test[name][:seeds]
+    assert rows["base"]["test"]["values"] == test["base"] and "test_vs_base" not in rows["base"]
+    assert (rows["steady"]["vs_base"]["verdict"], rows["steady"]["test_vs_base"]["verdict"]) == (
+        "better",
+        "no evidence",
+    )
+    assert rows["noise"]["test_vs_base"]["verdict"] == "better"  # clearly so, even at the 99.75% look
+    text = render(confirm_table(result), 250)
+    for needle in ("test verdict", "val verdict", "test mean", "26.14", "never chosen on"):
+        assert needle in text, text
+    assert "test verdict" not in render(confirm_table(plain), 250)
+    with_test = iio.imread(tmp_path / "b" / "out" / "confirm.png")  # validation | held-out, side by side
+    assert with_test.shape[1] > 1.8 * iio.imread(tmp_path / "a" / "out" / "confirm.png").shape[1]
 
 
 def test_no_race_trains_every_seed_and_decides_once_at_95_percent(tmp_path, tiny_data, monkeypatch):
@@ -355,4 +403,21 @@ def test_confirm_stopped_with_ctrl_c_resumes_without_retraining_finished_seeds(t
     ]
     assert spec["tracking"]["wandb"]["config"]["trial"]["params"] == best.params
     assert iio.imread(out / "confirm.png").ndim == 3
+    # The tiny dancer has test truth: every confirm run scored its best checkpoint on the held-out test videos
+    # (the sweep's trials did not), and confirm puts them and their verdict beside validation's.
+    assert spec["tracking"]["test_at_end"] and result["heldout"]
+    for s in settings:
+        runs = [confirm_dir / s["name"] / f"seed{k}" for k in result["seeds"]]
+        held = [json.loads((r / "summary.json").read_text())["test/psnr"] for r in runs]
+        assert s["test"]["values"] == pytest.approx(held)
+    held_vs = settings[1]["test_vs_base"]
+    held_diffs = [a - b for a, b in zip(settings[1]["test"]["values"], settings[0]["test"]["values"], strict=True)]
+    assert held_vs["mean"] == pytest.approx(sum(held_diffs) / 2) and held_vs["paired"] == 2
+    trial_summary = json.loads((out / "trials" / str(best.number) / "summary.json").read_text())
+    assert "best/val_psnr" in trial_summary and "test/psnr" not in trial_summary
+    table = cvae("sweep", "confirm", path, "--dir", out, "--top", "1", "--seeds", "2", "--workers", "1")
+    assert_ok(table)  # nothing left to train: the table, validation and held-out verdicts side by side
+    text = " ".join(table.stdout.split())
+    assert "val verdict" in text and "test verdict" in text and f"{settings[1]['test']['mean']:.2f}" in text
+    assert f"{held_vs['mean']:+.2f}" in text and held_vs["verdict"] in text
     assert os.environ.get("CVAE_DEBUG") is None

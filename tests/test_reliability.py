@@ -860,6 +860,16 @@ def _(ws, run):
     return ["data", "synth", ws / "new", "--preset", "huge"]
 
 
+@case("synth-bad-layout", "layout 'plaid'", "videos, flat")
+def _(ws, run):
+    return ["data", "synth", ws / "new", "--preset", "tiny", "--layout", "plaid"]
+
+
+@case("evaluate-split-train", "--split 'train'", "val, test", run=True)
+def _(ws, run):
+    return ["evaluate", run, "--split", "train"]
+
+
 @case("synth-bad-appearance", "appearance 'plaid'", "same, varied")
 def _(ws, run):
     return ["data", "synth", ws / "new", "--appearance", "plaid"]

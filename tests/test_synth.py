@@ -52,7 +52,11 @@ def test_layout_and_counts(tiny):
     for k in tests:
         assert frame_names(tiny / "test/test_img" / k) == ["frame0.png"]
         assert frame_names(tiny / "test/test_label" / k) == [f"frame{i}.png" for i in range(TINY.test_frames)]
-    assert sorted(p.name for p in tiny.iterdir()) == ["synth.json", "test", "train", "val"]
+    # the test videos' true frames: held out beside the lab's folders, not in them
+    assert sorted(p.name for p in tiny.iterdir()) == ["synth.json", "test", "test_truth", "train", "val"]
+    assert sorted(p.name for p in (tiny / "test_truth").iterdir()) == tests
+    for k in tests:
+        assert frame_names(tiny / "test_truth" / k) == [f"frame{i}.png" for i in range(TINY.test_frames)]
     assert not [p for p in tiny.parent.iterdir() if p.name != "data"]  # no temp folders left behind
 
 
@@ -73,6 +77,7 @@ def test_images_decode_and_pose_looks_like_openpose(tiny):
 def test_synth_json(tiny):
     meta = json.loads((tiny / "synth.json").read_text())
     assert meta["preset"] == "tiny" and meta["seed"] == 0 and meta["appearance"] == "same"
+    assert meta["layout"] == "videos" and meta["test_truth"] == "test_truth"
     assert (meta["height"], meta["width"]) == (32, 64)
     assert meta["train_videos"] == 4 and meta["train_frames"] == 24
     assert (meta["val_videos"], meta["val_frames"], meta["test_videos"], meta["test_frames"]) == (
@@ -186,4 +191,6 @@ def test_errors(tmp_path):
         synthesize(tmp_path / "x", preset="tiny", train_frames=0)
     with pytest.raises(SpecError, match="speed"):
         synthesize(tmp_path / "x", preset="tiny", speed=-1.0)
+    with pytest.raises(SpecError, match=r"layout 'subfolders'.*videos.*flat"):
+        synthesize(tmp_path / "x", preset="tiny", layout="subfolders")
     assert not list(tmp_path.iterdir())

@@ -136,6 +136,10 @@ def test_sweep_status_tables():
     assert {"28.50", "dB", "teacher_forcing.decay_step=0.006667", "TrainingDiverged:"} <= shown  # the best, failed
     trials = assert_fits(trials_table(st), numbers)
     assert "vs mf: vs the mean frame, in dB." in " ".join(trials.split())
+    # where every number was measured: the validation videos the sweep chooses on
+    assert "(val/psnr on the validation videos)" in " ".join(trials.split())
+    best = next(render(i, 160) for i in status_tables(st) if render(i, 160).startswith("best:"))
+    assert best.startswith("best: trial 13  val/psnr 28.50 dB  on the validation videos"), best
 
 
 @pytest.mark.parametrize("width, most", [(120, 3), (160, 2)])
@@ -161,6 +165,22 @@ def test_fields_wrap_between_fields():
     assert lines[1] == "  val PSNR 24.10 dB (repeat-first 17.90, mean-frame 20.60, shifted-pose 16.80)"
     # a field goes to the next line whole while it fits a line
     assert all(any(f in line for line in texts[100].splitlines()) for f in fields)
+
+
+def test_report_table_says_which_split_each_number_comes_from(tmp_path):
+    from cvae.run_folder import RunRecord
+    from cvae.runs.report import Figure, ReportFigures
+
+    def run(name: str, summary: dict) -> RunRecord:
+        return RunRecord(tmp_path / name, name, {}, [], {"best/val_psnr": 25.5, "best/epoch": 2, **summary})
+
+    figures = ReportFigures([Figure(tmp_path / "kl_annealing.png", "KL", [("none", run("a", {"test/psnr": 24.75})),
+                                                                          ("cyclical", run("b", {}))])])  # fmt: skip
+    text = " ".join(assert_fits(figures.table(), ["25.50", "24.75"]).split())
+    assert "best val PSNR: best val PSNR (the validation video)" in text
+    assert "test PSNR: its PSNR on the held-out test videos" in text
+    plain = ReportFigures([Figure(tmp_path / "kl.png", "KL", [("cyclical", run("b", {}))])])
+    assert "test PSNR" not in render(plain.table(), 200)  # no run has held-out scores: no column
 
 
 def test_confirm_table():

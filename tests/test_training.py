@@ -392,6 +392,27 @@ def test_teacher_forcing_ratio_one_and_zero_differ():
     assert not torch.equal(*results)  # frames 2.. come from the model's own outputs with tfr 0
 
 
+def test_detach_feedback_cuts_only_the_gradient_through_the_fed_back_frame():
+    """train.detach_feedback: the same forward pass and loss; the gradient no longer flows back through the
+    model's own output into the steps that made it. Where nothing is fed back (every step teacher-forced, or
+    a clip of one predicted frame) the gradients are the same to the bit."""
+
+    def grads(detach: bool, tfr: float, clip_len: int = 4):
+        spec = load_spec(None, tiny_overrides("unused", **{"train.detach_feedback": detach}))
+        torch.manual_seed(0)
+        model = build_model(spec)
+        g = torch.Generator().manual_seed(0)
+        x, pose = torch.rand(2, clip_len, 3, 8, 8, generator=g), torch.rand(2, clip_len, 3, 8, 8, generator=g)
+        torch.manual_seed(1)  # the same coins and z noise
+        loss = train_step(model, x, pose, spec, beta=0.1, tfr=tfr)["loss"]
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    (loss, kept), (loss_cut, cut) = grads(False, 0.0), grads(True, 0.0)
+    assert torch.equal(loss, loss_cut) and not torch.allclose(kept, cut)
+    for tfr, clip_len in ((1.0, 4), (0.0, 2)):
+        assert torch.equal(grads(False, tfr, clip_len)[1], grads(True, tfr, clip_len)[1])
+
+
 # --------------------------------------------------------------------------- run folder and bad data
 
 

@@ -85,7 +85,8 @@ def wandb_records(segment: Path) -> list[dict]:
 def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"kl_annealing.cycles": 7}))
     run_dir = tmp_path / "run"
-    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline")
+    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline", "--set",
+                "tracking.test_at_end=true")  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert WARNING not in done.stdout + done.stderr
 
@@ -179,6 +180,11 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     assert summary["best/epoch"] == local_summary["best/epoch"]
     assert summary["status"] == local_summary["status"] == "finished"
     assert summary["epochs_done"] == 2 and summary["steps"] == total
+    # The best checkpoint on the held-out test videos (the tiny dancer has their truth), under test/ keys
+    for key in ("test/psnr", "test/psnr_repeat_first", "test/psnr_mean_frame", "test/psnr_shifted_pose"):
+        assert summary[key] == pytest.approx(local_summary[key])
+    assert summary["test/epoch"] == local_summary["best/epoch"]
+    assert "held-out test videos (2 videos" in done.stdout
 
 
 # --------------------------------------------------------------------------- which code, which run

@@ -21,16 +21,26 @@ def data_synth(
     preset: Annotated[str, typer.Option(help="tiny | small | lab4")] = "small",
     seed: Annotated[int, typer.Option(help="Seed of the dances and the look.")] = 0,
     appearance: Annotated[str, typer.Option(help="same (one dancer, like the lab) | varied")] = "same",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="videos: a subfolder per train and val video (clips never cross two dances) | flat: one numbered "
+            "sequence per split, the lab's own layout, the only one the template's Dataset_Dance reads."
+        ),
+    ] = "videos",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate the synthetic dancer dataset in the Lab4 layout."""
+    """Generate the synthetic dancer dataset in the Lab4 layout, and its test videos' true frames (held out,
+    in test_truth/, outside the layout)."""
     from cvae.data.synth import synthesize
     from cvae.terminal import task
 
     console = make_console(quiet)
     with task(console, f"synthesizing {preset} -> {out}") as update:
-        info = synthesize(out, preset, seed=seed, appearance=appearance, overwrite=overwrite, progress=update)
+        info = synthesize(
+            out, preset, seed=seed, appearance=appearance, overwrite=overwrite, progress=update, layout=layout
+        )
     console.print(f"wrote {out}: {info}")
 
 

@@ -55,16 +55,30 @@ def evaluate(
     spec: SpecOpt = None,
     set_: SetOpt = None,
     eval_batchnorm: BatchNormOpt = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="val: the val videos (what training validated on); test: the held-out test videos, scored against "
+            "their true frames where the dataset has them (the synthetic dancer), as the leaderboard scores them."
+        ),
+    ] = "val",
+    z_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the rollout's z draws (default: the spec's seed + 7919, what training drew)."),
+    ] = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Roll out every val video; write per-frame PSNR (CSV, PNG) and the GIF; print the references."""
+    """Roll out every val video (or, with --split test, every held-out test video); write per-frame PSNR
+    (CSV, PNG) and the GIF; print the references."""
     apply_threads(threads, quiet)
     from cvae.runs.evaluate import evaluate_run
 
     console = make_console(quiet)
-    report = evaluate_run(source, ckpt, pose_shift, console, device, out, spec, set_ or [], _batchnorm(eval_batchnorm))
+    report = evaluate_run(
+        source, ckpt, pose_shift, console, device, out, spec, set_ or [], _batchnorm(eval_batchnorm), split, z_seed
+    )
     console.print(report.table())
 
 
@@ -91,10 +105,18 @@ def predict(
     from cvae.runs.evaluate import predict_run
 
     console = make_console(quiet)
-    written = predict_run(
+    written, scores = predict_run(
         source, data, out, ckpt, overwrite, console, device, spec, set_ or [], _batchnorm(eval_batchnorm), gif_names
     )
     console.print(f"wrote {len(written)} GIFs and {out / 'submission.csv'}")
+    if scores is not None:
+        console.print(
+            f"{data} holds the test videos' true frames: the submission scores {scores['test/psnr']:.2f} dB over all "
+            f"predicted frames of its {scores['test/videos']} videos, as the leaderboard scores it (repeat-first "
+            f"{scores['test/psnr_repeat_first']:.2f}, mean-frame {scores['test/psnr_mean_frame']:.2f}); "
+            f"{out / 'test_scores.json'}",
+            markup=False,
+        )
 
 
 @handle_errors

@@ -65,6 +65,10 @@ def train(
     if "best/val_psnr" in summary:
         best = f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']};"
         console.print(Fields([best, f"run folder {folder}"], sep=" "))
+    from cvae.training.heldout import heldout_line
+
+    if (line := heldout_line(summary)) is not None:
+        console.print(Fields([line]))
 
 
 def split_cli_overrides(args: list[str]) -> list[str]:

@@ -143,3 +143,21 @@ def load_test(root: str | Path, size: tuple[int, int]) -> list[TestVideo]:
         images = decode_many([first, *poses], size)
         out.append(TestVideo(name, images[0], images[1:]))
     return out
+
+
+def load_truth(root: str | Path, size: tuple[int, int], progress: Progress = None) -> VideoSet:
+    """The test videos with their true frames (cvae/data/truth.py), as the val split is: frame i of a
+    video beside its pose i. Frame 0 must be the test split's given first frame (else a DataError)."""
+    from cvae.data.truth import scan_truth
+
+    videos = scan_truth(Path(root))
+    paths = [p for *_, poses, frames in videos for pair in zip(frames, poses, strict=True) for p in pair]
+    both = decode_many(paths, size, progress)
+    lengths = [len(poses) for *_, poses, _ in videos]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+    out = VideoSet(both[0::2].clone(), both[1::2].clone(), [v[0] for v in videos], starts, lengths)
+    firsts = decode_many([first for _, first, _, _ in videos], size)
+    for (_, first, _, frames), given, s in zip(videos, firsts, starts, strict=True):
+        if not torch.equal(given, out.frames[s]):
+            raise DataError(f"{frames[0]}: differs from the test video's given first frame {first}")
+    return out

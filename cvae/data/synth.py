@@ -1,12 +1,24 @@
 """Synthetic dancer: a procedural, deterministic stand-in for the Lab4 dataset.
 
 The real Lab4 data (one dancer, one camera, ~23k training frames) cannot be redistributed, so this
-module writes a dataset with exactly its layout::
+module writes a dataset in its layout::
 
     OUT/train/train_img/video000/frame0.png    RGB frame          OUT/train/train_label/...  pose image
     OUT/val/val_img/video000/frame0.png        (same name = same time step in img and label)
     OUT/test/test_img/0/frame0.png             first frame only   OUT/test/test_label/0/frameI.png  all poses
-    OUT/synth.json                             what made the folder (preset, seed, appearance, sizes)
+    OUT/test_truth/0/frameI.png                the test videos' real frames (held out: see below)
+    OUT/synth.json                             what made the folder (preset, seed, appearance, layout, sizes)
+
+``layout="videos"`` (the default) writes each train and val video in a subfolder of its own, so
+clips never cross two dances; ``layout="flat"`` writes each split as one numbered sequence
+(``train_img/frame0.png`` ... video after video), the layout of the lab's own data and the only one
+the template's ``Dataset_Dance`` reads (it globs ``train_img/*.png``): there a clip may straddle the
+end of one dance and the start of the next.
+
+The test split is the lab's: a first frame and the poses per video. The frames the model should
+predict are written too, as Kaggle keeps them: outside the lab's folders (``test_truth/``, named in
+``synth.json``), so nothing that reads the Lab4 layout sees them; ``cvae evaluate --split test``
+scores against them (cvae/data/truth.py).
 
 Each video is its own dance (:func:`dance`): an 18-keypoint OpenPose skeleton driven by sums of
 sinusoids (arm swings, elbow bends, knee lifts, squats, torso sway) that travels slowly across the
@@ -54,6 +66,8 @@ PRESETS: dict[str, Preset] = {
     "lab4": Preset(184, 125, 1, 630, 5, 630, 64, 128, 1.0),  # ~23k training frames, like the lab
 }
 APPEARANCES = ("same", "varied")
+LAYOUTS = ("videos", "flat")  # train/val: one subfolder per video, or one numbered sequence per split
+TRUTH_DIR = "test_truth"  # OUT/test_truth/<k>/frameI.png: the test videos' real frames, outside the lab's layout
 SUPERSAMPLE = 4  # draw at 4x and box-downsample: antialiased edges at a few ms per frame
 
 # OpenPose COCO-18 keypoints (0 nose, 1 neck, 2-4 right shoulder, elbow, wrist, 5-7 left, 8-10 right
@@ -324,25 +338,30 @@ def synthesize(
     appearance: str = "same",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    layout: str = "videos",
     **preset_overrides,
 ) -> dict:
     """Write a synthetic Lab4-layout dataset to ``out`` and return the ``synth.json`` content.
 
     Writes into a temporary sibling folder and renames it to ``out`` at the end, so a crash never
     leaves a half dataset. ``progress(done, total)`` is called after every written frame (``done``
-    and ``total`` count PNG images, frames and poses together).
+    and ``total`` count PNG images: frames, poses and the test videos' held-out frames). ``layout``:
+    ``videos`` (a subfolder per train and val video) or ``flat`` (one numbered sequence per split).
     """
     p = _resolve(preset, preset_overrides)
     if appearance not in APPEARANCES:
         raise SpecError(f"appearance {appearance!r}: unknown; allowed: {', '.join(APPEARANCES)}")
+    if layout not in LAYOUTS:
+        raise SpecError(f"layout {layout!r}: unknown; allowed: {', '.join(LAYOUTS)}")
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
         raise DataError(f"{out}: folder exists and is not empty; pass --overwrite (overwrite=True) to replace it")
     H, W = p.height, p.width
     splits = (("train", p.train_videos, p.train_frames), ("val", p.val_videos, p.val_frames),
               ("test", p.test_videos, p.test_frames))  # fmt: skip
-    # Every train/val frame writes an image and a pose; a test video writes its first image + all poses.
-    total = sum(n_v * (n_f + (1 if split == "test" else n_f)) for split, n_v, n_f in splits)
+    # Every train/val frame writes an image and a pose; a test video its first image, all poses and, held
+    # out, all its frames.
+    total = sum(n_v * (n_f + (1 + n_f if split == "test" else n_f)) for split, n_v, n_f in splits)
     shared = Appearance.random(_seed_rng(seed, 0))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -351,18 +370,27 @@ def synthesize(
     try:
         for s, (split, n_videos, n_frames) in enumerate(splits, start=1):
             for v in range(n_videos):
-                name = str(v) if split == "test" else f"video{v:03d}"
+                test = split == "test"
+                flat = layout == "flat" and not test  # the lab's test split is one folder per video
+                name = "" if flat else str(v) if test else f"video{v:03d}"
+                first = v * n_frames if flat else 0  # a flat split numbers its frames on, video after video
                 img_dir, lab_dir = tmp / split / f"{split}_img" / name, tmp / split / f"{split}_label" / name
-                img_dir.mkdir(parents=True)
-                lab_dir.mkdir(parents=True)
+                truth_dir = tmp / TRUTH_DIR / name
+                for d in (img_dir, lab_dir, *([truth_dir] if test else [])):
+                    d.mkdir(parents=True, exist_ok=flat)
                 look = shared if appearance == "same" else Appearance.random(_seed_rng(seed, s, v, 1))
                 bg = _background(look, H, W)
                 kps = dance(n_frames, _seed_rng(seed, s, v, 0), p.speed, W / H)
                 for i, kp in enumerate(kps):
-                    _pose_image(kp, H, W).save(lab_dir / f"frame{i}.png", compress_level=1)
+                    file = f"frame{first + i}.png"
+                    _pose_image(kp, H, W).save(lab_dir / file, compress_level=1)
                     done += 1
-                    if split != "test" or i == 0:  # test keeps only the first frame, like the lab
-                        _frame_image(kp, look, bg, H, W).save(img_dir / f"frame{i}.png", compress_level=1)
+                    frame = _frame_image(kp, look, bg, H, W)
+                    if not test or i == 0:  # the test split keeps only the first frame, like the lab
+                        frame.save(img_dir / file, compress_level=1)
+                        done += 1
+                    if test:  # ... and its frames are held out, as Kaggle holds the lab's
+                        frame.save(truth_dir / file, compress_level=1)
                         done += 1
                     if progress is not None:
                         progress(done, total)
@@ -373,9 +401,13 @@ def synthesize(
             "preset": preset,
             "seed": seed,
             "appearance": appearance,
+            "layout": layout,
             "overrides": dict(preset_overrides),
             **asdict(p),
             "images": total,
+            # The test videos' real frames (frame 0 is the given one), outside the Lab4 layout: what scores
+            # a held-out prediction (cvae/data/truth.py).
+            "test_truth": TRUTH_DIR,
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():  # overwrite: move the old one aside first so out is never half-written

@@ -10,6 +10,7 @@ from PIL import Image
 
 from cvae.data.frames import decode_many, load_test
 from cvae.data.layout import SPLITS, scan_split
+from cvae.data.truth import scan_truth, truth_folder
 from cvae.errors import DataError, RunDirError
 from cvae.terminal import task
 
@@ -42,6 +43,13 @@ def check_dataset(root: Path, console) -> list[str]:
     except DataError as e:
         problems.append(str(e))
         rows.append(["test", "-", "-", "problem"])
+    try:  # the test videos' true frames, outside the lab's layout (the synthetic dancer's; Kaggle's for the lab)
+        if truth_folder(root) is not None:
+            truth = scan_truth(root)
+            rows.append(["test truth (held out)", str(len(truth)), str(sum(len(t[3]) for t in truth)), ""])
+    except DataError as e:
+        problems.append(str(e))
+        rows.append(["test truth (held out)", "-", "-", "problem"])
     columns = ["split", Col("videos", numeric=True), Col("frames", numeric=True), "image size"]
     console.print(table(f"dataset {root}", columns, rows))
     return problems

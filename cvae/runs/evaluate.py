@@ -18,11 +18,18 @@ from cvae import run_folder
 from cvae.data.frames import load_split, load_test
 from cvae.device import memory_format, numerics, resolve_device, use_device
 from cvae.errors import RunDirError, UserError
-from cvae.history import REFERENCE_NAMES, references_of
+from cvae.history import REFERENCE_NAMES, TRIVIAL_REFERENCES
 from cvae.model import CVAE, build_model
 from cvae.spec import ExperimentSpec, apply_overrides, load_spec, validate_spec
-from cvae.training.rollout import batches_by_length, rollout
-from cvae.training.validation import VAL_SEED_OFFSET, reference_metrics, validate_model, write_media
+from cvae.training.rollout import batches_by_length, reference_scores, rollout
+from cvae.training.validation import (
+    VAL_SEED_OFFSET,
+    heldout_references,
+    reference_metrics,
+    score_heldout,
+    validate_model,
+    write_media,
+)
 from cvae.training.weights import load_weights, read_weights
 
 TEMPLATE_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "lab4_template.yaml"
@@ -99,6 +106,9 @@ def load_trained(
     return Trained(spec, model, path, run_dir, weights.epoch, weights.notes)
 
 
+SPLITS = ("val", "test")  # what `cvae evaluate --split` scores: the val videos, or the held-out test videos
+
+
 @dataclass
 class Evaluation:
     """What ``cvae evaluate`` measured, and where it wrote it."""
@@ -106,21 +116,33 @@ class Evaluation:
     metrics: dict[str, float]
     pose_shift: int
     out_dir: Path
+    split: str = "val"
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
     def table(self):
         from cvae.terminal import Col, table
 
-        m = self.metrics
+        m, p = self.metrics, f"{self.split}/"
         rows = [
-            ["model (z from the prior)", f"{m['val/psnr']:.2f}"],
+            ["model (z from the prior)", f"{m[p + 'psnr']:.2f}"],
             [
                 f"{REFERENCE_NAMES['val/psnr_shifted_pose']} (poses shifted by {self.pose_shift} frames)",
-                f"{m['val/psnr_shifted_pose']:.2f}",
+                f"{m[p + 'psnr_shifted_pose']:.2f}",
             ],
-            *([name, f"{value:.2f}"] for name, value in references_of(m).items()),
+            *(
+                [name, f"{m[p + key.split('/', 1)[1]]:.2f}"]
+                for key, name in REFERENCE_NAMES.items()
+                if key in TRIVIAL_REFERENCES and p + key.split("/", 1)[1] in m
+            ),
         ]
-        title = f"validation rollout (PSNR over frames 1..T-1, dB) -> {self.out_dir}"
-        return table(title, ["predictor", Col("mean PSNR (dB)", numeric=True)], rows)
+        if self.split == "test":
+            title = (
+                f"held-out test videos ({m['test/videos']} videos; PSNR over all their predicted frames, as the "
+                f"leaderboard scores them, dB) -> {self.out_dir}"
+            )
+        else:
+            title = f"validation rollout (PSNR over frames 1..T-1, dB) -> {self.out_dir}"
+        return table(title, ["predictor", Col("mean PSNR (dB)", numeric=True)], rows, self.notes)
 
 
 def evaluate_run(
@@ -133,44 +155,82 @@ def evaluate_run(
     spec_file: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     eval_batchnorm: str | None = None,
+    split: str = "val",
+    z_seed: int | None = None,
 ) -> Evaluation:
-    """Validation rollout of a trained model (``load_trained``'s arguments): ``out`` (default RUN/eval,
-    or ``<file>-eval`` beside a checkpoint file) gets metrics.json, the per-frame CSV and PNG, the GIF."""
-    from cvae.data.root import RunData, scan_dataset
+    """The rollouts of a trained model (``load_trained``'s arguments) on the val videos, or with ``split``
+    ``test`` on the held-out test videos where the data has their true frames (else a DataError saying
+    why). ``out`` (default RUN/eval or RUN/eval-test, or ``<file>-eval[-test]`` beside a checkpoint file;
+    ``-z<seed>`` added for other z draws than training's) gets metrics.json, the per-frame CSV and PNG,
+    the GIF. ``z_seed``: the seed of the z draws (default: the spec's seed + 7919, what the run's
+    validations drew)."""
+    from cvae.data.frames import load_truth
+    from cvae.data.root import RunData, ensure_data, scan_dataset
+    from cvae.data.truth import no_truth, truth_folder
+    from cvae.errors import DataError
     from cvae.terminal import task
 
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: allowed: {', '.join(SPLITS)}")
     trained = load_trained(source, ckpt, device, spec_file, overrides, eval_batchnorm)
     spec, model = trained.spec, trained.model
     say_notes(trained, console)
     if trained.run_dir is None:
         require_data(spec, spec_file or trained.checkpoint)
     recorded = RunData(trained.run_dir, strict=False) if trained.run_dir is not None else None
-    _, val_files = scan_dataset(spec, console, recorded)  # a warning when the data changed since training
-    with task(console, "loading val frames") as update:
-        val_set = load_split(val_files, spec.data.frame_size, update).truncated(spec.data.val_len)
-    val_set = val_set.to(next(model.parameters()).device)
-    t = spec.train
-    with task(console, "rolling out val videos"):
-        val = validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last, pose_shift)
-    refs = reference_metrics(val_set)
-    metrics = val.metrics | refs | {"epoch": trained.epoch, "pose_shift": val.pose_shift}
-    metrics |= {"checkpoint": str(trained.checkpoint), "eval_batchnorm": spec.model.eval_batchnorm}
-    if out is None:
+    seed = spec.seed + VAL_SEED_OFFSET if z_seed is None else z_seed
+    t, dev, notes = spec.train, next(model.parameters()).device, []
+    if split == "test":
+        root = ensure_data(spec, console, recorded)
+        if truth_folder(root) is None:
+            raise DataError(
+                f"--split test: no test truth here: {no_truth(root)}; `cvae evaluate` scores the val videos"
+            )
+        with task(console, "loading the test videos' true frames") as update:
+            videos = load_truth(root, spec.data.frame_size, update).to(dev)
+        with task(console, "rolling out test videos"):
+            result = score_heldout(model, videos, seed, t.precision, t.channels_last, pose_shift)
+        refs = heldout_references(videos)
+    else:
+        _, val_files = scan_dataset(spec, console, recorded)  # a warning when the data changed since training
+        with task(console, "loading val frames") as update:
+            videos = load_split(val_files, spec.data.frame_size, update).truncated(spec.data.val_len).to(dev)
+        with task(console, "rolling out val videos"):
+            result = validate_model(model, videos, seed, t.precision, t.channels_last, pose_shift)
+        refs = reference_metrics(videos)
+        root = val_files.root
+        notes.append(
+            f"{root} holds the test videos' true frames: `cvae evaluate {source} --split test` scores them (held out)"
+            if truth_folder(root) is not None
+            else f"no test truth here: {no_truth(root)}"
+        )
+    metrics = result.metrics | refs | {"epoch": trained.epoch, "pose_shift": result.pose_shift, "z_seed": seed}
+    metrics |= {"checkpoint": str(trained.checkpoint), "eval_batchnorm": spec.model.eval_batchnorm, "split": split}
+    if out is None:  # RUN/eval is the checkpoint's validation as trained (cvae compare reads it): other draws go beside
+        suffix = ("eval" if split == "val" else "eval-test") + (
+            "" if seed == spec.seed + VAL_SEED_OFFSET else f"-z{seed}"
+        )
         out = (
-            trained.run_dir / "eval"
+            trained.run_dir / suffix
             if trained.run_dir is not None
-            else trained.checkpoint.with_name(f"{trained.checkpoint.stem}-eval")
+            else trained.checkpoint.with_name(f"{trained.checkpoint.stem}-{suffix}")
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(out / "psnr_per_frame.csv", "w", newline="") as f:
+    with open(out / "psnr_per_frame.csv", "w", newline="") as f:  # val: the first video's; test: every video's
         w = csv.writer(f)
-        w.writerow(["frame", "psnr", "psnr_shifted_pose"])
-        for i, (a, b) in enumerate(zip(val.curve.tolist(), val.shifted_curve.tolist(), strict=True), start=1):
-            w.writerow([i, f"{a:.4f}", f"{b:.4f}"])
-    title = f"{spec.name} ({trained.label}): per-frame PSNR"
-    write_media(out / "rollout.gif", out / "psnr_per_frame.png", val, val_set, refs, title, len(val.pred))
-    return Evaluation(metrics, val.pose_shift, out)
+        w.writerow(["video"] * (split == "test") + ["frame", "psnr", "psnr_shifted_pose"])
+        for name, r in zip(videos.names, result.videos[: None if split == "test" else 1], strict=False):
+            for i, (a, b) in enumerate(zip(r.curve.tolist(), r.shifted_curve.tolist(), strict=True), start=1):
+                w.writerow([name] * (split == "test") + [i, f"{a:.4f}", f"{b:.4f}"])
+    what = "test video " + videos.names[0] if split == "test" else "the first val video"
+    title = f"{spec.name} ({trained.label}): per-frame PSNR, {what}"
+    shown = {k.replace("test/", "val/"): v for k, v in refs.items()}  # the legend's names
+    if split == "test" and len(videos.lengths) > 1:
+        first = reference_scores(videos.video(0)[0].float() / 255)  # the plot is the first video's alone
+        shown = {"val/psnr_repeat_first": first[0], "val/psnr_mean_frame": first[1]}
+    write_media(out / "rollout.gif", out / "psnr_per_frame.png", result, videos, shown, title, len(result.pred))
+    return Evaluation(metrics, result.pose_shift, out, split, notes)
 
 
 def say_notes(trained: Trained, console) -> None:
@@ -205,11 +265,13 @@ def predict_run(
     overrides: list[str] | tuple[str, ...] = (),
     eval_batchnorm: str | None = None,
     gif_names: str = "name",
-) -> list[Path]:
+) -> tuple[list[Path], dict[str, float] | None]:
     """Roll out each test video from its first frame and poses: a GIF each (prediction | pose),
     ``<video>.gif`` or with ``gif_names`` ``lab`` the template's ``pred_seq<k>.gif`` (k from 0 in the
     test split's order), and ``submission.csv`` in the template's Kaggle format (cvae/runs/submission.py).
-    The model: ``load_trained``'s arguments."""
+    The model: ``load_trained``'s arguments. Where ``data`` holds the test videos' true frames, the
+    submission's frames are scored against them as the leaderboard scores it (``submission_scores``),
+    written to ``test_scores.json`` and returned beside the GIFs (else None)."""
     from cvae.runs.submission import frame_values, write_submission
     from cvae.terminal import task
     from cvae.tracking.media import labelled_panels, write_gif
@@ -243,8 +305,33 @@ def predict_run(
             name = f"pred_seq{k}.gif" if gif_names == "lab" else f"{v.name}.gif"
             written.append(write_gif(out / name, labelled_panels({"prediction": preds[k], "pose": v.poses})))
             update(k + 1)
-    write_submission(out / "submission.csv", [frame_values(preds[k]) for k in range(len(videos))])
-    return written
+    values = [frame_values(preds[k]) for k in range(len(videos))]
+    write_submission(out / "submission.csv", values)
+    scores = submission_scores(data, spec.data.frame_size, values)
+    if scores is not None:
+        (out / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    return written, scores
+
+
+def submission_scores(root: Path, size: tuple[int, int], values: list) -> dict[str, float] | None:
+    """A submission's frames (per test video, ``frame_values``: 8-bit, as the file holds them) against the
+    test videos' true frames under ``root``, as the leaderboard scores them: ``test/psnr``, the mean PSNR
+    over every predicted frame (1..T-1) of every video, beside the trivial references; None where
+    ``root`` has no test truth."""
+    from cvae.data.frames import load_truth
+    from cvae.data.truth import truth_folder
+    from cvae.training.rollout import psnr
+    from cvae.training.validation import pooled
+
+    if truth_folder(root) is None:
+        return None
+    truth = load_truth(root, size)
+    means = []
+    for v, frames in enumerate(values):
+        real = truth.video(v)[0].float() / 255
+        pred = torch.from_numpy(frames).float().unflatten(1, real.shape[1:]) / 255
+        means.append(psnr(pred[1:], real[1:]).mean().item())
+    return {"test/psnr": pooled(means, truth.lengths), **heldout_references(truth), "test/videos": len(values)}
 
 
 def score_submission(submission: Path, root: Path, size: tuple[int, int]) -> dict[str, dict[str, float]]:

@@ -116,19 +116,19 @@ def plot_ablation(path: Path, runs: Sequence[RunRecord], labels: Sequence[str], 
 # The report compares training and validation curves per setting: train panels, then the validation
 # rollout's (on the epochs that validate), then the schedule.
 VAL_PANELS = (
-    ("val/mse", "val MSE (rollout)", True),
-    ("val/psnr", "val PSNR (dB)", False),
+    ("val/mse", "val MSE (rollout on the validation video)", True),
+    ("val/psnr", "val PSNR (dB, rollout on the validation video)", False),
 )
 TF_PANELS = (
-    ("epoch/loss", "train loss", True),
-    ("epoch/mse", "train MSE", True),
+    ("epoch/loss", "train loss (training clips)", True),
+    ("epoch/mse", "train MSE (training clips)", True),
     *VAL_PANELS,
     ("epoch/teacher_forced", "teacher-forced share", False),
     ("epoch/tfr", "teacher-forcing ratio", False),
 )
 KL_PANELS = (
-    ("epoch/loss", "train loss", True),
-    ("epoch/kl", "train KL", True),
+    ("epoch/loss", "train loss (training clips)", True),
+    ("epoch/kl", "train KL (training clips)", True),
     *VAL_PANELS,
     ("epoch/beta", "beta", False),
 )
@@ -150,17 +150,26 @@ class ReportFigures:
         from cvae.terminal import Col, table
 
         folder = self.figures[0].path.parent if self.figures else ""
+        runs = [(i, fig, label, run) for fig in self.figures for i, (label, run) in enumerate(fig.runs)]
+        heldout = any(isinstance(run.summary.get("test/psnr"), int | float) for *_, run in runs)
         rows = [
             [
                 fig.path.name if i == 0 else "",
                 label,
                 run.label,
                 "-" if run.best_psnr is None else f"{run.best_psnr:.2f}",
+                *([_db(run.summary.get("test/psnr"))] if heldout else []),
             ]
-            for fig in self.figures
-            for i, (label, run) in enumerate(fig.runs)
+            for i, fig, label, run in runs
         ]
-        return table(f"report figures -> {folder}", ["figure", "setting", "run", Col("best val PSNR", True)], rows)
+        columns = ["figure", "setting", "run", Col("best val PSNR (the validation video)", True, short="best val PSNR")]
+        if heldout:  # the best checkpoint on the held-out test videos, where the data has their truth
+            columns.append(Col("its PSNR on the held-out test videos", True, short="test PSNR"))
+        return table(f"report figures -> {folder}", columns, rows)
+
+
+def _db(value) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "-"
 
 
 def make_report(args: Sequence[str | Path], out: Path, console=None) -> ReportFigures:
@@ -199,7 +208,7 @@ def make_report(args: Sequence[str | Path], out: Path, console=None) -> ReportFi
             out / "psnr_per_frame.png",
             {"prediction": curve.psnr, f"poses shifted by {shift} frames": curve.shifted},
             references_of(m),
-            f"{best.label}: per-frame PSNR, best checkpoint (epoch {m.get('epoch', '?')})",
+            f"{best.label}: per-frame PSNR on the validation video, best checkpoint (epoch {m.get('epoch', '?')})",
         )
         label = f"{kl_label(best)}; {tf_label(best)}"
         report.figures.append(Figure(path, "per-frame PSNR", [(label, best)]))

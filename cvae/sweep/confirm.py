@@ -12,6 +12,13 @@ Against the base, seed by seed: the paired differences and their interval decide
 one more seed per round while its verdict is open, up to ``max_seeds``; every setting on the same
 seeds, and the base on every seed an open setting has. ``race=False`` trains every setting on all
 ``max_seeds`` seeds and decides once, by its 95% interval.
+
+Where the dataset holds the test videos' true frames (the synthetic dancer), every run also scores its
+best checkpoint on them when it ends (``tracking.test_at_end``): each setting then gets its held-out mean
+beside its validation mean, and a held-out verdict against the base by the same paired method, on the
+seeds the race trained it on and at the level of the look that settled its validation verdict. The
+race decides on validation alone; the held-out verdict says whether its answer holds on videos nobody
+chose on.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cvae import run_folder
 from cvae.errors import SpecError
 from cvae.spec import validate_spec
 from cvae.sweep import race as stats
@@ -30,6 +38,7 @@ from cvae.sweep.trial import run_epoch_rows, scored_row
 
 BASE = "base"
 CONFIDENCE = 0.95
+TEST_METRIC = "test/psnr"  # the held-out score of a run's best checkpoint, in its summary.json (higher is better)
 RESULT_FILE = "confirm.json"
 PLOT_FILE = "confirm.png"
 
@@ -88,6 +97,7 @@ def runs_of(sweep: Sweep, pairs: list[tuple[Setting, int]]) -> dict[str, dict[st
             "tracking.wandb.group": f"{sweep.study}-confirm",
             "tracking.wandb.job_type": "confirm",
             "tracking.media": "end",  # the best epoch's GIF and plot once, at the end
+            "tracking.test_at_end": True,  # the held-out test videos, where the data has their truth: never raced on
             "tracking.wandb.tags": ["confirm", sweep.study],
             "tracking.wandb.name": f"{sweep.study}-{s.name}-s{seed}",
             "tracking.wandb.config": {
@@ -149,6 +159,30 @@ def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[
     return out
 
 
+def add_heldout(rows: list[dict[str, Any]], test: dict[str, dict[int, float]]) -> None:
+    """Each row's held-out scores (``test``: {setting: {seed: test/psnr}}) on the seeds it was trained on
+    (``test``: their values, mean, sd and 95% interval), and beside the base ``test_vs_base``: the paired
+    differences on those seeds, their interval at the level of the row's validation verdict (the same
+    method, the same strictness) and its verdict (higher PSNR is better)."""
+    base = test.get(BASE, {})
+    for row in rows:
+        mine = {k: test[row["name"]][k] for k in row["seeds"] if k in test.get(row["name"], {})}
+        row["test"] = describe(row["name"], mine) if mine else None
+        vs = row.get("vs_base")
+        if vs is None or not mine:
+            continue
+        paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
+        level = vs.get("level", CONFIDENCE)
+        d_mean, _, d_ci = stats.interval(paired, 1 - level) if paired else (math.nan, math.nan, (math.nan, math.nan))
+        row["test_vs_base"] = {
+            "mean": d_mean,
+            "ci": list(d_ci),
+            "level": level,
+            "verdict": verdict(d_ci, "maximize"),
+            "paired": len(paired),
+        }
+
+
 def describe(name: str, by_seed: dict[int, float]) -> dict[str, Any]:
     seeds = sorted(by_seed)
     vals = [by_seed[s] for s in seeds]
@@ -200,7 +234,9 @@ def run_confirm(
     runs_dir = sweep.out_dir / "confirm"
     o = sweep.spec.objective
     values: dict[str, dict[int, float]] = {s.name: {} for s in settings}
+    test: dict[str, dict[int, float]] = {s.name: {} for s in settings}  # held-out scores, never raced on
     mean_frame: dict[tuple[str, int], float] = {}
+    test_mean_frame: list[float] = []
 
     def train(pairs: list[tuple[Setting, int]]) -> None:
         from cvae.runs.queue import train_all
@@ -213,6 +249,11 @@ def run_confirm(
             values[s.name][seed] = float(row[o.metric])
             if isinstance(row.get("val/psnr_mean_frame"), int | float):
                 mean_frame[s.name, seed] = float(row["val/psnr_mean_frame"])
+            summary = run_folder.read_summary(runs_dir / s.name / f"seed{seed}")
+            if isinstance(summary.get(TEST_METRIC), int | float):
+                test[s.name][seed] = float(summary[TEST_METRIC])
+                if isinstance(summary.get("test/psnr_mean_frame"), int | float):
+                    test_mean_frame.append(float(summary["test/psnr_mean_frame"]))
 
     if not race:
         train([(s, seed) for s in settings for seed in seeds])
@@ -234,6 +275,7 @@ def run_confirm(
             todo = [(s, seeds[n]) for s in [settings[0], *still]]  # the base first: every open setting pairs with it
             n += 1
         rows = summarize_race(values, decisions, o.direction)
+    add_heldout(rows, test)
     for row, s in zip(rows, settings, strict=True):
         row |= {"params": s.params, "trial": s.trial, "sweep_value": s.sweep_value}
     trained = sum(len(v) for v in values.values())
@@ -250,6 +292,9 @@ def run_confirm(
         "runs": trained,
         "runs_saved": len(settings) * max_seeds - trained,
         "mean_frame": sum(mean_frame.values()) / len(mean_frame) if mean_frame else None,
+        "test_metric": TEST_METRIC,
+        "test_mean_frame": sum(test_mean_frame) / len(test_mean_frame) if test_mean_frame else None,
+        "heldout": any(test.values()),  # false: the data has no test truth (the lab's own), or runs made before
         "settings": rows,
     }
     path = sweep.out_dir / RESULT_FILE
@@ -277,51 +322,76 @@ def to_json(result: dict[str, Any]) -> str:
 
 def plot_confirm(path: Path, result: dict[str, Any]) -> Path:
     """One dot per seed for each setting, its mean and 95% interval, the base's mean dashed, the mean
-    frame's PSNR dotted."""
+    frame's PSNR dotted: on the validation video (what the race decided on) and, where the runs have them,
+    beside it on the held-out test videos, each setting under its verdict there."""
     from cvae.tracking.media import pyplot, save_figure
 
     plt = pyplot()
     rows = result["settings"]
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6), dpi=110)
-    for i, row in enumerate(rows):
-        n = len(row["values"])
-        xs = [i + 0.12 * (k - (n - 1) / 2) / max(1, n - 1) for k in range(n)]
-        ax.scatter(xs, row["values"], s=18, color="tab:blue" if row["name"] == BASE else "tab:orange", zorder=3)
-        low, high = row["ci95"]
-        if not math.isnan(low):
-            ax.errorbar(i + 0.25, row["mean"], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="_k", capsize=4)
-    ax.axhline(rows[0]["mean"], ls="--", lw=1, color="tab:blue", label=f"base mean {rows[0]['mean']:.2f}")
-    if result.get("mean_frame") is not None:
-        ax.axhline(result["mean_frame"], ls=":", lw=1, color="tab:gray", label=f"mean frame {result['mean_frame']:.2f}")
-    labels = [r["name"] + (f"\n{r['vs_base']['verdict']}" if "vs_base" in r else "") for r in rows]
-    if result.get("race"):  # how many seeds each setting got before its verdict settled
-        labels = [label + f"\n{len(r['values'])} seeds" for label, r in zip(labels, rows, strict=True)]
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    panels = [(f"{result['metric']}: validation (the race decides here)", lambda r: r, "vs_base", "mean_frame")]
+    if result.get("heldout"):
+        panels.append(
+            (f"{result.get('test_metric', TEST_METRIC)}: held-out test videos (never chosen on)",
+             lambda r: r.get("test"), "test_vs_base", "test_mean_frame")
+        )  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=((1.6 * len(rows) + 2) * len(panels), 3.8), dpi=110, squeeze=False)
+    for ax, (what, scores_of, vs_key, frame_key) in zip(axes[0], panels, strict=True):
+        for i, row in enumerate(rows):
+            scores = scores_of(row)
+            if not scores:
+                continue
+            n = len(scores["values"])
+            xs = [i + 0.12 * (k - (n - 1) / 2) / max(1, n - 1) for k in range(n)]
+            ax.scatter(xs, scores["values"], s=18, color="tab:blue" if row["name"] == BASE else "tab:orange", zorder=3)
+            low, high = scores["ci95"]
+            if low is not None and not math.isnan(low):
+                ax.errorbar(i + 0.25, scores["mean"], yerr=[[scores["mean"] - low], [high - scores["mean"]]],
+                            fmt="_k", capsize=4)  # fmt: skip
+        base = scores_of(rows[0])
+        if base:
+            ax.axhline(base["mean"], ls="--", lw=1, color="tab:blue", label=f"base mean {base['mean']:.2f}")
+        if result.get(frame_key) is not None:
+            ax.axhline(result[frame_key], ls=":", lw=1, color="tab:gray", label=f"mean frame {result[frame_key]:.2f}")
+        labels = [r["name"] + (f"\n{r[vs_key]['verdict']}" if r.get(vs_key) else "") for r in rows]
+        if result.get("race"):  # how many seeds each setting got before its verdict settled
+            labels = [label + f"\n{len(r['values'])} seeds" for label, r in zip(labels, rows, strict=True)]
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_title(what, fontsize=9)
+        ax.set(ylabel="PSNR (dB)" if "psnr" in result["metric"] else result["metric"])
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="best")
     raced = f", raced: {result['runs']} runs, {result['runs_saved']} saved" if result.get("race") else ""
-    ax.set(
-        ylabel=result["metric"],
-        title=f"{result['study']}: confirmed over seeds {result['seeds']} (mean, 95% interval){raced}",
-    )
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result['study']}: confirmed over seeds {result['seeds']} (mean, 95% interval){raced}", fontsize=10)
     return save_figure(fig, path)
 
 
 def confirm_table(result: dict[str, Any]):
-    """The table of ``cvae sweep confirm``."""
+    """The table of ``cvae sweep confirm``: each setting's validation scores and verdict and, where the runs
+    have them, its held-out test scores and verdict beside them."""
     from cvae.sweep.study import params_text
     from cvae.terminal import Col, table
 
+    heldout = bool(result.get("heldout"))
     columns = [
         Col("setting"),
-        Col("values"),
-        Col("mean", numeric=True),
+        Col("validation scores, one per seed", short="val values"),
+        Col("validation mean", numeric=True, short="val mean"),
         Col("sd", numeric=True),
         Col("95% interval", numeric=True, short="95% CI"),
-        Col("the paired difference from the base and its 95% interval", numeric=True, short="vs base"),
-        Col("verdict"),
-        Col("parameters", short="params"),
+        Col("the paired difference from the base on validation and its 95% interval", numeric=True, short="vs base"),
+        Col("verdict on validation", short="val verdict"),
     ]
+    if heldout:
+        columns += [
+            Col("held-out test mean (never chosen on)", numeric=True, short="test mean"),
+            Col(
+                "the paired difference from the base on the held-out test videos, its interval and level",
+                numeric=True,
+                short="test vs base",
+            ),  # fmt: skip
+            Col("verdict on the held-out test videos", short="test verdict"),
+        ]
+    columns.append(Col("parameters", short="params"))
     rows = []
     for row in result["settings"]:
         low, high = row["ci95"]
@@ -333,18 +403,18 @@ def confirm_table(result: dict[str, Any]):
             vs_text += f"\n({100 * vs['level']:.2f}%)"
             how = {"verdict": "", "futility": "futility, ", "all seeds": "", "open": "open, "}[vs["settled"]]
             verdict_text += f"\n({how}{vs['settled_at']} seeds)"
-        rows.append(
-            [
-                row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
-                " ".join(f"{v:.2f}" for v in row["values"]),
-                f"{row['mean']:.2f}",
-                f"{row['sd']:.2f}",
-                f"[{low:.2f},\n{high:.2f}]",
-                vs_text,
-                verdict_text,
-                params_text(row["params"]) or "(the base spec)",
-            ]
-        )
+        cells = [
+            row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
+            " ".join(f"{v:.2f}" for v in row["values"]),
+            f"{row['mean']:.2f}",
+            f"{row['sd']:.2f}",
+            f"[{low:.2f},\n{high:.2f}]",
+            vs_text,
+            verdict_text,
+        ]
+        if heldout:
+            cells += heldout_cells(row)
+        rows.append([*cells, params_text(row["params"]) or "(the base spec)"])
     title = f"{result['study']}: {result['metric']} over seeds {result['seeds']} (95% intervals)"
     notes = []
     if result.get("race"):
@@ -356,5 +426,26 @@ def confirm_table(result: dict[str, Any]):
             "vs base: the paired interval at the look that settled the setting, at that look's level "
             "(5% spent over the looks: a wrong verdict at no true difference at most 5% of the time)."
         )
-        columns[5] = Col("the paired difference from the base, its interval and level", numeric=True, short="vs base")
+        columns[5] = Col(
+            "the paired difference from the base on validation, its interval and level", numeric=True, short="vs base"
+        )
+    if heldout:
+        notes.append(
+            f"test: {result.get('test_metric', TEST_METRIC)} of each run's best checkpoint on the held-out test "
+            "videos, which chose nothing (not the checkpoint, not the race); paired on the seeds the setting trained, "
+            "at its validation verdict's level."
+        )
+    else:
+        notes.append("No held-out scores: the runs' data has no test truth (the lab's test frames are Kaggle's).")
     return table(title, columns, rows, notes)
+
+
+def heldout_cells(row: dict[str, Any]) -> list[str]:
+    """A row's held-out mean, its paired difference from the base (interval, level) and verdict."""
+    test, vs = row.get("test"), row.get("test_vs_base")
+    mean = "-" if not test else f"{test['mean']:.2f}"
+    if vs is None:
+        return [mean, "", ""]
+    low, high = vs["ci"]
+    ci = "" if low is None or math.isnan(low) else f"\n[{low:+.2f}, {high:+.2f}]"
+    return [mean, f"{vs['mean']:+.2f}{ci}\n({100 * vs['level']:.2f}%)", f"{vs['verdict']}\n({vs['paired']} seeds)"]

@@ -17,6 +17,7 @@ import yaml
 
 from cvae import history
 from cvae.errors import SpecError, UserError
+from cvae.history import source_of
 from cvae.redact import redact
 from cvae.spec import apply_overrides, dump_yaml, validate_spec
 from cvae.sweep.file import CategoricalParam, FloatParam, HeartbeatSpec, IntParam, Sweep, grid_values, load_sweep
@@ -392,7 +393,8 @@ def status_tables(st: dict[str, Any]) -> list:
     if st["best"]:
         b = st["best"]
         score = f"{st['metric']} {history.with_unit(st['metric'], b['value'])}"
-        out.append(Fields([f"best: trial {b['number']}", score, f"run folder {b['run_dir']}"]))
+        where = [source_of(st["metric"])] if source_of(st["metric"]) else []
+        out.append(Fields([f"best: trial {b['number']}", score, *where, f"run folder {b['run_dir']}"]))
         out.append(Fields(param_words(b["params"]), lead="  "))
     if st["running"]:
         from cvae.sweep.progress import TrialProgress, running_table, worker_label
@@ -468,4 +470,5 @@ def trials_table(st: dict[str, Any]):
         ]
         for t in ordered
     ]
-    return table(f"trials of {st['study']}, best first", columns, rows)
+    where = f" ({st['metric']} {source_of(st['metric'])})" if source_of(st["metric"]) else ""
+    return table(f"trials of {st['study']}, best first{where}", columns, rows)

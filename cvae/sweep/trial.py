@@ -156,6 +156,7 @@ def trial_tracking(sweep: Sweep, study: str, number: int, params: dict[str, Any]
         "tracking.wandb.name": f"{study}-t{number}",
         "tracking.wandb.job_type": "trial",
         "tracking.media": "end",  # the scored epoch's GIF and plot once the trial ends: nothing reads them before
+        "tracking.test_at_end": False,  # held-out test videos are confirm's: a search never reads them
         "tracking.wandb.tags": [*tags, study] if study not in tags else tags,
         "tracking.wandb.config": {"trial": {"study": study, "number": number, "params": params}},
     }

@@ -41,9 +41,9 @@ from cvae.placement import GPU_KEY, given_gpu
 from cvae.redact import redact
 from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
-from cvae.training.checkpoint import load as checkpoint_load
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
+from cvae.training.heldout import best_weights, check_truth, score_best
 from cvae.training.schedules import schedule_values, step_tfr
 from cvae.training.step import TrainStep
 from cvae.training.validation import VAL_SEED_OFFSET, Validation, reference_metrics, validate_model, write_media
@@ -117,6 +117,7 @@ def train(
     ck = resume_checkpoint(run_dir, console) if resume else None
     recorded = RunData(run_dir, strict=True) if resume else None
     train_set, val_set, data_id = load_data(spec, device, console, recorded)
+    check_truth(spec)  # the held-out test videos scored at the end, checked now
     if resume and ck is None:  # stopped before its first epoch ended: nothing to resume, it starts over
         resume = False
         history.truncate(run_dir / history.FILE, 0, 0)
@@ -162,7 +163,7 @@ def train(
                 tracker.summary(summary(state, epoch_row))
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, epoch_row)
-            finish_run(run_dir, spec, val_set, refs, state, tracker, data_id)
+            held_out = finish_run(run_dir, spec, val_set, refs, state, tracker, data_id)
             tracker.finish(run_folder.FINISHED)
         except BaseException as e:
             if isinstance(e, Pruned):  # a normal end for a trial: its media, curves and model as a finished run's
@@ -172,25 +173,29 @@ def train(
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Stopped):
                 raise Stopped("Ctrl-C") from None  # one kind of stop for every caller
             raise
-        return summary(state, epoch_row)
+        return summary(state, epoch_row) | held_out
 
 
-def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, tracker, data_id) -> None:
+def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, tracker, data_id) -> dict[str, Any]:
     """What a run that ended normally (or was pruned) writes last: with ``tracking.media: end`` the best
-    epoch's GIF and plot, the training curves, and the best checkpoint as a model (``log_model``)."""
+    epoch's GIF and plot, the training curves, the best checkpoint as a model (``log_model``) and, with
+    ``tracking.test_at_end`` on data with test truth, its scores on the held-out test videos (returned)."""
     if spec.tracking.media == "end" and state.best_epoch:
         val = state.best_val or revalidate(run_dir, spec, val_set)  # resumed after its best: roll out best.pt
         log_validation_media(run_dir, val, val_set, refs, spec, state.best_epoch, state.step, tracker)
     plot_curves(run_dir, spec.loss.kl_reduction)
+    held_out: dict[str, Any] = {}
     if state.best_epoch:
         tracker.log_model(*best_model(run_dir, spec, state, data_id), final=True)
+        if spec.tracking.test_at_end:
+            held_out = score_best(run_dir, spec, val_set.frames.device, state.best_epoch)
+            tracker.summary(held_out)
+    return held_out
 
 
 def revalidate(run_dir: Path, spec, val_set: VideoSet) -> Validation:
     """The validation of best.pt's weights (the same rollouts, seed and settings as when it was saved)."""
-    device = val_set.frames.device
-    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
-    model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST))["model"])
+    model = best_weights(run_dir, spec, val_set.frames.device)
     t = spec.train
     return validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last)
 

@@ -44,6 +44,7 @@ class StepSettings:
     precision: str  # train.precision (resolved): fp32 | tf32 | bf16
     channels_last: bool | str  # train.channels_last (`auto`: resolved by cvae.device.memory_format)
     activation_checkpointing: bool
+    detach_feedback: bool  # train.detach_feedback: no gradient through a fed-back frame
 
     @classmethod
     def of(cls, spec: ExperimentSpec) -> StepSettings:
@@ -54,6 +55,7 @@ class StepSettings:
             spec.train.precision,
             spec.train.channels_last,
             spec.train.activation_checkpointing,
+            spec.train.detach_feedback,
         )
 
 
@@ -219,6 +221,8 @@ def loss_terms(
                     z = z_all[:, t - 1]
                 out = run(model.decode, f_prev, l_all[:, t - 1], z.to(f_prev.dtype), f_ctx).float()
                 mse = mse + F.mse_loss(out, x[:, t])
+                if s.detach_feedback:  # the next step sees this frame, but sends no gradient back into it
+                    out = out.detach()
     loss = mse + beta * kl
     share = forced.float().mean()
     return {

@@ -9,11 +9,16 @@ A mean PSNR means little alone. Beside it every validation reports, on the same 
   of the video. A model that animates the dancer from the poses loses clearly here.
 
 Shared by training (every ``train.val_every`` epochs) and ``cvae evaluate`` (cvae/runs/evaluate.py).
+
+The test videos, where a dataset has their true frames (cvae/data/truth.py), are scored the same
+way under ``test/`` keys (``score_heldout``, ``heldout_references``), as the Kaggle leaderboard scores the
+lab's: the mean PSNR over every predicted frame of every test video. Nothing that chooses (the best
+checkpoint, a sweep's objective and pruner, confirm's race) reads them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +32,18 @@ VAL_SEED_OFFSET = 7919  # validation z draws: seeded apart from the training noi
 
 
 @dataclass
+class VideoRollout:
+    """One video rolled out from its first frame, with its own poses and with them shifted in time."""
+
+    curve: torch.Tensor  # (T-1,) per-frame PSNR (frames 1..T-1)
+    shifted_curve: torch.Tensor  # the same with the poses shifted
+    mse: float  # mean over frames 1..T-1
+    pred: torch.Tensor  # (T, 3, H, W)
+    pred_shifted: torch.Tensor
+    shift: int  # frames the poses were rotated by
+
+
+@dataclass
 class Validation:
     metrics: dict[str, float]  # val/psnr, val/mse, val/psnr_shifted_pose (means over the videos)
     curve: torch.Tensor  # (T-1,) per-frame PSNR of the first val video (frames 1..T-1)
@@ -34,6 +51,7 @@ class Validation:
     pred: torch.Tensor  # (T, 3, H, W) rollout of the first val video
     pred_shifted: torch.Tensor
     pose_shift: int  # frames the poses of the first video were rotated by
+    videos: list[VideoRollout] = field(default_factory=list)  # every video, in the set's order
 
 
 def reference_metrics(val_set: VideoSet) -> dict[str, float]:
@@ -43,6 +61,21 @@ def reference_metrics(val_set: VideoSet) -> dict[str, float]:
         "val/psnr_repeat_first": sum(s[0] for s in scores) / len(scores),
         "val/psnr_mean_frame": sum(s[1] for s in scores) / len(scores),
     }
+
+
+def heldout_references(test_set: VideoSet) -> dict[str, float]:
+    """The trivial predictors on the test videos, as the leaderboard pools them: the mean PSNR over all
+    predicted frames of all videos (``test/psnr_repeat_first``, ``test/psnr_mean_frame``)."""
+    scores = [reference_scores(test_set.video(v)[0].float() / 255) for v in range(len(test_set.lengths))]
+    return {
+        "test/psnr_repeat_first": pooled([s[0] for s in scores], test_set.lengths),
+        "test/psnr_mean_frame": pooled([s[1] for s in scores], test_set.lengths),
+    }
+
+
+def pooled(video_means: list[float], lengths: list[int]) -> float:
+    """The mean over every predicted frame (1..T-1) of every video, from each video's mean."""
+    return sum(m * (n - 1) for m, n in zip(video_means, lengths, strict=True)) / sum(n - 1 for n in lengths)
 
 
 def frame_scores(pred: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -63,12 +96,65 @@ def validate_model(
     """Roll every val video out from its first frame, z from the prior; videos of equal length are
     batched. The same rollout with the poses rotated in time (by ``pose_shift`` frames, default a
     quarter of the video; same z draws) shows whether the model uses the pose."""
+    videos = roll_videos(model, val_set, seed, precision, channels_last, pose_shift)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    metrics = {
+        "val/psnr": mean([r.curve.mean().item() for r in videos]),
+        "val/mse": mean([r.mse for r in videos]),
+        "val/psnr_shifted_pose": mean([r.shifted_curve.mean().item() for r in videos]),
+    }
+    return first_video(metrics, videos)
+
+
+def score_heldout(
+    model: CVAE,
+    test_set: VideoSet,
+    seed: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    pose_shift: int | None = None,
+) -> Validation:
+    """``validate_model`` on the test videos with their true frames (cvae/data/frames.py, ``load_truth``),
+    scored as the leaderboard scores them: ``test/psnr`` and ``test/psnr_shifted_pose`` are means over
+    every predicted frame of every video, ``test/mse`` too; ``test/videos`` and ``test/frames`` count
+    what was scored."""
+    videos = roll_videos(model, test_set, seed, precision, channels_last, pose_shift)
+    n = test_set.lengths
+    metrics = {
+        "test/psnr": pooled([r.curve.mean().item() for r in videos], n),
+        "test/mse": pooled([r.mse for r in videos], n),
+        "test/psnr_shifted_pose": pooled([r.shifted_curve.mean().item() for r in videos], n),
+        "test/videos": len(n),
+        "test/frames": sum(k - 1 for k in n),
+    }
+    return first_video(metrics, videos)
+
+
+def first_video(metrics: dict[str, float], videos: list[VideoRollout]) -> Validation:
+    r = videos[0]
+    return Validation(metrics, r.curve, r.shifted_curve, r.pred, r.pred_shifted, r.shift, videos)
+
+
+def roll_videos(
+    model: CVAE,
+    video_set: VideoSet,
+    seed: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    pose_shift: int | None = None,
+) -> list[VideoRollout]:
+    """Every video of the set rolled out from its first frame with its poses and with them rotated in
+    time (``pose_shift`` frames, default a quarter of the video), scored against its frames; videos of
+    equal length in one batch."""
     kw = {"precision": precision, "channels_last": channels_last}
-    results: dict[int, tuple] = {}
-    for vids in batches_by_length(val_set.lengths, MAX_VIDEOS // 2):
-        n, b = val_set.lengths[vids[0]], len(vids)
-        frames = torch.stack([val_set.video(v)[0][:n] for v in vids]).float() / 255  # (B, T, 3, H, W)
-        poses = torch.stack([val_set.video(v)[1][:n] for v in vids])
+    results: dict[int, VideoRollout] = {}
+    for vids in batches_by_length(video_set.lengths, MAX_VIDEOS // 2):
+        n, b = video_set.lengths[vids[0]], len(vids)
+        frames = torch.stack([video_set.video(v)[0][:n] for v in vids]).float() / 255  # (B, T, 3, H, W)
+        poses = torch.stack([video_set.video(v)[1][:n] for v in vids])
         shift = n // 4 if pose_shift is None else pose_shift
         # Both rollouts in one batch of 2B videos: the same z draws for every video (rollout's rule), so
         # the same frames as two calls (tested), in one pass through the model instead of two.
@@ -79,19 +165,8 @@ def validate_model(
         for i, v in enumerate(vids):
             curve, mse = frame_scores(pred[i], frames[i])
             shifted, _ = frame_scores(pred_shift[i], frames[i])
-            results[v] = (curve, shifted, mse, pred[i].cpu(), pred_shift[i].cpu(), shift)
-    vids = sorted(results)
-
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs)
-
-    metrics = {
-        "val/psnr": mean([results[v][0].mean().item() for v in vids]),
-        "val/mse": mean([results[v][2] for v in vids]),
-        "val/psnr_shifted_pose": mean([results[v][1].mean().item() for v in vids]),
-    }
-    curve, shifted, _, pred, pred_shifted, shift = results[vids[0]]
-    return Validation(metrics, curve, shifted, pred, pred_shifted, shift)
+            results[v] = VideoRollout(curve, shifted, mse, pred[i].cpu(), pred_shift[i].cpu(), shift)
+    return [results[v] for v in sorted(results)]
 
 
 def write_media(
