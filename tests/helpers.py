@@ -28,6 +28,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     env["WANDB_MODE"] = "disabled"
     env.pop("CVAE_DEBUG", None)
+    # A test worker that ran W&B in-process holds a wandb-core service; children would log through it.
+    env.pop("WANDB_SERVICE", None)
     env["COLUMNS"] = "200"  # rich: one message per line
     env.update(extra)
     return env

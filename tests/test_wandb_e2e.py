@@ -231,6 +231,35 @@ def test_a_run_from_another_repository_records_its_own_code_and_is_found_by_its_
     assert Image.open(run_dir / "plots" / "val_psnr.png").text["Title"] == "lr-2e-3: validation rollout, epoch 1"
 
 
+PARENT_THAT_USED_WANDB = """
+import os, subprocess, sys, wandb
+run = wandb.init(mode="offline", dir=sys.argv[1], settings=wandb.Settings(silent=True))
+run.finish()
+assert os.environ.get("WANDB_SERVICE"), "wandb no longer hands its service to children"
+done = subprocess.run([sys.executable, "-m", "cvae.cli", *sys.argv[3:]], cwd=sys.argv[2])
+sys.exit(done.returncode)
+"""
+
+
+def test_a_run_started_by_a_process_that_used_wandb_keeps_its_logs(tmp_path, tiny_data, wandb_env):
+    """A notebook or script that used W&B hands its wandb-core service to the children it starts
+    (WANDB_SERVICE), and that service resolves folders against its own working folder: a relative
+    run folder used to lose the child's W&B logs without a word. They land in the run folder."""
+    parent_dir, child_cwd = tmp_path / "parent", tmp_path / "elsewhere"
+    parent_dir.mkdir()
+    child_cwd.mkdir()
+    spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    args = ["train", str(spec), "--run-dir", "runs/child", "--set", "tracking.wandb.mode=offline"]
+    done = subprocess.run(
+        [sys.executable, "-c", PARENT_THAT_USED_WANDB, str(parent_dir), str(child_cwd), *args],
+        cwd=parent_dir, env=wandb_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "W&B tracking is off" not in done.stdout + done.stderr
+    run = read_offline_run(child_cwd / "runs" / "child")
+    assert run["state"] == "finished" and run["summary"]["epochs_done"] == 1
+
+
 def test_the_per_frame_psnr_chart_shows_the_best_epoch(tmp_path, tiny_data, wandb_env, monkeypatch):
     """W&B's per-frame PSNR chart draws the last table logged: the run logs the curve when a validation
     is its best, so the chart shows the best epoch's curve, not the last epoch's. Here the last of

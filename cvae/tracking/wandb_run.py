@@ -235,7 +235,11 @@ class WandbTracker(Tracker):
         sys.argv[1:] = [redact(a) for a in argv[1:]]
         try:
             run = wandb.init(
-                dir=str(run_dir),
+                # Absolute: the process that writes the logs (wandb-core) may not share our working
+                # folder. A child of a process that already used W&B inherits WANDB_SERVICE and logs
+                # through its parent's wandb-core, which would resolve a relative folder against its
+                # own and write nothing here.
+                dir=str(run_dir.resolve()),
                 mode=self.mode,
                 project=self.project,
                 entity=self.entity,
