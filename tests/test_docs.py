@@ -65,4 +65,5 @@ def test_the_slug_rule():
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_relative_links_reach_a_file_and_a_heading(page):
-    assert broken_links(page) == []
+    broken = broken_links(page)
+    assert not broken, "\n".join(broken)
