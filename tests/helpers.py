@@ -1,12 +1,15 @@
 """Helpers shared by the test files: the ``cvae`` command run for real, what its results must show,
-snapshots of folders, tiny sweeps, and training callbacks that stop a run.
+a run folder's files read back, snapshots of folders, tiny sweeps, and training callbacks that stop
+a run.
 
 Test files import these (and conftest's fixtures come by name); no test file imports another.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"  # the shipped specs
+TEMPLATE = EXPERIMENTS / "lab4_template.yaml"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -68,6 +74,18 @@ def assert_bad_input(r: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
 
 
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+BOX = re.compile("[\u2500-\u257f]")  # rich's frame: box-drawing characters
+
+
+def words(text: str) -> set[str]:
+    """The words of a rendered table or panel, its frame taken out."""
+    return set(BOX.sub(" ", text).split())
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under root and its bytes (folders as empty entries)."""
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
@@ -89,6 +107,9 @@ def write_spec(path: Path, overrides: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(nested(overrides), sort_keys=False))
     return path
+
+
+STEPS_PER_EPOCH = 12  # tiny_overrides on the tiny preset: 4 videos x (24 // 4) clips of 4 frames / batch 2
 
 
 def tiny_overrides(root: Path | str, **extra: Any) -> dict[str, Any]:
@@ -123,6 +144,61 @@ def tiny_overrides(root: Path | str, **extra: Any) -> dict[str, Any]:
     }
     out.update(extra)
     return out
+
+
+# --------------------------------------------------------------------------- a run folder's files
+
+
+def history(run_dir: Path) -> list[dict]:
+    """A run's history.jsonl as the package reads it (``cvae.history.read``: non-finite values
+    decoded), and every line whole: the package's reader skips a line cut by a kill, a test must
+    see one. The file must exist."""
+    from cvae import history as run_history
+
+    path = Path(run_dir) / run_history.FILE
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = run_history.read(path)
+    assert len(rows) == len(lines), f"{path}: {len(lines) - len(rows)} line(s) not a whole JSON object"
+    return rows
+
+
+def without_perf(rows: list[dict]) -> list[dict]:
+    """History rows without their timings (``perf/*``): what two runs of the same training share."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def summary(run_dir: Path) -> dict:
+    """A run's summary.json as the package reads it (``cvae.run_folder.read_summary``); the file must
+    exist and hold a JSON object (the package's reader gives {} for a missing or damaged one)."""
+    from cvae.run_folder import SUMMARY_FILE, read_summary
+
+    path = Path(run_dir) / SUMMARY_FILE
+    assert isinstance(json.loads(path.read_text()), dict), path
+    return read_summary(run_dir)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts: the same keys, bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def assert_same_training_state(a: Path, b: Path) -> None:
+    """Two checkpoints hold bit-identical weights, optimizer and scheduler state and counters."""
+    from cvae.training import checkpoint
+
+    ca, cb = checkpoint.load(a), checkpoint.load(b)
+    assert_same_state(ca["model"], cb["model"])
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
+        assert_same_state(sa, sb)
+    assert ca["scheduler"] == cb["scheduler"]
+    assert (ca["epoch"], ca["step"], ca["best_psnr"]) == (cb["epoch"], cb["step"], cb["best_psnr"])
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary files a write left behind."""
+    return sorted(p for p in root.rglob("*") if ".tmp" in p.name and "wandb" not in p.parts)
 
 
 # --------------------------------------------------------------------------- tiny sweeps

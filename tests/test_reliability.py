@@ -8,7 +8,6 @@ inside (a small wrapper script patches one function to kill its own process at a
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import shutil
@@ -20,54 +19,30 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import Stop, StopAtEpochEnd, cvae, python, snapshot, subprocess_env, tiny_overrides, write_spec
+from helpers import (
+    Stop,
+    StopAtEpochEnd,
+    assert_same_training_state,
+    cvae,
+    history,
+    leftovers,
+    python,
+    snapshot,
+    summary,
+    tiny_overrides,
+    without_perf,
+    write_spec,
+)
 from typer.testing import CliRunner
 
 from cvae.errors import CheckpointError, TrainingDiverged
+from cvae.history import epoch_rows
 from cvae.spec import load_spec
 from cvae.training import checkpoint
 from cvae.training.loop import train
 
 STEPS = 6  # tiny preset, data.partial 0.5: 12 clips of 4 frames, batch 2 -> 6 steps per epoch
 KILL = {"train.epochs": 2, "data.partial": 0.5, "optim.milestones": [1]}  # epoch 2 crosses the LR milestone
-
-
-def history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
-
-
-def without_perf(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
-
-
-def epoch_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "epoch/loss" in r]
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
-def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_training_state(a: Path, b: Path) -> None:
-    """Two checkpoints hold bit-identical weights, optimizer and scheduler state and counters."""
-    ca, cb = load_ckpt(a), load_ckpt(b)
-    assert ca["model"].keys() == cb["model"].keys()
-    for k in ca["model"]:
-        assert torch.equal(ca["model"][k], cb["model"][k]), k
-    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), k
-    assert ca["scheduler"] == cb["scheduler"]
-    assert (ca["epoch"], ca["step"], ca["best_psnr"]) == (cb["epoch"], cb["step"], cb["best_psnr"])
-
-
-def leftovers(root: Path) -> list[Path]:
-    """Temporary files a write left behind."""
-    return sorted(p for p in root.rglob("*") if ".tmp" in p.name and "wandb" not in p.parts)
 
 
 # A wrapper around the CLI that plants one fault: `python fault.py WHERE N cvae-args...`.
@@ -161,27 +136,6 @@ def fault_script(tmp_path) -> Path:
     path = tmp_path / "fault.py"
     path.write_text(FAULT_SCRIPT)
     return path
-
-
-@pytest.fixture
-def wandb_env(tmp_path) -> dict[str, str]:
-    """CLI environment with W&B offline and all its folders in tmp; no sweep agent."""
-    env = subprocess_env(WANDB_MODE="offline")
-    for var in (
-        "WANDB_SWEEP_ID",
-        "WANDB_SWEEP_PARAM_PATH",
-        "WANDB_RUN_ID",
-        "WANDB_PROJECT",
-        "WANDB_ENTITY",
-        "WANDB_RESUME",
-        "WANDB_NAME",
-        "WANDB_DISABLED",
-        "WANDB_API_KEY",
-    ):
-        env.pop(var, None)
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        env[var] = str(tmp_path / "wandb-home" / var.lower())
-    return env
 
 
 # =========================================================================== 1. SIGKILL, then --resume
@@ -400,7 +354,7 @@ def test_skip_batch_drops_the_update(tmp_path, tiny_data, monkeypatch):
     train(spec, tmp_path / "run")
     torch.manual_seed(spec.seed)
     initial = dict(build_model(spec).named_parameters())
-    ck = load_ckpt(tmp_path / "run/checkpoints/last.pt")
+    ck = checkpoint.load(tmp_path / "run/checkpoints/last.pt")
     for name, p in initial.items():
         assert torch.equal(ck["model"][name], p.detach()), name
     assert ck["optimizer"]["state"] == {} and ck["skipped_batches"] == STEPS
@@ -437,11 +391,11 @@ def test_skip_batch_resume_is_exact(tmp_path, tiny_data, monkeypatch):
     poison(monkeypatch, bad)
     with pytest.raises(Stop):
         train(spec, tmp_path / "B", callbacks=[StopAtEpochEnd(1)])
-    assert load_ckpt(tmp_path / "B/checkpoints/last.pt")["skipped_batches"] == 1
+    assert checkpoint.load(tmp_path / "B/checkpoints/last.pt")["skipped_batches"] == 1
     poison(monkeypatch, bad, first_step=STEPS)  # the resumed run starts at step 7
     train(spec, tmp_path / "B", resume=True)
     assert_same_training_state(tmp_path / "A/checkpoints/last.pt", tmp_path / "B/checkpoints/last.pt")
-    assert load_ckpt(tmp_path / "B/checkpoints/last.pt")["skipped_batches"] == 2
+    assert checkpoint.load(tmp_path / "B/checkpoints/last.pt")["skipped_batches"] == 2
     assert without_perf(history(tmp_path / "A")) == without_perf(history(tmp_path / "B"))
     assert epoch_rows(history(tmp_path / "B"))[-1]["train/skipped_batches"] == 2
 

@@ -17,19 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_ok, cvae, trials_of, write_sweep
+from helpers import assert_ok, cvae, trials_of, words, write_sweep
 
 from cvae.history import epoch_rows
 from cvae.sweep.progress import SweepWatch, watching
 from cvae.sweep.study import quiet_experimental, status, status_tables
 from cvae.sweep.workers import this_worker
 from cvae.terminal import make_console, render
-
-BOX = re.compile("[\u2500-\u257f]")
-
-
-def words(text: str) -> set[str]:
-    return set(BOX.sub(" ", text).split())
 
 
 def _rows(path: Path) -> list[dict]:
