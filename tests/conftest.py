@@ -1,5 +1,6 @@
 """Shared fixtures: the synthetic tiny dataset, a tiny spec, a finished tiny run, hand-made Lab4
-folders, a workspace for bad-input tests, W&B's environment in tmp. Plain helpers are tests/helpers.py.
+folders, a workspace for bad-input tests, W&B's environment in tmp, the fault-planting CLI wrapper.
+Plain helpers are tests/helpers.py.
 
 Threads: these tests run on small CPU machines where other work often shares the cores. With the
 default intra-op pool (one thread per core) a contended torch process slows down many times over,
@@ -22,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import wandb  # noqa: E402, F401
-from helpers import make_lab4, subprocess_env, tiny_overrides, write_spec  # noqa: E402
+from helpers import FAULT_SCRIPT, make_lab4, subprocess_env, tiny_overrides, write_spec  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # wandb is imported above, at a shallow stack and before any hypothesis test has changed the
@@ -83,7 +84,7 @@ def workspace(tmp_path) -> Path:
     return ws
 
 
-# --------------------------------------------------------------------------- W&B
+# --------------------------------------------------------------------------- W&B and faults
 
 # What a W&B sweep agent or a caller's shell may have set: a test's run must not join their sweep or run.
 WANDB_RUN_VARS = (
@@ -114,3 +115,11 @@ def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
         env[var] = str(home / var.lower())
         monkeypatch.setenv(var, env[var])
     return env
+
+
+@pytest.fixture
+def fault_script(tmp_path) -> Path:
+    """helpers.FAULT_SCRIPT as a file: ``python fault.py WHERE N cvae-args...`` plants one fault."""
+    path = tmp_path / "fault.py"
+    path.write_text(FAULT_SCRIPT)
+    return path

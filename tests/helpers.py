@@ -1,6 +1,6 @@
 """Helpers shared by the test files: the ``cvae`` command run for real, what its results must show,
-a run folder's files read back, snapshots of folders, tiny sweeps, and training callbacks that stop
-a run.
+a run folder's files read back, snapshots of folders, tiny sweeps, training callbacks that stop a
+run, and the faults the reliability tests plant.
 
 Test files import these (and conftest's fixtures come by name); no test file imports another.
 """
@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,109 @@ class StopAtEpochEnd:
 
 
 # --------------------------------------------------------------------------- faults
+
+
+STEPS = 6  # tiny preset, data.partial 0.5: 12 clips of 4 frames, batch 2 -> 6 steps per epoch
+KILL = {"train.epochs": 2, "data.partial": 0.5, "optim.milestones": [1]}  # epoch 2 crosses the LR milestone
+
+# A wrapper around the CLI that plants one fault: `python fault.py WHERE N cvae-args...`.
+FAULT_SCRIPT = r"""
+import math, os, signal, sys
+
+where, n = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+sys.argv[0] = "cvae"
+calls = [0]
+# "term:WHERE" sends SIGTERM (a clean stop: W&B's early termination) and "int:WHERE" SIGINT (Ctrl-C)
+# at the point instead of SIGKILL.
+sig, _, where = where.rpartition(":")
+SIGNAL = {"term": signal.SIGTERM, "int": signal.SIGINT}.get(sig, signal.SIGKILL)
+# Python ignores SIGINT in a process started with it ignored (a shell's background job): a user's
+# Ctrl-C reaches a terminal's foreground job, so take it as the CLI in a terminal does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def nth():
+    calls[0] += 1
+    return calls[0] == n
+
+
+def kill_at_nth_call(module, name):
+    # the signal as the n-th call of module.name begins
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        if nth():
+            kill()
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
+def kill():
+    os.kill(os.getpid(), SIGNAL)
+
+
+import cvae.data.clips
+import cvae.training.checkpoint
+import cvae.training.loop
+import cvae.training.step
+
+if where == "step":  # SIGKILL at the start of optimizer step n (inside an epoch)
+    kill_at_nth_call(cvae.training.step, "train_step")
+elif where == "epoch_start":  # SIGKILL as epoch n begins (between epochs)
+    kill_at_nth_call(cvae.data.clips, "epoch_batches")
+elif where == "after_checkpoint":  # SIGKILL right after the n-th last.pt is complete
+    save = cvae.training.checkpoint.save
+
+    def save_then_kill(path, state, keep_previous=False):
+        save(path, state, keep_previous)
+        if path.name == "last.pt" and nth():
+            kill()
+
+    cvae.training.checkpoint.save = save_then_kill
+elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp written, prev.pt kept, not renamed
+    replace = os.replace
+
+    def replace_or_kill(src, dst, *args, **kwargs):
+        if os.path.basename(str(dst)) == "last.pt" and nth():
+            kill()
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = replace_or_kill
+elif where == "validation":  # the n-th validation begins
+    kill_at_nth_call(cvae.training.loop, "validate_model")
+elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
+    step = cvae.training.step.train_step
+
+    def train_step(model, x, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] >= n:
+            x = x * math.nan
+        return step(model, x, *args, **kwargs)
+
+    cvae.training.step.train_step = train_step
+else:
+    sys.exit(f"unknown fault {where}")
+
+from cvae.cli import main
+
+main()
+"""
+
+
+def flip_a_weight_byte(path: Path) -> None:
+    """Flip one byte inside the first tensor stored in a checkpoint (not in zip padding)."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size >= 4)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+        pos = info.header_offset + 30 + name_len + extra_len + 1
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x10]))
 
 
 def poison_generator(monkeypatch, from_step: int, frames_per_step: int) -> None:
