@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -77,6 +79,12 @@ def assert_bad_input(r: subprocess.CompletedProcess, *needles: str) -> None:
 
 def git(folder: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 BOX = re.compile("[\u2500-\u257f]")  # rich's frame: box-drawing characters
@@ -248,6 +256,55 @@ def trials_of(url: str, study: str):
     from cvae.sweep.study import load_study
 
     return load_study(url, study).get_trials(deepcopy=False)
+
+
+SWEEPS = REPO / "sweeps"  # the shipped sweep files
+SEARCH = {
+    "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "kl_annealing.ratio": {"type": "float", "low": 0.1, "high": 1.0},
+}
+# Pruning likely: compare with the median from the first finished trial on, from epoch 1.
+PRUNE = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+
+
+def tpe_sweep(n_trials: int, study: str = "sweep", n_startup_trials: int = 2) -> dict[str, Any]:
+    """A TPE + median-pruning search of SEARCH with a budget of ``n_trials``."""
+    return {
+        "search": SEARCH,
+        "sampler": {"type": "tpe", "n_startup_trials": n_startup_trials},
+        "pruner": PRUNE,
+        "budget": {"n_trials": n_trials},
+        "study": study,
+    }
+
+
+def assert_clean_sweep(trials, n: int, n_epochs: int = 2, study: str = "sweep") -> None:
+    """n trials, every one finished (complete or pruned), numbers and parameter sets unique; a
+    complete one trained ``n_epochs`` epochs; each logged to W&B in the study's group."""
+    from cvae.sweep.trial import run_epoch_rows as epoch_rows
+
+    assert len(trials) == n, [(t.number, t.state.name) for t in trials]
+    assert sorted(t.number for t in trials) == list(range(n))
+    states = [t.state.name for t in trials]
+    assert set(states) <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert states.count("COMPLETE") >= 1
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == n, params
+    for t in trials:  # each trained its own folder, with its own values
+        run_dir = Path(t.user_attrs["run_dir"])
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        assert spec["optim"]["lr"] == pytest.approx(t.params["optim.lr"])
+        assert spec["kl_annealing"]["ratio"] == pytest.approx(t.params["kl_annealing.ratio"])
+        assert (
+            spec["tracking"]["wandb"]["group"] == study and spec["tracking"]["wandb"]["name"] == f"{study}-t{t.number}"
+        )
+        assert run_dir.name == str(t.number)
+        epochs = [r["epoch"] for r in epoch_rows(run_dir)]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs
+        if t.state.name == "COMPLETE":
+            assert len(epochs) == n_epochs
+            assert t.value == pytest.approx(max(r["val/psnr"] for r in epoch_rows(run_dir)))
+        assert t.user_attrs["epochs_done"] == len(epochs)
 
 
 # --------------------------------------------------------------------------- training callbacks

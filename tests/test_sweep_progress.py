@@ -1,8 +1,8 @@
 """A sweep that shows it is alive: its running trials' progress (trial, worker, epoch and step of the
 planned, the last score with its unit) read from a real Optuna journal and real run folders, shown
 live on a terminal (a fixed-width rich console), as a line per event in a log (`cvae sweep run` to a
-pipe, one worker in its own process; tests/test_sweep.py checks the lines of two worker processes),
-in `cvae sweep status`, and not at all with --quiet.
+pipe, one worker in its own process; tests/test_sweep_status.py checks the lines of two worker
+processes), in `cvae sweep status`, and not at all with --quiet.
 """
 
 from __future__ import annotations
