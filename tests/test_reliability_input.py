@@ -15,8 +15,8 @@ from helpers import flip_a_weight_byte, snapshot
 from typer.testing import CliRunner
 
 # One table: each case makes one thing wrong in a valid workspace and gives the command line.
-# `ws` holds a valid 8x12 dataset (ws/data) and spec (ws/spec.yaml) (tests/test_cli.py's
-# `workspace`); `run` is a finished tiny run (test_cli's `run_copy`) for the cases that need one.
+# `ws` holds a valid 8x12 dataset (ws/data) and spec (ws/spec.yaml) (conftest's `workspace`);
+# `run` is a finished tiny run (conftest's `run_copy`) for the cases that need one.
 # Cases tests/test_cli.py already runs are listed in docs/reliability.md and not repeated here.
 BAD_INPUT = []
 
