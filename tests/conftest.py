@@ -1,5 +1,6 @@
 """Shared fixtures: the synthetic tiny dataset, a tiny spec, a finished tiny run, hand-made Lab4
-folders, a workspace for bad-input tests. Plain helpers are tests/helpers.py.
+folders, a workspace for bad-input tests, W&B's environment in tmp, the fault-planting CLI wrapper.
+Plain helpers are tests/helpers.py.
 
 Threads: these tests run on small CPU machines where other work often shares the cores. With the
 default intra-op pool (one thread per core) a contended torch process slows down many times over,
@@ -22,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import wandb  # noqa: E402, F401
-from helpers import make_lab4, tiny_overrides, write_spec  # noqa: E402
+from helpers import FAULT_SCRIPT, make_lab4, subprocess_env, tiny_overrides, write_spec  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # wandb is imported above, at a shallow stack and before any hypothesis test has changed the
@@ -81,3 +82,44 @@ def workspace(tmp_path) -> Path:
     make_lab4(ws / "data")
     write_spec(ws / "spec.yaml", tiny_overrides(ws / "data", **{"data.frame_size": [8, 12]}))
     return ws
+
+
+# --------------------------------------------------------------------------- W&B and faults
+
+# What a W&B sweep agent or a caller's shell may have set: a test's run must not join their sweep or run.
+WANDB_RUN_VARS = (
+    "WANDB_SWEEP_ID",
+    "WANDB_SWEEP_PARAM_PATH",
+    "WANDB_RUN_ID",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "WANDB_RESUME",
+    "WANDB_NAME",
+    "WANDB_DISABLED",
+    "WANDB_API_KEY",
+)
+WANDB_FOLDER_VARS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """The environment of CLI children (``subprocess_env``) with W&B offline, no sweep, run or key of
+    the caller's, and W&B's folders in tmp_path/wandb-home. This process gets the same folders and
+    loses the same variables (its W&B mode stays as set above: in-process tests name theirs)."""
+    env = subprocess_env(WANDB_MODE="offline")
+    for var in WANDB_RUN_VARS:
+        env.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "wandb-home"
+    for var in WANDB_FOLDER_VARS:
+        env[var] = str(home / var.lower())
+        monkeypatch.setenv(var, env[var])
+    return env
+
+
+@pytest.fixture
+def fault_script(tmp_path) -> Path:
+    """helpers.FAULT_SCRIPT as a file: ``python fault.py WHERE N cvae-args...`` plants one fault."""
+    path = tmp_path / "fault.py"
+    path.write_text(FAULT_SCRIPT)
+    return path

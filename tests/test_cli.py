@@ -23,6 +23,7 @@ import torch
 import yaml
 from helpers import (
     REPO,
+    TEMPLATE,
     assert_bad_input,
     assert_ok,
     cli_in_process,
@@ -44,9 +45,6 @@ from cvae.terminal import fmt
 from cvae.tracking.media import LABEL_HEIGHT
 from cvae.training.rollout import rollout
 from cvae.training.validation import VAL_SEED_OFFSET
-
-TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
-
 
 # --------------------------------------------------------------------------- help without torch
 

@@ -16,14 +16,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, assert_bad_input, assert_ok, cvae, make_lab4, snapshot, tiny_overrides, write_spec
+from helpers import (
+    EXPERIMENTS,
+    TEMPLATE,
+    assert_bad_input,
+    assert_ok,
+    cvae,
+    make_lab4,
+    snapshot,
+    tiny_overrides,
+    write_spec,
+)
 
 from cvae.data.root import check_request, synthesis_requested
 from cvae.errors import DataError
 from cvae.spec import load_spec_origins
 
-TEMPLATE = REPO / "experiments" / "lab4_template.yaml"
-QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 
 
 def refused_fast(tmp_path: Path, *args, needles: tuple[str, ...], cwd: Path | None = None) -> str:

@@ -10,14 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, assert_bad_input, assert_ok, cvae, snapshot
+from helpers import EXPERIMENTS, REPO, assert_bad_input, assert_ok, cvae, snapshot
 
 from cvae.model import CVAE, PoseNorm
 from cvae.runs.submission import frame_values, write_submission
 from cvae.training.weights import from_template_name, to_template_name
-
-EXPERIMENTS = REPO / "experiments"
-
 
 # --------------------------------------------------------------------------- submission.csv
 

@@ -1,15 +1,13 @@
 """The published settings stay faithful: every option beyond the template is off in them."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import EXPERIMENTS
 
 from cvae.model import CVAE, build_model
 from cvae.spec import load_spec
 from cvae.training.rollout import rollout
 
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 PUBLISHED = ["lab4_template.yaml", *sorted(p.name for p in EXPERIMENTS.glob("report_*.yaml"))]
 
 # Options that go beyond the published template, with the value that turns each off.

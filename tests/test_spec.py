@@ -7,6 +7,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+from helpers import EXPERIMENTS, TEMPLATE
 
 from cvae.cli.train import split_cli_overrides
 from cvae.errors import SpecError
@@ -20,9 +21,6 @@ from cvae.spec import (
     parse_override,
     validate_spec,
 )
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-TEMPLATE = EXPERIMENTS / "lab4_template.yaml"
 
 
 def write(path: Path, text: str) -> Path:

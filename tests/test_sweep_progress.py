@@ -1,8 +1,8 @@
 """A sweep that shows it is alive: its running trials' progress (trial, worker, epoch and step of the
 planned, the last score with its unit) read from a real Optuna journal and real run folders, shown
 live on a terminal (a fixed-width rich console), as a line per event in a log (`cvae sweep run` to a
-pipe, one worker in its own process; tests/test_sweep.py checks the lines of two worker processes),
-in `cvae sweep status`, and not at all with --quiet.
+pipe, one worker in its own process; tests/test_sweep_status.py checks the lines of two worker
+processes), in `cvae sweep status`, and not at all with --quiet.
 """
 
 from __future__ import annotations
@@ -17,19 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_ok, cvae, trials_of, write_sweep
+from helpers import assert_ok, cvae, trials_of, words, write_sweep
 
 from cvae.history import epoch_rows
 from cvae.sweep.progress import SweepWatch, watching
 from cvae.sweep.study import quiet_experimental, status, status_tables
 from cvae.sweep.workers import this_worker
 from cvae.terminal import make_console, render
-
-BOX = re.compile("[\u2500-\u257f]")
-
-
-def words(text: str) -> set[str]:
-    return set(BOX.sub(" ", text).split())
 
 
 def _rows(path: Path) -> list[dict]:

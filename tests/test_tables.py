@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import BOX, REPO
 
 from cvae.terminal import Col, Fields, FoldingTable, render, table
 
 WIDTHS = (80, 100, 160)
-BOX = re.compile("[\u2500-\u257f]")  # rich's frame: box-drawing characters
 
 
 def data_words(renderable) -> set[str]:

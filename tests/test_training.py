@@ -15,11 +15,22 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from helpers import Stop, StopAtEpochEnd, poison_generator, tiny_overrides
+from helpers import (
+    STEPS_PER_EPOCH,
+    Stop,
+    StopAtEpochEnd,
+    assert_same_state,
+    history,
+    poison_generator,
+    summary,
+    tiny_overrides,
+    without_perf,
+)
 
 from cvae.data.frames import load_split
 from cvae.data.layout import scan_split
 from cvae.errors import CheckpointError, DataError, RunDirError, TrainingDiverged
+from cvae.history import epoch_rows
 from cvae.model import build_model
 from cvae.run_folder import prepare as prepare_run_dir
 from cvae.spec import dump_yaml, load_spec
@@ -30,37 +41,9 @@ from cvae.training.rollout import reference_scores
 from cvae.training.schedules import kl_beta, teacher_forcing_ratio
 from cvae.training.step import train_step
 
-STEPS_PER_EPOCH = 12  # 4 videos x (24 // 4) clips / batch 2
-
-
-def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-
 
 def step_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "train/loss" in r]
-
-
-def epoch_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "epoch/loss" in r]
-
-
-def without_perf(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # --------------------------------------------------------------------------- what a run writes
@@ -127,8 +110,8 @@ def test_summary_and_best(trained_run):
 
 
 def test_checkpoints_are_plain_state(trained_run, tiny_spec):
-    last = load_ckpt(trained_run / "checkpoints/last.pt")  # weights_only=True: no pickled objects
-    best = load_ckpt(trained_run / "checkpoints/best.pt")
+    last = checkpoint.load(trained_run / "checkpoints/last.pt")  # weights_only=True: no pickled objects
+    best = checkpoint.load(trained_run / "checkpoints/best.pt")
     assert last["format"] == checkpoint.FORMAT == best["format"]
     assert (last["epoch"], last["step"]) == (2, 2 * STEPS_PER_EPOCH)
     assert last["spec"] == tiny_spec.to_dict()
@@ -242,12 +225,12 @@ def test_resume_after_an_epoch_is_exact(tmp_path, tiny_data, uninterrupted):
         train(spec, run, callbacks=[StopAtEpochEnd(1)])
     s = summary(run)
     assert s["status"] == "failed" and "Stop" in s["failure_reason"]
-    assert load_ckpt(run / "checkpoints/last.pt")["epoch"] == 1
+    assert checkpoint.load(run / "checkpoints/last.pt")["epoch"] == 1
     assert [r["epoch"] for r in epoch_rows(history(run))] == [1]
 
     result = train(spec, run, resume=True)
 
-    a, b = load_ckpt(uninterrupted / "checkpoints/last.pt"), load_ckpt(run / "checkpoints/last.pt")
+    a, b = checkpoint.load(uninterrupted / "checkpoints/last.pt"), checkpoint.load(run / "checkpoints/last.pt")
     assert_same_state(a["model"], b["model"])
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 3 * STEPS_PER_EPOCH)
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
@@ -285,7 +268,7 @@ def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, tiny_data, uninterrup
         train(spec, run, trackers=[CrashAtStep(crash)])
     assert max(r["step"] for r in history(run)) == crash  # the local history got ahead of last.pt
     train(spec, run, resume=True)
-    a, c = load_ckpt(uninterrupted / "checkpoints/last.pt"), load_ckpt(run / "checkpoints/last.pt")
+    a, c = checkpoint.load(uninterrupted / "checkpoints/last.pt"), checkpoint.load(run / "checkpoints/last.pt")
     assert_same_state(a["model"], c["model"])
     assert without_perf(history(run)) == without_perf(history(uninterrupted))
 
@@ -310,7 +293,10 @@ def test_resume_from_prev_when_last_is_damaged(tmp_path, trained_run):
         checkpoint.load(last)
     spec = load_spec(run / "spec.yaml")
     train(spec, run, resume=True)  # falls back to prev.pt (epoch 1) and redoes epoch 2
-    resumed, reference = load_ckpt(run / "checkpoints/last.pt"), load_ckpt(trained_run / "checkpoints/last.pt")
+    resumed, reference = (
+        checkpoint.load(run / "checkpoints/last.pt"),
+        checkpoint.load(trained_run / "checkpoints/last.pt"),
+    )
     assert_same_state(resumed["model"], reference["model"])
     assert without_perf(history(run)) == without_perf(history(trained_run))
 
@@ -323,7 +309,7 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
     def run(name: str, seed: int) -> dict:
         spec = load_spec(None, tiny_overrides(tiny_data, seed=seed, **{"train.epochs": 1, "data.partial": 0.5}))
         train(spec, tmp_path / name)
-        return load_ckpt(tmp_path / name / "checkpoints/last.pt")["model"]
+        return checkpoint.load(tmp_path / name / "checkpoints/last.pt")["model"]
 
     a, b, c = run("a", 0), run("b", 0), run("c", 1)
     assert_same_state(a, b)

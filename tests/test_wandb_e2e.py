@@ -17,9 +17,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import yaml
-from helpers import REPO, subprocess_env, tiny_overrides, write_spec, write_sweep
+from helpers import REPO, STEPS_PER_EPOCH, cvae, git, tiny_overrides, write_spec, write_sweep
+from helpers import history as local_history
 from wandb_offline import read_offline_run
 
+from cvae.history import epoch_rows
 from cvae.tracking.media import LABEL_HEIGHT
 from cvae.tracking.wandb_files import wandb_files
 from cvae.tracking.wandb_run import RUN_ID_FILE
@@ -27,44 +29,7 @@ from cvae.tracking.wandb_run import RUN_ID_FILE
 pytestmark = pytest.mark.slow
 
 STEP_KEYS = ("train/loss", "train/mse", "train/kl", "train/beta", "train/tfr", "train/lr", "train/grad_norm")
-STEPS_PER_EPOCH = 12  # tiny preset: 4 videos x 24 frames -> 24 clips of 4 frames, batch 2
 WARNING = "W&B tracking is off"
-
-
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
-    """Environment of the CLI children (and of this process): W&B's folders in tmp, no sweep."""
-    env = subprocess_env()
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY"):
-        env.pop(var, None)
-        monkeypatch.delenv(var, raising=False)
-    for var in ("WANDB_RESUME", "WANDB_NAME", "WANDB_DISABLED"):
-        env.pop(var, None)
-        monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "wandb-home"
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        env[var] = str(home / var.lower())
-        monkeypatch.setenv(var, env[var])
-    return env
-
-
-def cvae(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cvae.cli", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def local_history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-
-
-def epoch_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "epoch/loss" in r]
 
 
 def wandb_records(segment: Path) -> list[dict]:
@@ -85,8 +50,8 @@ def wandb_records(segment: Path) -> list[dict]:
 def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"kl_annealing.cycles": 7}))
     run_dir = tmp_path / "run"
-    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline", "--set",
-                "tracking.test_at_end=true")  # fmt: skip
+    done = cvae("train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline", "--set",
+                "tracking.test_at_end=true", env=wandb_env, cwd=REPO, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert WARNING not in done.stdout + done.stderr
 
@@ -188,10 +153,6 @@ def test_offline_cli_run_reads_back(tmp_path, tiny_data, wandb_env):
 
 
 # --------------------------------------------------------------------------- which code, which run
-
-
-def git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_a_run_from_another_repository_records_its_own_code_and_is_found_by_its_folder(tmp_path, tiny_data, wandb_env):
@@ -320,7 +281,7 @@ def test_simulated_sweep_agent_launch(tmp_path, tiny_data, wandb_env):
     run_dir = tmp_path / "agent-run"
     # teacher_forcing.ratio comes only from the param file; --set loses to the agent's values.
     args = ["--kl_annealing.cycles=3", "--optim.lr=0.002", "--set", "kl_annealing.cycles=5"]
-    done = cvae(env, "train", spec, "--run-dir", run_dir, *args)
+    done = cvae("train", spec, "--run-dir", run_dir, *args, env=env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
 
     saved = yaml.safe_load((run_dir / "spec.yaml").read_text())
@@ -368,7 +329,7 @@ def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wa
     assert "RuntimeError: stopped by the test" in first["summary"]["failure_reason"]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
-    done = cvae(wandb_env, "train", "--resume", run_dir)
+    done = cvae("train", "--resume", run_dir, env=wandb_env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
 
     run = read_offline_run(run_dir)
@@ -383,7 +344,7 @@ def test_interrupted_run_resumes_into_the_same_wandb_run(tmp_path, tiny_data, wa
     assert run["summary"]["val/psnr"] == pytest.approx(max(r["val/psnr"] for r in run["history"] if "val/psnr" in r))
 
     # `cvae sync` of the run folder uploads both starts (`wandb sync` of it finds none)
-    r = cvae(wandb_env, "sync", run_dir, "--dry-run")
+    r = cvae("sync", run_dir, "--dry-run", env=wandb_env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "Would sync 2 run(s)" in r.stdout + r.stderr
     assert all(str(segment) in r.stdout + r.stderr for segment in run["segments"])
@@ -405,10 +366,20 @@ def test_cvae_sync_finds_every_run_of_a_sweep_and_of_a_runs_folder(tmp_path, tin
         "budget": {"n_trials": 2},
     }
     path = write_sweep(tmp_path / "sw", tiny_data, sweep, **{"tracking.wandb.mode": "offline"})
-    done = cvae(wandb_env, "sweep", "run", path, "--dir", runs / "sweeps" / "s")
+    done = cvae("sweep", "run", path, "--dir", runs / "sweeps" / "s", env=wandb_env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"train.epochs": 1}))
-    done = cvae(wandb_env, "train", spec, "--run-dir", runs / "single", "--set", "tracking.wandb.mode=offline")
+    done = cvae(
+        "train",
+        spec,
+        "--run-dir",
+        runs / "single",
+        "--set",
+        "tracking.wandb.mode=offline",
+        env=wandb_env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     trial_logs = [f for t in ("0", "1") for f in wandb_files(runs / "sweeps" / "s" / "trials" / t)]
     single_log = wandb_files(runs / "single")
@@ -421,7 +392,7 @@ def test_cvae_sync_finds_every_run_of_a_sweep_and_of_a_runs_folder(tmp_path, tin
     assert "No runs to sync" in own.stdout + own.stderr
 
     for target, logs in ((runs / "sweeps" / "s", trial_logs), (runs, trial_logs + single_log)):
-        r = cvae(wandb_env, "sync", target, "--dry-run")
+        r = cvae("sync", target, "--dry-run", env=wandb_env, cwd=REPO, timeout=600)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out
         assert f"Would sync {len(logs)} run(s)" in out, out
@@ -431,7 +402,7 @@ def test_cvae_sync_finds_every_run_of_a_sweep_and_of_a_runs_folder(tmp_path, tin
     # an upload without a W&B login fails with wandb's reason, and exit 1 (nothing reaches a server)
     no_login = {k: v for k, v in wandb_env.items() if k != "WANDB_API_KEY"}
     no_login |= {"HOME": str(tmp_path / "home"), "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    r = cvae(no_login, "sync", runs / "single")
+    r = cvae("sync", runs / "single", env=no_login, cwd=REPO, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "wandb login" in r.stdout + r.stderr and "failed: wandb sync exited" in r.stderr
 
@@ -446,7 +417,17 @@ def test_wandb_failure_never_stops_training(tmp_path, tiny_data, wandb_env):
     blocker = run_dir / "wandb"
     blocker.write_text("a file where W&B wants its folder\n")
     os.chmod(blocker, 0o444)
-    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir, "--set", "tracking.wandb.mode=offline")
+    done = cvae(
+        "train",
+        spec,
+        "--run-dir",
+        run_dir,
+        "--set",
+        "tracking.wandb.mode=offline",
+        env=wandb_env,
+        cwd=REPO,
+        timeout=600,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert output.count(WARNING) == 1, output
@@ -464,7 +445,7 @@ def test_nan_loss_marks_the_wandb_run_failed(tmp_path, tiny_data, wandb_env):
     overrides = {"optim.lr": 1.0, "train.grad_clip": 0, "optim.schedule": "none", "tracking.wandb.mode": "offline"}
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **overrides))
     run_dir = tmp_path / "run"
-    done = cvae(wandb_env, "train", spec, "--run-dir", run_dir)
+    done = cvae("train", spec, "--run-dir", run_dir, env=wandb_env, cwd=REPO, timeout=600)
     assert done.returncode == 1, done.stderr + done.stdout
     assert "non-finite loss" in done.stderr
 
@@ -503,7 +484,7 @@ def test_a_moved_run_folder_holds_every_file_its_wandb_records_refer_to(tmp_path
     env.pop("WANDB_DATA_DIR")  # no place of the user's: the run folder's own
     spec = write_spec(tmp_path / "spec.yaml", tiny_overrides(tiny_data, **{"tracking.wandb.mode": "offline"}))
     made = tmp_path / "made-here" / "run"
-    done = cvae(env, "train", spec, "--run-dir", made)
+    done = cvae("train", spec, "--run-dir", made, env=env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
     files, artifacts = wandb_references(made)
     assert len(artifacts) >= 2 and any(p.suffix == ".gif" for p in files)  # a per-frame table and the model, GIFs

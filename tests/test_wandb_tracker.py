@@ -29,14 +29,12 @@ CONFIG = {
 
 
 @pytest.fixture(autouse=True)
-def _wandb_env(tmp_path, monkeypatch):
-    """No sweep, mode or project from the caller's environment; W&B's own state in tmp."""
-    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR", "WANDB_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME", "WANDB_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var.lower()))
+def _wandb_env(wandb_env, tmp_path, monkeypatch):
+    """conftest's ``wandb_env`` in this process (no sweep, run or project of the caller's; W&B's
+    folders in tmp), and no W&B mode or run folder either: the tracker's own defaults apply."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("WANDB_ARTIFACT_DIR", str(tmp_path / "wandb-home" / "wandb_artifact_dir"))
 
 
 def write_gif(path, n=5, h=32, w=96):
