@@ -8,7 +8,7 @@ Three groups, each with a ``reference`` entry (``cvae bench --json``, docs/perfo
   previous frame, one for the target and one PoseEncoder call, every clip decoded from its PNGs as
   the template's Dataset does (in series with the step: on a small CPU the template's loader
   workers take their time from the same cores); ``reference_in_memory`` is the same loop fed from
-  memory. Ours is ``cvae.training.step.train_step`` on clips gathered from the uint8 frame cache,
+  memory. Ours is ``cvae.training.step.loss_and_gradients`` on clips gathered from the uint8 frame cache,
   in fp32, bf16 autocast, channels_last, torch.compile, alone and combined.
 - ``rollout``: predicted frames/s of the validation rollout of several videos: ``reference`` rolls
   them out one at a time in fp32 (the lab's validation loop); ours batches them, and in the
@@ -193,14 +193,15 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
     fns: dict[str, Callable[[], Any]] = {}
     skipped: dict[str, str] = {}
 
-    def one_by_one(model, precision, cl):
+    # The rollout runs in its model's memory format (fresh_model builds it in the setting's).
+    def one_by_one(model, precision):
         def run_each():
-            return torch.cat([rollout(model, first[v, None], poses[v, None], SEED, precision, cl) for v in range(V)])
+            return torch.cat([rollout(model, first[v, None], poses[v, None], SEED, precision) for v in range(V)])
 
         return run_each
 
-    def batched(model, precision, cl):
-        return lambda: rollout(model, first, poses, SEED, precision, cl)
+    def batched(model, precision):
+        return lambda: rollout(model, first, poses, SEED, precision)
 
     def frozen(fn):
         def call():
@@ -209,9 +210,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
 
         return call
 
-    fns["reference"] = in_numerics(
-        numerics(device, "fp32"), one_by_one(fresh_model(spec, device, False, None), "fp32", False)
-    )
+    fns["reference"] = in_numerics(numerics(device, "fp32"), one_by_one(fresh_model(spec, device, False, None), "fp32"))
     outputs = {"reference": fns["reference"]()}
     for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
         if reason := not_timed(precision, mode, plan, device, bf16):
@@ -219,7 +218,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
             continue
         try:
             model = fresh_model(spec, device, cl, mode)
-            fns[name] = (batched if is_batched else one_by_one)(model, precision, cl)
+            fns[name] = (batched if is_batched else one_by_one)(model, precision)
             if mode == FROZEN:
                 fns[name] = frozen(fns[name])
             fns[name] = in_numerics(numerics(device, precision), fns[name])

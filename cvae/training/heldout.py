@@ -17,7 +17,6 @@ import torch
 from cvae import run_folder
 from cvae.data.frames import load_truth
 from cvae.data.truth import scan_truth, truth_folder
-from cvae.device import memory_format
 from cvae.model import CVAE, build_model
 from cvae.spec import ExperimentSpec
 from cvae.training.checkpoint import load as checkpoint_load
@@ -26,7 +25,7 @@ from cvae.training.validation import VAL_SEED_OFFSET, heldout_references, score_
 
 def best_weights(run_dir: Path, spec: ExperimentSpec, device: torch.device) -> CVAE:
     """The model of ``RUN/checkpoints/best.pt`` on ``device``, as it trained (memory format included)."""
-    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
+    model = build_model(spec, device)
     model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST))["model"])
     return model
 
@@ -50,9 +49,8 @@ def score_best(run_dir: Path, spec: ExperimentSpec, device: torch.device, best_e
         return {k: v for k, v in before.items() if k.startswith("test/") or k == "perf/test_s"}
     t0 = time.perf_counter()
     test_set = load_truth(root, spec.data.frame_size).to(device)
-    t = spec.train
-    held = score_heldout(best_weights(run_dir, spec, device), test_set, spec.seed + VAL_SEED_OFFSET, t.precision,
-                         t.channels_last)  # fmt: skip
+    model = best_weights(run_dir, spec, device)
+    held = score_heldout(model, test_set, spec.seed + VAL_SEED_OFFSET, spec.train.precision)
     out = held.metrics | heldout_references(test_set) | {"test/epoch": best_epoch}
     return out | {"perf/test_s": time.perf_counter() - t0}
 

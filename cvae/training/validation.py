@@ -90,13 +90,12 @@ def validate_model(
     val_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> Validation:
     """Roll every val video out from its first frame, z from the prior; videos of equal length are
     batched. The same rollout with the poses rotated in time (by ``pose_shift`` frames, default a
     quarter of the video; same z draws) shows whether the model uses the pose."""
-    videos = roll_videos(model, val_set, seed, precision, channels_last, pose_shift)
+    videos = roll_videos(model, val_set, seed, precision, pose_shift)
 
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs)
@@ -114,14 +113,13 @@ def score_heldout(
     test_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> Validation:
     """``validate_model`` on the test videos with their true frames (cvae/data/frames.py, ``load_truth``),
     scored as the leaderboard scores them: ``test/psnr`` and ``test/psnr_shifted_pose`` are means over
     every predicted frame of every video, ``test/mse`` too; ``test/videos`` and ``test/frames`` count
     what was scored."""
-    videos = roll_videos(model, test_set, seed, precision, channels_last, pose_shift)
+    videos = roll_videos(model, test_set, seed, precision, pose_shift)
     n = test_set.lengths
     metrics = {
         "test/psnr": pooled([r.curve.mean().item() for r in videos], n),
@@ -143,13 +141,11 @@ def roll_videos(
     video_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> list[VideoRollout]:
     """Every video of the set rolled out from its first frame with its poses and with them rotated in
     time (``pose_shift`` frames, default a quarter of the video), scored against its frames; videos of
     equal length in one batch."""
-    kw = {"precision": precision, "channels_last": channels_last}
     results: dict[int, VideoRollout] = {}
     for vids in batches_by_length(video_set.lengths, MAX_VIDEOS // 2):
         n, b = video_set.lengths[vids[0]], len(vids)
@@ -159,7 +155,7 @@ def roll_videos(
         # Both rollouts in one batch of 2B videos: the same z draws for every video (rollout's rule), so
         # the same frames as two calls (tested), in one pass through the model instead of two.
         both = rollout(
-            model, frames[:, 0].repeat(2, 1, 1, 1), torch.cat([poses, shift_poses(poses, shift)]), seed, **kw
+            model, frames[:, 0].repeat(2, 1, 1, 1), torch.cat([poses, shift_poses(poses, shift)]), seed, precision
         )
         pred, pred_shift = both[:b], both[b:]
         for i, v in enumerate(vids):
