@@ -180,11 +180,13 @@ def numerics_line(device) -> str:
 
 
 def train_check(root: Path, work: Path, device, precision: str) -> str:
+    from cvae import history
     from cvae.training.loop import train
 
-    s = train(doctor_spec(root, str(device), precision), work / f"run-{precision}")
-    rows = [r for r in _history(work / f"run-{precision}") if "epoch/loss" in r]
-    loss, fps = rows[-1]["epoch/loss"], rows[-1]["perf/frames_per_s"]
+    run = work / f"run-{precision}"
+    s = train(doctor_spec(root, str(device), precision), run)
+    last = history.last_epoch_row(run / history.FILE)
+    loss, fps = last["epoch/loss"], last["perf/frames_per_s"]
     if not math.isfinite(loss) or not math.isfinite(s["final/psnr"]):
         raise RuntimeError(f"non-finite figures: loss {loss}, val PSNR {s['final/psnr']}")
     return (
@@ -383,12 +385,7 @@ def resume_check(root: Path, work: Path, device) -> str:
 
 
 def _weights(run: Path) -> dict:
+    from cvae import run_folder
     from cvae.training.checkpoint import load
 
-    return load(run / "checkpoints" / "last.pt")["model"]
-
-
-def _history(run: Path) -> list[dict]:
-    from cvae import history
-
-    return history.read(run / history.FILE)
+    return load(run_folder.checkpoint_path(run, run_folder.LAST))["model"]

@@ -440,3 +440,23 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     assert {"pow", "mean"} <= set(ops.seconds)  # the rest, by op name
     assert op_times.conv_kind((8, 1, 3, 3), groups=1) == "3x3"  # one input channel, not grouped
     assert op_times.conv_kind((8, 1, 3, 3)) == "depthwise"  # shapes only (torch.profiler's): this model's case
+
+
+def test_tracking_cost_asks_the_data_for_its_sizes_and_leaves_sys_path_alone(tiny_data):
+    """The tracking-cost script counts an epoch's steps as the trainer does (from the clips the dataset
+    holds), and importing it changes nothing."""
+    import sys
+
+    from cvae.data.clips import TrainingClips
+    from cvae.data.frames import load_split
+    from cvae.data.layout import scan_split
+
+    before = list(sys.path)
+    from cvae.bench import tracking_cost
+
+    assert sys.path == before
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"tracking.log_every": 2}))
+    sizes = tracking_cost.sizes_of(spec)
+    clips = TrainingClips(spec, load_split(scan_split(tiny_data, "train"), spec.data.frame_size))
+    assert sizes["steps_per_epoch"] == clips.steps[-1] > 0
+    assert sizes["step_rows_per_epoch"] == sizes["steps_per_epoch"] // 2

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from cvae.atomic import atomic_write
 from cvae.data.layout import SplitFiles, scan_test
 from cvae.errors import DataError
 
@@ -120,10 +121,9 @@ def load_split(files: SplitFiles, size: tuple[int, int], progress: Progress = No
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     out = VideoSet(both[0::2].clone(), both[1::2].clone(), [v.name for v in videos], starts, lengths)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, key=key, frames=out.frames.numpy(), poses=out.poses.numpy(), starts=starts, lengths=lengths)
-        os.replace(tmp, cache)
+        # Sweep workers may build the same cache at once: each through its own temporary file.
+        with atomic_write(cache, suffix=f".{os.getpid()}.npz") as tmp:
+            np.savez(tmp, key=key, frames=out.frames.numpy(), poses=out.poses.numpy(), starts=starts, lengths=lengths)
     except OSError:
         pass  # a read-only place: work without the cache
     return out

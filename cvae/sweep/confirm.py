@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae import run_folder
+from cvae.atomic import write_text
 from cvae.errors import SpecError
 from cvae.spec import validate_spec
 from cvae.sweep import race as stats
@@ -297,10 +298,7 @@ def run_confirm(
         "heldout": any(test.values()),  # false: the data has no test truth (the lab's own), or runs made before
         "settings": rows,
     }
-    path = sweep.out_dir / RESULT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_json(result) + "\n")
-    tmp.replace(path)
+    write_text(sweep.out_dir / RESULT_FILE, to_json(result) + "\n")
     plot_confirm(sweep.out_dir / PLOT_FILE, result)
     return result
 
