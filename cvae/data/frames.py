@@ -146,9 +146,9 @@ def load_test(root: str | Path, size: tuple[int, int]) -> list[TestVideo]:
 
 
 def load_truth(root: str | Path, size: tuple[int, int], progress: Progress = None) -> VideoSet:
-    """The test videos with their true frames (cvae/data/truth.py), as the val split is: frame i of a
+    """The test videos with their true frames (cvae/data/layout.py), as the val split is: frame i of a
     video beside its pose i. Frame 0 must be the test split's given first frame (else a DataError)."""
-    from cvae.data.truth import scan_truth
+    from cvae.data.layout import scan_truth
 
     videos = scan_truth(Path(root))
     paths = [p for *_, poses, frames in videos for pair in zip(frames, poses, strict=True) for p in pair]

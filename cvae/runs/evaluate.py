@@ -163,8 +163,8 @@ def evaluate_run(
     the GIF. ``z_seed``: the seed of the z draws (default: the spec's seed + 7919, what the run's
     validations drew)."""
     from cvae.data.frames import load_truth
+    from cvae.data.layout import no_truth, truth_folder
     from cvae.data.root import RunData, ensure_data, scan_dataset
-    from cvae.data.truth import no_truth, truth_folder
     from cvae.errors import DataError
     from cvae.terminal import task
 
@@ -316,7 +316,7 @@ def submission_scores(root: Path, size: tuple[int, int], values: list) -> dict[s
     over every predicted frame (1..T-1) of every video, beside the trivial references; None where
     ``root`` has no test truth."""
     from cvae.data.frames import load_truth
-    from cvae.data.truth import truth_folder
+    from cvae.data.layout import truth_folder
     from cvae.training.rollout import psnr
     from cvae.training.validation import pooled
 

@@ -42,10 +42,18 @@ from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
-from cvae.training.heldout import best_weights, check_truth, score_best
 from cvae.training.schedules import schedule_values, step_tfr
 from cvae.training.step import StepGradients
-from cvae.training.validation import VAL_SEED_OFFSET, Validation, reference_metrics, validate_model, write_media
+from cvae.training.validation import (
+    VAL_SEED_OFFSET,
+    Validation,
+    best_weights,
+    check_truth,
+    reference_metrics,
+    score_best,
+    validate_model,
+    write_media,
+)
 
 
 class Callback(Protocol):
