@@ -57,6 +57,16 @@ class StepSettings:
         )
 
 
+def spec_terms(spec: ExperimentSpec) -> Terms:
+    """``loss_terms`` with the spec's settings bound: what the step runs, or compiles."""
+    settings = StepSettings.of(spec)
+
+    def terms(model, x, pose, beta, tfr, all_forced):
+        return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
+
+    return terms
+
+
 def compile_mode(setting: bool | str) -> str | None:
     """``train.compile`` as a torch.compile mode: None (off), or default, reduce-overhead, max-autotune."""
     if setting is True:
@@ -72,15 +82,11 @@ class StepGradients:
 
     def __init__(self, spec: ExperimentSpec, device: torch.device) -> None:
         self.spec, self.device = spec, device
-        settings = StepSettings.of(spec)
         self.beta = torch.zeros((), device=device)
         self.tfr = torch.zeros((), device=device)
         self.mode = compile_mode(spec.train.compile)
         self.cuda_graphs = self.mode == "reduce-overhead" and device.type == "cuda"
-
-        def terms(model, x, pose, beta, tfr, all_forced):
-            return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
-
+        terms = spec_terms(spec)
         self.terms: Terms = terms if self.mode is None else torch.compile(terms, mode=self.mode, fullgraph=True)
 
     def __call__(self, model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, beta: float, tfr: float):
@@ -140,12 +146,7 @@ def loss_and_gradients(
     """
     if all_forced is None:
         all_forced = float(tfr) >= 1.0
-    if terms is None:
-        settings = StepSettings.of(spec)
-
-        def terms(model, x, pose, beta, tfr, all_forced):
-            return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
-
+    terms = terms or spec_terms(spec)
     out = terms(model, x, pose, beta, tfr, all_forced)
     out.pop("objective").backward()
     return out
