@@ -180,11 +180,13 @@ def numerics_line(device) -> str:
 
 
 def train_check(root: Path, work: Path, device, precision: str) -> str:
+    from cvae import history
     from cvae.training.loop import train
 
-    s = train(doctor_spec(root, str(device), precision), work / f"run-{precision}")
-    rows = [r for r in _history(work / f"run-{precision}") if "epoch/loss" in r]
-    loss, fps = rows[-1]["epoch/loss"], rows[-1]["perf/frames_per_s"]
+    run = work / f"run-{precision}"
+    s = train(doctor_spec(root, str(device), precision), run)
+    last = history.last_epoch_row(run / history.FILE)
+    loss, fps = last["epoch/loss"], last["perf/frames_per_s"]
     if not math.isfinite(loss) or not math.isfinite(s["final/psnr"]):
         raise RuntimeError(f"non-finite figures: loss {loss}, val PSNR {s['final/psnr']}")
     return (
@@ -200,7 +202,6 @@ def _step_inputs(root: Path, device, spec):
     from cvae.data.clips import clip_starts, gather
     from cvae.data.frames import load_split
     from cvae.data.layout import scan_split
-    from cvae.device import memory_format
     from cvae.model import build_model
     from cvae.training.loop import build_optimizer
 
@@ -208,7 +209,7 @@ def _step_inputs(root: Path, device, spec):
     starts = torch.tensor(clip_starts(train_set.starts, train_set.lengths, spec.data.clip_len), device=device)[:2]
     x, pose = gather(train_set.frames, starts, spec.data.clip_len), gather(train_set.poses, starts, spec.data.clip_len)
     torch.manual_seed(0)
-    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last, device))
+    model = build_model(spec, device)
     return model, build_optimizer(spec, model)[0], x, pose
 
 
@@ -230,7 +231,7 @@ def teacher_forcing_check(root: Path, device) -> str:
     import torch
 
     from cvae.device import apply_numerics, numerics
-    from cvae.training.step import train_step
+    from cvae.training.step import loss_and_gradients
 
     apply_numerics(numerics(device, "fp32"))
     spec = doctor_spec(root, str(device), "fp32")
@@ -239,7 +240,8 @@ def teacher_forcing_check(root: Path, device) -> str:
     for batched in (True, False):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)
-        out[batched] = (float(train_step(model, x, pose, spec, 1.0, 1.0, all_forced=batched)["loss"]), _grads(model))
+        loss = loss_and_gradients(model, x, pose, spec, 1.0, 1.0, all_forced=batched)["loss"]
+        out[batched] = (float(loss), _grads(model))
     diff = abs(out[True][0] - out[False][0]) / abs(out[False][0])
     gdiff = _gap(out[True][1], out[False][1])
     if not diff <= TF_TOLERANCE or not gdiff <= 10 * TF_TOLERANCE:
@@ -256,7 +258,7 @@ def teacher_forcing_check(root: Path, device) -> str:
         s = doctor_spec(root, str(device), "fp32", **extra)
         m, _, xs, ps = _step_inputs(root, device, s)
         tfr = 0.0 if name == "epoch" else 0.5  # an epoch's coin came up 0: every frame fed back
-        loss = float(train_step(m, xs, ps, s, 1.0, tfr)["loss"])
+        loss = float(loss_and_gradients(m, xs, ps, s, 1.0, tfr)["loss"])
         bad = [k for k, g in _grads(m).items() if not bool(torch.isfinite(g).all())]
         if not math.isfinite(loss) or bad:
             raise RuntimeError(f"mode {name}: loss {loss}, non-finite gradients in {bad[:3]}")
@@ -272,7 +274,7 @@ def compiled_step_check(root: Path, device) -> str:
     import torch._dynamo
 
     from cvae.device import apply_numerics, numerics
-    from cvae.training.step import StepSettings, TrainStep, loss_terms
+    from cvae.training.step import StepGradients, StepSettings, loss_terms
 
     apply_numerics(numerics(device, "fp32"))
     mode = "reduce-overhead" if device.type == "cuda" else None
@@ -288,10 +290,10 @@ def compiled_step_check(root: Path, device) -> str:
     explained = torch._dynamo.explain(terms)(model, x, pose, beta, tfr, False)
     if explained.graph_break_count:
         raise RuntimeError(f"{explained.graph_break_count} graph breaks: {explained.break_reasons[0].reason}")
-    compiled = TrainStep(spec, device)
+    compiled = StepGradients(spec, device)
     if device.type != "cuda":  # capture and AOT autograd, without inductor's C++ build (minutes here)
         compiled.terms = torch.compile(terms, backend="aot_eager", fullgraph=True)
-    eager = TrainStep(eager_spec, device)
+    eager = StepGradients(eager_spec, device)
     frames0 = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     worst = 0.0
     for b, t in ((0.5, 0.5), (0.1, 0.3), (1.0, 0.0)):  # the schedules move: no recompilation
@@ -345,13 +347,13 @@ def rollout_memory_check(root: Path, device) -> str:
         raise Skip("GPU memory: CUDA only")
     precision = resolve_precision("auto", device)
     spec = doctor_spec(root, str(device), precision)
-    model = build_model(spec).to(device)
+    model = build_model(spec, device)
     first = torch.rand(2, 3, *spec.data.frame_size, device=device)
     poses = torch.randint(0, 256, (2, ROLLOUT_FRAMES, 3, *spec.data.frame_size), dtype=torch.uint8, device=device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    rollout(model, first, poses, 0, precision, spec.train.channels_last)
+    rollout(model, first, poses, 0, precision)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     videos = f"2 videos x {ROLLOUT_FRAMES} frames"
@@ -383,12 +385,7 @@ def resume_check(root: Path, work: Path, device) -> str:
 
 
 def _weights(run: Path) -> dict:
+    from cvae import run_folder
     from cvae.training.checkpoint import load
 
-    return load(run / "checkpoints" / "last.pt")["model"]
-
-
-def _history(run: Path) -> list[dict]:
-    from cvae import history
-
-    return history.read(run / history.FILE)
+    return load(run_folder.checkpoint_path(run, run_folder.LAST))["model"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from cvae import atomic
 
 FILE = "history.jsonl"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -145,15 +146,9 @@ def last_epoch_row(path: Path) -> dict[str, Any]:
 
 def truncate(path: Path, step: int, epochs_done: int) -> None:
     """Keep only the rows a checkpoint at ``step`` after ``epochs_done`` epochs had seen, so a
-    resumed run logs every step and epoch exactly once. Rewritten through a tmp file."""
+    resumed run logs every step and epoch exactly once. Rewritten atomically."""
     path = Path(path)
     if not path.exists():
         return
     keep = [r for r in read(path) if r.get("step", 0) <= step and r.get("epoch", 0) <= epochs_done]
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text("".join(json.dumps({k: encode(v) for k, v in r.items()}) + "\n" for r in keep))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
+    atomic.write_text(path, "".join(json.dumps({k: encode(v) for k, v in r.items()}) + "\n" for r in keep))

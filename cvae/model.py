@@ -194,6 +194,15 @@ class CVAE(nn.Module):
         self.fusion = Fusion(frame_dim + context + pose_dim + z_dim, fusion_dim)
         self.generator = Generator(fusion_dim, output)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout the model's convolution weights are in (``build_model(spec, device)`` chooses it,
+        ``model.to(memory_format=...)`` changes it). The training step and the rollout give the model
+        its inputs in the same layout, so a model runs the same however it was built."""
+        w = self.frame_encoder[0].conv1.weight  # (F/8, 3, 3, 3): the two layouts differ
+        nhwc = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        return torch.channels_last if nhwc else torch.contiguous_format
+
     def decode(
         self, f_prev: torch.Tensor, l: torch.Tensor, z: torch.Tensor, f_context: torch.Tensor | None = None
     ) -> torch.Tensor:  # noqa: E741
@@ -228,7 +237,14 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str) -> tor
     return kl.mean()
 
 
-def build_model(spec) -> CVAE:
-    """The CVAE with the widths of ``spec.model`` (an ExperimentSpec)."""
+def build_model(spec, device: torch.device | None = None) -> CVAE:
+    """The CVAE with the widths of ``spec.model`` (an ExperimentSpec). Given a ``device``: on it, in
+    the memory format it runs in there (``train.channels_last``, ``auto`` resolved for the device),
+    the one place a run's memory format is chosen. Without: on the CPU, contiguous."""
     m = spec.model
-    return CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame, m.output, m.eval_batchnorm)
+    model = CVAE(m.frame_dim, m.pose_dim, m.z_dim, m.fusion_dim, m.context_frame, m.output, m.eval_batchnorm)
+    if device is None:
+        return model
+    from cvae.device import memory_format
+
+    return model.to(device, memory_format=memory_format(spec.train.channels_last, torch.device(device)))

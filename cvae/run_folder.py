@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from cvae import history
+from cvae import atomic, history
 from cvae.errors import RunDirError
 from cvae.spec import flatten
 
@@ -78,6 +78,7 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """``RUN/summary.json`` ({} where missing or cut short by a kill)."""
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         return {}
@@ -86,6 +87,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return {k: history.decode(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``RUN/summary.json``, written atomically (values already ``history.encode``d)."""
+    atomic.write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -375,7 +375,7 @@ import cvae.training.loop
 import cvae.training.step
 
 if where == "step":  # SIGKILL at the start of optimizer step n (inside an epoch)
-    kill_at_nth_call(cvae.training.step, "train_step")
+    kill_at_nth_call(cvae.training.step, "loss_and_gradients")
 elif where == "epoch_start":  # SIGKILL as epoch n begins (between epochs)
     kill_at_nth_call(cvae.data.clips, "epoch_batches")
 elif where == "after_checkpoint":  # SIGKILL right after the n-th last.pt is complete
@@ -399,15 +399,15 @@ elif where == "checkpoint_rename":  # SIGKILL inside checkpoint.save: tmp writte
 elif where == "validation":  # the n-th validation begins
     kill_at_nth_call(cvae.training.loop, "validate_model")
 elif where == "nan_from_step":  # the clips of step n and later are NaN: a real non-finite loss
-    step = cvae.training.step.train_step
+    step = cvae.training.step.loss_and_gradients
 
-    def train_step(model, x, *args, **kwargs):
+    def loss_and_gradients(model, x, *args, **kwargs):
         calls[0] += 1
         if calls[0] >= n:
             x = x * math.nan
         return step(model, x, *args, **kwargs)
 
-    cvae.training.step.train_step = train_step
+    cvae.training.step.loss_and_gradients = loss_and_gradients
 else:
     sys.exit(f"unknown fault {where}")
 

@@ -30,7 +30,7 @@ from cvae.spec import load_spec
 from cvae.training.guard import DivergenceGuard
 from cvae.training.loop import build_optimizer, train
 from cvae.training.rollout import rollout
-from cvae.training.step import train_step
+from cvae.training.step import loss_and_gradients
 
 SLIM = {"model.frame_dim": 32, "model.pose_dim": 16, "model.z_dim": 8, "model.fusion_dim": 48}
 
@@ -73,7 +73,7 @@ def test_reference_loop_is_the_same_arithmetic_as_ours(tiny_data, batch, context
 
 
 def grads_of_step(spec, batch, tfr: float, saved: list | None = None):
-    """Loss and gradients of one train_step from the spec's seeded weights and fixed noise;
+    """Loss and gradients of one step (``loss_and_gradients``) from the spec's seeded weights and fixed noise;
     ``saved`` collects the bytes of every tensor autograd keeps for the backward pass."""
     model = settings.fresh_model(spec, torch.device("cpu"), False, None)
 
@@ -84,7 +84,7 @@ def grads_of_step(spec, batch, tfr: float, saved: list | None = None):
 
     torch.manual_seed(settings.SEED)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = train_step(model, *batch, spec, 1.0, tfr)
+        out = loss_and_gradients(model, *batch, spec, 1.0, tfr)
     return float(out["loss"]), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
@@ -134,14 +134,14 @@ def test_frozen_rollout_agrees_with_eager_and_keeps_its_weights(tiny_data, batch
     frozen = settings.fresh_model(spec, cpu, True, settings.FROZEN)
     x, pose = batch
     with device.frozen_weights():
-        out = rollout(frozen, x[:, 0], pose, 0, "fp32", True)
-    assert torch.allclose(out, rollout(eager, x[:, 0], pose, 0, "fp32", True), atol=1e-4)
+        out = rollout(frozen, x[:, 0], pose, 0, "fp32")
+    assert torch.allclose(out, rollout(eager, x[:, 0], pose, 0, "fp32"), atol=1e-4)
     with torch.no_grad():
         for m in (eager, frozen):
             m.generator[-1].bias.add_(1.0)
     with device.frozen_weights():
-        stale = rollout(frozen, x[:, 0], pose, 0, "fp32", True)
-    moved = rollout(eager, x[:, 0], pose, 0, "fp32", True)
+        stale = rollout(frozen, x[:, 0], pose, 0, "fp32")
+    moved = rollout(eager, x[:, 0], pose, 0, "fp32")
     assert not torch.allclose(moved, out, atol=1e-2)  # the new bias changes the eager frames...
     assert torch.allclose(stale, out, atol=1e-4)  # ...not the frozen ones
 
@@ -233,7 +233,7 @@ def test_step_reads_nothing_on_the_host(monkeypatch, cuda_style, tiny_spec, batc
 
     for name in ("__bool__", "item", "__float__", "__int__", "tolist", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, refuse)
-    out = train_step(model, *batch, tiny_spec, beta=1.0, tfr=0.5)
+    out = loss_and_gradients(model, *batch, tiny_spec, beta=1.0, tfr=0.5)
     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).detach()
     guard.step(out, 1, 1.0, None)
     monkeypatch.undo()
@@ -440,3 +440,23 @@ def test_op_times_split_convolutions_by_direction_and_kind():
     assert {"pow", "mean"} <= set(ops.seconds)  # the rest, by op name
     assert op_times.conv_kind((8, 1, 3, 3), groups=1) == "3x3"  # one input channel, not grouped
     assert op_times.conv_kind((8, 1, 3, 3)) == "depthwise"  # shapes only (torch.profiler's): this model's case
+
+
+def test_tracking_cost_asks_the_data_for_its_sizes_and_leaves_sys_path_alone(tiny_data):
+    """The tracking-cost script counts an epoch's steps as the trainer does (from the clips the dataset
+    holds), and importing it changes nothing."""
+    import sys
+
+    from cvae.data.clips import TrainingClips
+    from cvae.data.frames import load_split
+    from cvae.data.layout import scan_split
+
+    before = list(sys.path)
+    from cvae.bench import tracking_cost
+
+    assert sys.path == before
+    spec = load_spec(None, tiny_overrides(tiny_data, **{"tracking.log_every": 2}))
+    sizes = tracking_cost.sizes_of(spec)
+    clips = TrainingClips(spec, load_split(scan_split(tiny_data, "train"), spec.data.frame_size))
+    assert sizes["steps_per_epoch"] == clips.steps[-1] > 0
+    assert sizes["step_rows_per_epoch"] == sizes["steps_per_epoch"] // 2

@@ -19,9 +19,10 @@ import yaml
 from helpers import assert_ok, cvae, subprocess_env, trials_of, write_sweep
 
 from cvae.errors import SpecError
-from cvae.sweep import race
-from cvae.sweep.confirm import confirm_table, mean_interval, summarize, t_quantile, verdict
+from cvae.sweep import stats
+from cvae.sweep.confirm_report import confirm_table
 from cvae.sweep.file import load_sweep
+from cvae.sweep.stats import mean_interval, summarize, t_quantile, verdict
 from cvae.terminal import render
 
 # --------------------------------------------------------------------------- statistics by hand
@@ -29,7 +30,7 @@ from cvae.terminal import render
 
 def test_t_quantiles_are_students():
     # two-sided 95%: the tables' 12.706 (1 df), 2.776 (4), 2.262 (9); the normal's 1.960 far out
-    assert [round(t_quantile(df), 3) for df in (1, 4, 9, 10_000)] == [12.706, 2.776, 2.262, 1.960]
+    assert [round(t_quantile(0.975, df), 3) for df in (1, 4, 9, 10_000)] == [12.706, 2.776, 2.262, 1.960]
 
 
 def test_mean_interval_by_hand():
@@ -73,11 +74,11 @@ def test_summarize_pairs_seeds_and_decides_by_the_interval():
 
 def test_the_race_spends_alpha_over_its_looks():
     # 3 to 5 seeds: 10% of 0.05 over the two interim looks, 90% at the last; one look: all of it
-    assert [race.look_alpha(n, 3, 5) for n in (3, 4, 5)] == pytest.approx([0.0025, 0.0025, 0.045])
-    assert race.look_alpha(5, 5, 5) == 0.05 and race.look_alpha(2, 2, 3) == pytest.approx(0.005)
-    assert sum(race.look_alpha(n, 3, 8) for n in range(3, 9)) == pytest.approx(0.05)
+    assert [stats.look_alpha(n, 3, 5) for n in (3, 4, 5)] == pytest.approx([0.0025, 0.0025, 0.045])
+    assert stats.look_alpha(5, 5, 5) == 0.05 and stats.look_alpha(2, 2, 3) == pytest.approx(0.005)
+    assert sum(stats.look_alpha(n, 3, 8) for n in range(3, 9)) == pytest.approx(0.05)
     # [1, 2, 3]: mean 2, sd 1; at 5%, t(0.975, 2) = 4.3027: half width 4.3027 / sqrt(3) = 2.4841
-    mean, sd, (low, high) = race.interval([1.0, 2.0, 3.0], 0.05)
+    mean, sd, (low, high) = stats.interval([1.0, 2.0, 3.0], 0.05)
     assert (mean, sd, low, high) == (2.0, 1.0, pytest.approx(-0.4841, abs=1e-4), pytest.approx(4.4841, abs=1e-4))
 
 
@@ -88,8 +89,8 @@ def test_the_chance_of_a_final_verdict_by_hand():
     # a verdict when |final mean| > c / sqrt(5), c = t(1 - 0.045 / 2, 4)
     c = t.ppf(1 - 0.045 / 2, 4)
     by_hand = norm.cdf((5 - c * 5**0.5) / 2**0.5) + norm.cdf((-5 - c * 5**0.5) / 2**0.5)
-    assert race.final_chance([0.0, 1.0, 2.0], 5, 0.045) == pytest.approx(by_hand, rel=1e-9)
-    assert race.final_chance([1.0, 1.0, 1.0], 5, 0.045) == 1.0 and race.final_chance([0.0] * 3, 5, 0.045) == 0.0
+    assert stats.final_chance([0.0, 1.0, 2.0], 5, 0.045) == pytest.approx(by_hand, rel=1e-9)
+    assert stats.final_chance([1.0, 1.0, 1.0], 5, 0.045) == 1.0 and stats.final_chance([0.0] * 3, 5, 0.045) == 0.0
 
 
 def test_the_race_on_a_measured_confirmation():
@@ -105,7 +106,7 @@ def test_the_race_on_a_measured_confirmation():
     }
     decided = {}
     for name, values in measured.items():
-        d = race.race([v - b for v, b in zip(values, base, strict=True)], 3, 5, "maximize")
+        d = stats.race([v - b for v, b in zip(values, base, strict=True)], 3, 5, "maximize")
         decided[name] = (d.verdict, d.settled, d.n)
     assert decided == {
         "trial-5": ("no evidence", "futility", 3),
@@ -114,7 +115,7 @@ def test_the_race_on_a_measured_confirmation():
         "summed KL": ("worse", "verdict", 3),
     }
     # trial 7 at its last look: mean 0.414, sd 0.1974, t(1 - 0.045 / 2, 4) = 2.8780: [0.1600, 0.6680]
-    last = race.race([v - b for v, b in zip(measured["trial-7"], base, strict=True)], 3, 5, "maximize")
+    last = stats.race([v - b for v, b in zip(measured["trial-7"], base, strict=True)], 3, 5, "maximize")
     assert last.ci == pytest.approx((0.1602, 0.6678), abs=2e-4) and last.alpha == pytest.approx(0.045)
 
 
@@ -126,7 +127,7 @@ def test_wrong_verdicts_at_no_true_difference_stay_under_five_percent():
     rng = np.random.default_rng(0)
     wrong, seeds = 0, 0
     for _ in range(20_000):
-        d = race.race(list(rng.normal(0.0, 0.3, 5)), 3, 5, "maximize")
+        d = stats.race(list(rng.normal(0.0, 0.3, 5)), 3, 5, "maximize")
         wrong += d.verdict != "no evidence"
         seeds += d.n
     assert wrong / 20_000 <= 0.05
@@ -218,7 +219,7 @@ def test_held_out_verdicts_sit_beside_the_race_on_its_seeds_and_decide_nothing(t
     for name, seeds in (("steady", 5), ("noise", 3)):
         diffs = [a - b for a, b in zip(test[name][:seeds], test["base"][:seeds], strict=True)]
         level = rows[name]["vs_base"]["level"]
-        mean, _, ci = race.interval(diffs, 1 - level)
+        mean, _, ci = stats.interval(diffs, 1 - level)
         held = rows[name]["test_vs_base"]
         assert (held["paired"], held["level"]) == (seeds, level) and held["mean"] == pytest.approx(mean)
         assert held["ci"] == pytest.approx(list(ci)) and held["verdict"] == verdict(ci, "maximize")
@@ -321,7 +322,7 @@ def test_status_names_the_objective_shows_importance_and_says_when_trials_are_fe
 def test_importance_with_too_few_trials_says_so(tmp_path):
     import optuna
 
-    from cvae.sweep.study import importances
+    from cvae.sweep.status import importances
 
     study = optuna.create_study(direction="maximize")
     for v in (1.0, 2.0):

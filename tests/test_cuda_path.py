@@ -25,7 +25,7 @@ from cvae.model import build_model
 from cvae.spec import load_spec
 from cvae.training import checkpoint
 from cvae.training.loop import build_optimizer, train
-from cvae.training.step import StepSettings, TrainStep, loss_terms
+from cvae.training.step import StepGradients, StepSettings, loss_terms
 
 
 @pytest.fixture
@@ -228,6 +228,29 @@ def test_evaluate_builds_the_model_in_the_format_it_rolls_out_in(tmp_path, tiny_
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 
 
+def test_the_step_and_the_rollout_run_in_the_models_memory_format(tiny_spec):
+    """The memory format is the model's: ``build_model(spec, device)`` chooses it from
+    ``train.channels_last``, and the step and the rollout feed the model in whatever format it is in,
+    whatever the spec says (a model converted after it was built runs as it is)."""
+    from cvae.training.rollout import rollout
+    from cvae.training.step import loss_and_gradients
+
+    cpu = torch.device("cpu")
+    on = tiny_spec.model_copy(update={"train": tiny_spec.train.model_copy(update={"channels_last": True})})
+    assert build_model(on, cpu).memory_format == torch.channels_last
+    assert build_model(tiny_spec, cpu).memory_format == torch.contiguous_format == build_model(on).memory_format
+    x, pose = torch.rand(2, 3, 3, 16, 16), torch.rand(2, 3, 3, 16, 16)
+    for spec, fmt in ((tiny_spec, torch.channels_last), (on, torch.contiguous_format)):
+        model = build_model(spec).to(memory_format=fmt)  # against the spec's choice
+        seen: list[bool] = []
+        model.frame_encoder.register_forward_pre_hook(
+            lambda m, args, seen=seen, fmt=fmt: seen.append(args[0].is_contiguous(memory_format=fmt))
+        )
+        loss_and_gradients(model, x, pose, spec, 1.0, 0.5)
+        rollout(model, x[:, 0], pose, 0)
+        assert seen and all(seen), (fmt, seen)
+
+
 # --------------------------------------------------------------------------- parallel runs, a GPU each
 
 
@@ -353,7 +376,7 @@ def test_the_step_compiles_whole_and_once(extra):
     spec = small_spec(**extra)
     s = StepSettings.of(spec)
     torch.manual_seed(0)
-    model = build_model(spec)
+    model = build_model(spec, torch.device("cpu"))  # in the spec's memory format
     x, pose = torch.rand(2, 4, 3, 8, 16), torch.rand(2, 4, 3, 8, 16)
 
     def terms(model, x, pose, beta, tfr, all_forced):
@@ -381,15 +404,15 @@ def test_the_compiled_step_computes_what_the_eager_step_computes():
     spec = small_spec(**{"train.compile": True, "teacher_forcing.mode": "frame"})
     s = StepSettings.of(spec)
     torch.manual_seed(0)
-    model = build_model(spec)
+    model = build_model(spec, torch.device("cpu"))  # in the spec's memory format
     x, pose = torch.rand(2, 4, 3, 8, 16), torch.rand(2, 4, 3, 8, 16)
-    compiled = TrainStep(spec, torch.device("cpu"))
+    compiled = StepGradients(spec, torch.device("cpu"))
 
     def terms(model, x, pose, beta, tfr, all_forced):
         return loss_terms(model, x, pose, s, beta, tfr, all_forced)
 
     compiled.terms = torch.compile(terms, backend="aot_eager", fullgraph=True)
-    eager = TrainStep(spec.model_copy(update={"train": spec.train.model_copy(update={"compile": False})}), x.device)
+    eager = StepGradients(spec.model_copy(update={"train": spec.train.model_copy(update={"compile": False})}), x.device)
     opt = build_optimizer(spec, model)[0]
     for tfr in (0.5, 1.0):
         results = []

@@ -16,9 +16,8 @@ import torch
 from helpers import assert_bad_input, assert_ok, cvae, make_lab4, snapshot, solid, tiny_overrides, write_png
 
 from cvae.data.frames import load_split, load_test, load_truth
-from cvae.data.layout import scan_split, scan_test
+from cvae.data.layout import scan_split, scan_test, scan_truth, truth_folder
 from cvae.data.synth import PRESETS
-from cvae.data.truth import scan_truth, truth_folder
 from cvae.errors import DataError
 from cvae.spec import load_spec
 from cvae.training.loop import train

@@ -65,17 +65,17 @@ def poison(monkeypatch, bad_steps, first_step: int = 0) -> dict:
     """Make the clips of the given optimizer steps NaN (counted from ``first_step``)."""
     import cvae.training.step
 
-    real = getattr(cvae.training.step.train_step, "unpoisoned", cvae.training.step.train_step)
+    real = getattr(cvae.training.step.loss_and_gradients, "unpoisoned", cvae.training.step.loss_and_gradients)
     count = {"step": first_step}
 
-    def train_step(model, x, *args, **kwargs):
+    def loss_and_gradients(model, x, *args, **kwargs):
         count["step"] += 1
         if bad_steps(count["step"]):
             x = x * math.nan
         return real(model, x, *args, **kwargs)
 
-    train_step.unpoisoned = real
-    monkeypatch.setattr(cvae.training.step, "train_step", train_step)
+    loss_and_gradients.unpoisoned = real
+    monkeypatch.setattr(cvae.training.step, "loss_and_gradients", loss_and_gradients)
     return count
 
 

@@ -21,7 +21,8 @@ from helpers import assert_ok, cvae, trials_of, words, write_sweep
 
 from cvae.history import epoch_rows
 from cvae.sweep.progress import SweepWatch, watching
-from cvae.sweep.study import quiet_experimental, status, status_tables
+from cvae.sweep.status import status, status_tables
+from cvae.sweep.study import quiet_experimental
 from cvae.sweep.workers import this_worker
 from cvae.terminal import make_console, render
 

@@ -123,7 +123,7 @@ def status_of(n_trials: int) -> dict:
 
 
 def test_sweep_status_tables():
-    from cvae.sweep.study import status_tables, trials_table
+    from cvae.sweep.status import status_tables, trials_table
 
     st = status_of(16)
     numbers = [f"{t['value']:.2f}" for t in st["trials"] if t["value"] is not None]
@@ -144,7 +144,7 @@ def test_sweep_status_tables():
 @pytest.mark.parametrize("width, most", [(120, 3), (160, 2)])
 def test_sweep_status_uses_a_wide_terminal(width, most):
     """Seven parameters: at 120 columns at most three lines a trial, at 160 two (one a parameter: seven)."""
-    from cvae.sweep.study import trials_table
+    from cvae.sweep.status import trials_table
 
     st = status_of(16)
     text = render(trials_table(st), width)
@@ -183,7 +183,7 @@ def test_report_table_says_which_split_each_number_comes_from(tmp_path):
 
 
 def test_confirm_table():
-    from cvae.sweep.confirm import confirm_table
+    from cvae.sweep.confirm_report import confirm_table
 
     settings = [{"name": "base", "values": [27.91, 28.09, 27.47, 27.37, 27.27], "mean": 27.62, "sd": 0.35,
                  "ci95": [27.19, 28.06], "params": {}}]  # fmt: skip

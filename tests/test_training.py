@@ -39,7 +39,7 @@ from cvae.training import checkpoint
 from cvae.training.loop import train
 from cvae.training.rollout import reference_scores
 from cvae.training.schedules import kl_beta, teacher_forcing_ratio
-from cvae.training.step import train_step
+from cvae.training.step import loss_and_gradients
 
 
 def step_rows(rows: list[dict]) -> list[dict]:
@@ -347,7 +347,7 @@ def test_train_step_posterior_and_frame_teacher_forcing(posterior):
     def step(x):
         model.zero_grad()
         torch.manual_seed(1)  # same teacher-forcing coins and z noise
-        return train_step(model, x, pose, spec, beta=0.3, tfr=0.5)
+        return loss_and_gradients(model, x, pose, spec, beta=0.3, tfr=0.5)
 
     out = step(x)
     assert set(out) >= {"loss", "mse", "kl"}
@@ -374,7 +374,7 @@ def test_teacher_forcing_ratio_one_and_zero_differ():
     results = []
     for tfr in (1.0, 0.0):
         torch.manual_seed(1)
-        results.append(train_step(model, x, pose, spec, beta=0.0, tfr=tfr)["mse"])
+        results.append(loss_and_gradients(model, x, pose, spec, beta=0.0, tfr=tfr)["mse"])
     assert not torch.equal(*results)  # frames 2.. come from the model's own outputs with tfr 0
 
 
@@ -390,7 +390,7 @@ def test_detach_feedback_cuts_only_the_gradient_through_the_fed_back_frame():
         g = torch.Generator().manual_seed(0)
         x, pose = torch.rand(2, clip_len, 3, 8, 8, generator=g), torch.rand(2, clip_len, 3, 8, 8, generator=g)
         torch.manual_seed(1)  # the same coins and z noise
-        loss = train_step(model, x, pose, spec, beta=0.1, tfr=tfr)["loss"]
+        loss = loss_and_gradients(model, x, pose, spec, beta=0.1, tfr=tfr)["loss"]
         return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     (loss, kept), (loss_cut, cut) = grads(False, 0.0), grads(True, 0.0)

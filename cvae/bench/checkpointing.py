@@ -21,11 +21,11 @@ from cvae.data.clips import clip_starts, gather
 from cvae.data.frames import load_split
 from cvae.data.layout import scan_split
 from cvae.data.root import ensure_data
-from cvae.device import memory_format, resolve_spec, tune_cpu_allocator
+from cvae.device import resolve_spec, tune_cpu_allocator
 from cvae.model import build_model
 from cvae.spec import load_spec
 from cvae.training.loop import build_optimizer
-from cvae.training.step import train_step
+from cvae.training.step import loss_and_gradients
 
 WARMUP, REPEATS = 2, 5  # untimed steps per setting, then timed steps taken in turns (the median)
 
@@ -50,13 +50,13 @@ def main() -> None:
     models = {}
     for on, s in specs.items():
         torch.manual_seed(s.seed)
-        model = build_model(s).to(memory_format=memory_format(s.train.channels_last))
+        model = build_model(s, cpu)
         models[on] = (model, build_optimizer(s, model)[0])
 
     def step(on: str) -> None:
         model, opt = models[on]
         opt.zero_grad(set_to_none=True)
-        train_step(model, x, p, specs[on], 1.0, args.tfr)
+        loss_and_gradients(model, x, p, specs[on], 1.0, args.tfr)
         opt.step()
 
     fns = {on: (lambda on=on: step(on)) for on in specs}

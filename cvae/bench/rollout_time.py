@@ -65,8 +65,8 @@ def profile_rollout(args) -> None:
     first = gather(data.frames, starts, 1)[:, 0]
     poses = data.poses[starts[:, None] + torch.arange(n)]
     model = bench.fresh_model(spec, cpu, args.channels_last, None)
-    run = lambda: rollout(model, first, poses, 0, precision, args.channels_last)  # noqa: E731
-    rollout(model, first, poses[:, : min(8, n)], 0, precision, args.channels_last)  # warm-up
+    run = lambda: rollout(model, first, poses, 0, precision)  # noqa: E731
+    rollout(model, first, poses[:, : min(8, n)], 0, precision)  # warm-up
     print(f"{args.spec}: {len(starts)} videos x {n} frames, {precision}, channels_last {args.channels_last}")
     if args.ops:
         print_op_shares(run, len(starts) * (n - 1), precision)

@@ -8,7 +8,7 @@ Three groups, each with a ``reference`` entry (``cvae bench --json``, docs/perfo
   previous frame, one for the target and one PoseEncoder call, every clip decoded from its PNGs as
   the template's Dataset does (in series with the step: on a small CPU the template's loader
   workers take their time from the same cores); ``reference_in_memory`` is the same loop fed from
-  memory. Ours is ``cvae.training.step.train_step`` on clips gathered from the uint8 frame cache,
+  memory. Ours is ``cvae.training.step.loss_and_gradients`` on clips gathered from the uint8 frame cache,
   in fp32, bf16 autocast, channels_last, torch.compile, alone and combined.
 - ``rollout``: predicted frames/s of the validation rollout of several videos: ``reference`` rolls
   them out one at a time in fp32 (the lab's validation loop); ours batches them, and in the
@@ -193,14 +193,15 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
     fns: dict[str, Callable[[], Any]] = {}
     skipped: dict[str, str] = {}
 
-    def one_by_one(model, precision, cl):
+    # The rollout runs in its model's memory format (fresh_model builds it in the setting's).
+    def one_by_one(model, precision):
         def run_each():
-            return torch.cat([rollout(model, first[v, None], poses[v, None], SEED, precision, cl) for v in range(V)])
+            return torch.cat([rollout(model, first[v, None], poses[v, None], SEED, precision) for v in range(V)])
 
         return run_each
 
-    def batched(model, precision, cl):
-        return lambda: rollout(model, first, poses, SEED, precision, cl)
+    def batched(model, precision):
+        return lambda: rollout(model, first, poses, SEED, precision)
 
     def frozen(fn):
         def call():
@@ -209,9 +210,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
 
         return call
 
-    fns["reference"] = in_numerics(
-        numerics(device, "fp32"), one_by_one(fresh_model(spec, device, False, None), "fp32", False)
-    )
+    fns["reference"] = in_numerics(numerics(device, "fp32"), one_by_one(fresh_model(spec, device, False, None), "fp32"))
     outputs = {"reference": fns["reference"]()}
     for name, (is_batched, precision, cl, mode) in ROLLOUT_SETTINGS.items():
         if reason := not_timed(precision, mode, plan, device, bf16):
@@ -219,7 +218,7 @@ def bench_rollout(spec: ExperimentSpec, data: BenchData, plan: Plan, device: tor
             continue
         try:
             model = fresh_model(spec, device, cl, mode)
-            fns[name] = (batched if is_batched else one_by_one)(model, precision, cl)
+            fns[name] = (batched if is_batched else one_by_one)(model, precision)
             if mode == FROZEN:
                 fns[name] = frozen(fns[name])
             fns[name] = in_numerics(numerics(device, precision), fns[name])
@@ -259,13 +258,19 @@ def run(
     keys: ``flops``, ``matmul_flops_per_s``, ``achieved``, ``agreement``, ``seconds``, ``skipped``,
     ``supports``, ``data``, ``load_avg``, ``max_rss_mb``. ``bf16``: time the bf16 settings (None:
     where bf16 is native, ``fast_bf16``)."""
-    from cvae.terminal import task
-
     load0 = loadavg()
+    info = prepare(device, bf16)
+    m = measure(spec, device, plan, console, info["bf16_timed"])
+    return report(spec, device, plan, info, m, load0)
+
+
+def prepare(device: torch.device, bf16: bool | None) -> dict[str, Any]:
+    """Set the process up as ``cvae train`` does and say how: the device's facts, whether bf16 is timed,
+    the allocator and oneDNN's kernel cache."""
     info = device_info(device)
     if device.type == "cuda":  # cuda:N the current device: what torch.cuda's calls without a device use
         torch.cuda.set_device(device)
-    info["bf16_timed"] = bf16 = fast_bf16(device) if bf16 is None else bf16
+    info["bf16_timed"] = fast_bf16(device) if bf16 is None else bf16
     # As `cvae train` does: every setting, the reference too, runs with the tuned allocator.
     info["malloc_tuned"] = device.type == "cpu" and tune_cpu_allocator()
     # oneDNN keeps its compiled convolution kernels in an LRU cache of 1,024 by default; the bench's
@@ -273,7 +278,14 @@ def run(
     # rollout step then rebuilds kernels, which slows the rollouts timed after the train group.
     # Read when oneDNN builds its first kernel, so this takes effect in a fresh `cvae bench`.
     info["onednn_cache_capacity"] = os.environ.setdefault(ONEDNN_CACHE_ENV, "8192")
-    B, T = spec.train.batch_size, spec.data.clip_len
+    return info
+
+
+def measure(spec: ExperimentSpec, device: torch.device, plan: Plan, console, bf16: bool) -> dict[str, Any]:
+    """Every group's measurements, each under a progress line: the data, the matmul rates, FLOPs per
+    frame, the loader, the train steps (also with teacher forcing 1) and the rollouts."""
+    from cvae.terminal import task
+
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         with task(console, "bench: data") as _:
             data = bench_data(spec, plan, Path(tmp), device)
@@ -299,15 +311,17 @@ def run(
             tf1 = bench_train(spec, data, plan, device, update, 1.0, forced, in_memory_reference=False, bf16=bf16)
         with task(console, "bench: rollout") as _:
             ro = bench_rollout(spec, data, plan, device, bf16)
-    frames_per_step = B * (T - 1)
-    train = {k: frames_per_step / s for k, s in tr["seconds"].items()}
-    roll = {k: ro["frames"] / s for k, s in ro["seconds"].items()}
-    loader = {k: B / s for k, s in loader_s.items()}
+    return {"data": data, "rates": rates, "flops": flops, "loader_s": loader_s, "train": tr, "tf1": tf1, "rollout": ro}
 
-    def precision_of(name: str) -> str:
-        return "bf16" if "bf16" in name else "tf32" if "tf32" in name else "fp32"
 
-    achieved = {"train": {}, "rollout": {}}
+def precision_of(name: str) -> str:
+    """The precision a setting's name says it runs in."""
+    return "bf16" if "bf16" in name else "tf32" if "tf32" in name else "fp32"
+
+
+def achieved_rates(train: dict, roll: dict, flops: dict, rates: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """FLOP/s each setting achieved, and its share of the matmul rate of its precision."""
+    achieved: dict[str, dict[str, dict[str, float]]] = {"train": {}, "rollout": {}}
     for name, fps in train.items():
         per_frame = flops["train_reference"] if name.startswith("reference") else flops["train_ours"]
         achieved["train"][name] = {
@@ -319,6 +333,20 @@ def run(
             "flops_per_s": flops["rollout"] * fps,
             "pct_of_matmul": 100 * flops["rollout"] * fps / rates[precision_of(name)],
         }
+    return achieved
+
+
+def report(spec: ExperimentSpec, device: torch.device, plan: Plan, info: dict, m: dict, load0) -> dict[str, Any]:
+    """The measurements as ``cvae bench --json``'s object: speeds, rates, agreement, speed-ups."""
+    B, T = spec.train.batch_size, spec.data.clip_len
+    data, rates, flops, loader_s, tr, tf1, ro = (
+        m[k] for k in ("data", "rates", "flops", "loader_s", "train", "tf1", "rollout")
+    )
+    frames_per_step = B * (T - 1)
+    train = {k: frames_per_step / s for k, s in tr["seconds"].items()}
+    roll = {k: ro["frames"] / s for k, s in ro["seconds"].items()}
+    loader = {k: B / s for k, s in loader_s.items()}
+    achieved = achieved_rates(train, roll, flops, rates)
     fp32_loss = tr["losses"].get("fp32")
     agreement = {k: abs(v - fp32_loss) / abs(fp32_loss) for k, v in tr["losses"].items() if fp32_loss and k != "fp32"}
     best = max((k for k in train if not k.startswith("reference")), key=train.get)

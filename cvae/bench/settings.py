@@ -20,7 +20,7 @@ from cvae.data.layout import scan_split
 from cvae.device import compile_model, memory_format
 from cvae.model import CVAE, build_model
 from cvae.spec import ExperimentSpec
-from cvae.training.step import TrainStep
+from cvae.training.step import StepGradients
 
 BETA, TFR = 1.0, 0.0  # teacher forcing off: where most of a run is spent; ours then does the lab's arithmetic
 SEED = 1234
@@ -122,12 +122,12 @@ def bench_data(spec: ExperimentSpec, plan: Plan, tmp: Path, device: torch.device
 
 
 class OurStep:
-    """The training loop's step (``cvae.training.step.TrainStep``: forward, backward, grad clip, compiled
+    """The training loop's step (``cvae.training.step.StepGradients``: forward, backward, grad clip, compiled
     whole when the spec's ``train.compile`` says), then Adam, without logging. One per setting: a
     compiled step keeps its graphs."""
 
     def __init__(self, spec: ExperimentSpec, device: torch.device) -> None:
-        self.step = TrainStep(spec, device)
+        self.step = StepGradients(spec, device)
 
     def __call__(self, model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, spec, beta: float, tfr: float):
         out = self.step(model, opt, x, pose, beta, tfr)

@@ -138,7 +138,7 @@ def phase_patches(counter: OpCounts, step_module, loop) -> list[tuple[object, st
 
     return [
         (loop, "train_epoch", counted_epoch(loop.train_epoch)),
-        (step_module, "train_step", in_phase(from_second_step(step_module.train_step), PHASES[0])),
+        (step_module, "loss_and_gradients", in_phase(from_second_step(step_module.loss_and_gradients), PHASES[0])),
         (torch.Tensor, "tolist", tolist(torch.Tensor.tolist)),
         (torch.nn.utils, "clip_grad_norm_", in_phase(torch.nn.utils.clip_grad_norm_, PHASES[1])),
         (torch.optim.Adam, "step", in_phase(torch.optim.Adam.step, PHASES[2])),

@@ -3,7 +3,7 @@
 Usage: python -m cvae.bench.step_time SPEC [--precision fp32|bf16] [--channels-last] [--seconds S]
                                             [--profile] [--ops]
 
-The step is the bench's (``cvae.bench.settings.our_step``: ``train_step``, grad clip, Adam; teacher forcing
+The step is the bench's (``cvae.bench.settings.our_step``: ``loss_and_gradients``, grad clip, Adam; teacher forcing
 0, beta 1) on a random batch of the spec's shape, with the tuned CPU allocator. It times whole
 steps for at least S seconds after 3 warm-up steps. For one setting in isolation; ``cvae bench``
 compares settings side by side.

@@ -57,7 +57,8 @@ def run(
     from cvae.redact import redact
     from cvae.sweep.file import budget, load_sweep
     from cvae.sweep.progress import watching
-    from cvae.sweep.study import load_study, status, storage_url
+    from cvae.sweep.status import status
+    from cvae.sweep.study import load_study, storage_url
     from cvae.sweep.workers import RunOptions, run_worker, run_workers
 
     console = make_console(quiet)
@@ -122,7 +123,8 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Trials by state, the best trial, and the running trials with their epoch."""
-    from cvae.sweep.study import load_study, resolve, status, status_tables
+    from cvae.sweep.status import status, status_tables
+    from cvae.sweep.study import load_study, resolve
 
     url, name, _ = resolve(sweep_file, storage, study, out_dir)
     st = status(load_study(url, name))
@@ -163,7 +165,8 @@ def confirm(
     quiet: QuietOpt = False,
 ) -> None:
     """Retrain the best settings and the base with fresh seeds; each against the base, by its interval."""
-    from cvae.sweep.confirm import PLOT_FILE, RESULT_FILE, confirm_table, run_confirm, to_json
+    from cvae.sweep.confirm import run_confirm
+    from cvae.sweep.confirm_report import PLOT_FILE, RESULT_FILE, confirm_table, to_json
     from cvae.sweep.file import load_sweep
     from cvae.sweep.study import load_study, storage_url
 

@@ -65,7 +65,7 @@ def train(
     if "best/val_psnr" in summary:
         best = f"done: best val PSNR {summary['best/val_psnr']:.2f} dB at epoch {summary['best/epoch']};"
         console.print(Fields([best, f"run folder {folder}"], sep=" "))
-    from cvae.training.heldout import heldout_line
+    from cvae.training.validation import heldout_line
 
     if (line := heldout_line(summary)) is not None:
         console.print(Fields([line]))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from cvae.atomic import atomic_write
 from cvae.data.layout import SplitFiles, scan_test
 from cvae.errors import DataError
 
@@ -120,10 +121,9 @@ def load_split(files: SplitFiles, size: tuple[int, int], progress: Progress = No
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     out = VideoSet(both[0::2].clone(), both[1::2].clone(), [v.name for v in videos], starts, lengths)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, key=key, frames=out.frames.numpy(), poses=out.poses.numpy(), starts=starts, lengths=lengths)
-        os.replace(tmp, cache)
+        # Sweep workers may build the same cache at once: each through its own temporary file.
+        with atomic_write(cache, suffix=f".{os.getpid()}.npz") as tmp:
+            np.savez(tmp, key=key, frames=out.frames.numpy(), poses=out.poses.numpy(), starts=starts, lengths=lengths)
     except OSError:
         pass  # a read-only place: work without the cache
     return out
@@ -146,9 +146,9 @@ def load_test(root: str | Path, size: tuple[int, int]) -> list[TestVideo]:
 
 
 def load_truth(root: str | Path, size: tuple[int, int], progress: Progress = None) -> VideoSet:
-    """The test videos with their true frames (cvae/data/truth.py), as the val split is: frame i of a
+    """The test videos with their true frames (cvae/data/layout.py), as the val split is: frame i of a
     video beside its pose i. Frame 0 must be the test split's given first frame (else a DataError)."""
-    from cvae.data.truth import scan_truth
+    from cvae.data.layout import scan_truth
 
     videos = scan_truth(Path(root))
     paths = [p for *_, poses, frames in videos for pair in zip(frames, poses, strict=True) for p in pair]

@@ -18,7 +18,7 @@ end of one dance and the start of the next.
 The test split is the lab's: a first frame and the poses per video. The frames the model should
 predict are written too, as Kaggle keeps them: outside the lab's folders (``test_truth/``, named in
 ``synth.json``), so nothing that reads the Lab4 layout sees them; ``cvae evaluate --split test``
-scores against them (cvae/data/truth.py).
+scores against them (cvae/data/layout.py).
 
 Each video is its own dance (:func:`dance`): an 18-keypoint OpenPose skeleton driven by sums of
 sinusoids (arm swings, elbow bends, knee lifts, squats, torso sway) that travels slowly across the
@@ -406,7 +406,7 @@ def synthesize(
             **asdict(p),
             "images": total,
             # The test videos' real frames (frame 0 is the given one), outside the Lab4 layout: what scores
-            # a held-out prediction (cvae/data/truth.py).
+            # a held-out prediction (cvae/data/layout.py).
             "test_truth": TRUTH_DIR,
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -9,8 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from cvae.data.frames import decode_many, load_test
-from cvae.data.layout import SPLITS, scan_split
-from cvae.data.truth import scan_truth, truth_folder
+from cvae.data.layout import SPLITS, scan_split, scan_truth, truth_folder
 from cvae.errors import DataError, RunDirError
 from cvae.terminal import task
 

@@ -16,7 +16,7 @@ import torch
 
 from cvae import run_folder
 from cvae.data.frames import load_split, load_test
-from cvae.device import memory_format, numerics, resolve_device, use_device
+from cvae.device import numerics, resolve_device, use_device
 from cvae.errors import RunDirError, UserError
 from cvae.history import REFERENCE_NAMES, TRIVIAL_REFERENCES
 from cvae.model import CVAE, build_model
@@ -98,9 +98,7 @@ def load_trained(
     # The run's numerics (fp32 is IEEE on a GPU too); on the CPU the tuned allocator, with which batched
     # rollouts run faster (docs/performance.md).
     use_device(dev, numerics(dev, spec.train.precision, spec.train.deterministic))
-    # In the memory format the rollout runs in: a channels_last rollout of a contiguous model converts
-    # every weight at every call.
-    model = build_model(spec).to(dev, memory_format=memory_format(spec.train.channels_last, dev))
+    model = build_model(spec, dev)  # in the memory format it trained in; the rollout follows the model
     load_weights(model, weights, path, where)
     model.eval()
     return Trained(spec, model, path, run_dir, weights.epoch, weights.notes)
@@ -165,8 +163,8 @@ def evaluate_run(
     the GIF. ``z_seed``: the seed of the z draws (default: the spec's seed + 7919, what the run's
     validations drew)."""
     from cvae.data.frames import load_truth
+    from cvae.data.layout import no_truth, truth_folder
     from cvae.data.root import RunData, ensure_data, scan_dataset
-    from cvae.data.truth import no_truth, truth_folder
     from cvae.errors import DataError
     from cvae.terminal import task
 
@@ -189,14 +187,14 @@ def evaluate_run(
         with task(console, "loading the test videos' true frames") as update:
             videos = load_truth(root, spec.data.frame_size, update).to(dev)
         with task(console, "rolling out test videos"):
-            result = score_heldout(model, videos, seed, t.precision, t.channels_last, pose_shift)
+            result = score_heldout(model, videos, seed, t.precision, pose_shift)
         refs = heldout_references(videos)
     else:
         _, val_files = scan_dataset(spec, console, recorded)  # a warning when the data changed since training
         with task(console, "loading val frames") as update:
             videos = load_split(val_files, spec.data.frame_size, update).truncated(spec.data.val_len).to(dev)
         with task(console, "rolling out val videos"):
-            result = validate_model(model, videos, seed, t.precision, t.channels_last, pose_shift)
+            result = validate_model(model, videos, seed, t.precision, pose_shift)
         refs = reference_metrics(videos)
         root = val_files.root
         notes.append(
@@ -295,7 +293,6 @@ def predict_run(
                 torch.stack([videos[i].poses for i in vids]).to(dev),
                 spec.seed + VAL_SEED_OFFSET,
                 spec.train.precision,
-                spec.train.channels_last,
             )
             preds |= dict(zip(vids, pred.cpu(), strict=True))
             update(len(preds))
@@ -319,7 +316,7 @@ def submission_scores(root: Path, size: tuple[int, int], values: list) -> dict[s
     over every predicted frame (1..T-1) of every video, beside the trivial references; None where
     ``root`` has no test truth."""
     from cvae.data.frames import load_truth
-    from cvae.data.truth import truth_folder
+    from cvae.data.layout import truth_folder
     from cvae.training.rollout import psnr
     from cvae.training.validation import pooled
 

@@ -12,12 +12,12 @@ sigmoid, so an unclamped frame can hold -1 or 256, which no 8-bit image can.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cvae.atomic import atomic_write
 from cvae.errors import DataError
 
 _TEXT = [str(v) for v in range(256)]  # the 256 values as the file writes them
@@ -33,19 +33,13 @@ def write_submission(path: Path, videos: list[np.ndarray]) -> Path:
     """``videos``: each (T, 3*H*W) of ``frame_values``, in the test split's order. Written through a
     tmp file: a kill or a full disk never leaves half a submission under its name."""
     width = videos[0].shape[1]
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write("id," + ",".join(map(str, range(width))) + "\n")
-            row = 0
-            for values in videos:
-                for frame in values:
-                    f.write(f"{row}," + ",".join(_TEXT[v] for v in frame.tolist()) + "\n")
-                    row += 1
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write("id," + ",".join(map(str, range(width))) + "\n")
+        row = 0
+        for values in videos:
+            for frame in values:
+                f.write(f"{row}," + ",".join(_TEXT[v] for v in frame.tolist()) + "\n")
+                row += 1
     return path
 
 

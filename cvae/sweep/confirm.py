@@ -8,7 +8,7 @@ folders (``<sweep folder>/confirm/<setting>/seed<k>``), ``--workers`` at a time,
 W&B run in group ``<study>-confirm`` with the tag ``confirm`` and the setting's ``trial.params.*``.
 
 Against the base, seed by seed: the paired differences and their interval decide the verdict
-(cvae/sweep/race.py). By default confirm races: every setting first gets ``min_seeds`` seeds, then
+(cvae/sweep/stats.py). By default confirm races: every setting first gets ``min_seeds`` seeds, then
 one more seed per round while its verdict is open, up to ``max_seeds``; every setting on the same
 seeds, and the base on every seed an open setting has. ``race=False`` trains every setting on all
 ``max_seeds`` seeds and decides once, by its 95% interval.
@@ -23,8 +23,7 @@ chose on.
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,11 @@ from typing import Any
 from cvae import run_folder
 from cvae.errors import SpecError
 from cvae.spec import validate_spec
-from cvae.sweep import race as stats
+from cvae.sweep import stats
+from cvae.sweep.confirm_report import TEST_METRIC, write_result
 from cvae.sweep.file import Sweep, trial_spec_dict
+from cvae.sweep.stats import BASE, CONFIDENCE
 from cvae.sweep.trial import run_epoch_rows, scored_row
-
-BASE = "base"
-CONFIDENCE = 0.95
-TEST_METRIC = "test/psnr"  # the held-out score of a run's best checkpoint, in its summary.json (higher is better)
-RESULT_FILE = "confirm.json"
-PLOT_FILE = "confirm.png"
 
 
 @dataclass
@@ -110,109 +105,18 @@ def runs_of(sweep: Sweep, pairs: list[tuple[Setting, int]]) -> dict[str, dict[st
     return out
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def t_quantile(df: int) -> float:
-    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
-
-
-def mean_interval(values: list[float]) -> tuple[float, float, tuple[float, float]]:
-    """(mean, sample standard deviation, 95% interval of the mean); one value: no interval (nan)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, (math.nan, math.nan)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return mean, sd, (mean - half, mean + half)
-
-
-verdict = stats.verdict
-
-
-def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[str, Any]]:
-    """``{setting: {seed: value}}`` (the base first) -> one dict per setting: ``name``, ``seeds``,
-    ``values``, ``mean``, ``sd``, ``ci95``; beside the base, ``vs_base`` with the paired
-    differences' ``mean``, ``ci95`` and the ``verdict``: one look, at 95% (``--no-race``)."""
-    base = values[BASE]
-    out = []
-    for name, by_seed in values.items():
-        row = describe(name, by_seed)
-        if name != BASE:
-            paired = [by_seed[s] - base[s] for s in sorted(by_seed) if s in base]
-            d_mean, _, d_ci = mean_interval(paired) if paired else (math.nan, math.nan, (math.nan, math.nan))
-            row["vs_base"] = {
-                "mean": d_mean,
-                "ci95": list(d_ci),
-                "ci": list(d_ci),
-                "level": CONFIDENCE,
-                "verdict": verdict(d_ci, direction),
-                "paired": len(paired),
-                "settled": "all seeds",
-                "settled_at": len(paired),
-            }
-        out.append(row)
-    return out
-
-
-def add_heldout(rows: list[dict[str, Any]], test: dict[str, dict[int, float]]) -> None:
-    """Each row's held-out scores (``test``: {setting: {seed: test/psnr}}) on the seeds it was trained on
-    (``test``: their values, mean, sd and 95% interval), and beside the base ``test_vs_base``: the paired
-    differences on those seeds, their interval at the level of the row's validation verdict (the same
-    method, the same strictness) and its verdict (higher PSNR is better)."""
-    base = test.get(BASE, {})
-    for row in rows:
-        mine = {k: test[row["name"]][k] for k in row["seeds"] if k in test.get(row["name"], {})}
-        row["test"] = describe(row["name"], mine) if mine else None
-        vs = row.get("vs_base")
-        if vs is None or not mine:
-            continue
-        paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
-        level = vs.get("level", CONFIDENCE)
-        d_mean, _, d_ci = stats.interval(paired, 1 - level) if paired else (math.nan, math.nan, (math.nan, math.nan))
-        row["test_vs_base"] = {
-            "mean": d_mean,
-            "ci": list(d_ci),
-            "level": level,
-            "verdict": verdict(d_ci, "maximize"),
-            "paired": len(paired),
-        }
-
-
-def describe(name: str, by_seed: dict[int, float]) -> dict[str, Any]:
-    seeds = sorted(by_seed)
-    vals = [by_seed[s] for s in seeds]
-    mean, sd, ci = mean_interval(vals)
-    return {"name": name, "seeds": seeds, "values": vals, "mean": mean, "sd": sd, "ci95": list(ci)}
-
-
-def summarize_race(
-    values: dict[str, dict[int, float]], decisions: dict[str, stats.Look], direction: str
-) -> list[dict[str, Any]]:
-    """As ``summarize``, each setting against the base at the look that settled it (or its last)."""
-    out = []
-    for name, by_seed in values.items():
-        row = describe(name, by_seed)
-        if name in decisions:
-            d = decisions[name]
-            row["vs_base"] = {
-                "mean": d.mean,
-                "ci": list(d.ci),
-                "level": 1 - d.alpha,
-                "verdict": d.verdict,
-                "paired": d.n,
-                "settled": d.settled or "open",
-                "settled_at": d.n,
-            }
-        out.append(row)
-    return out
-
-
 # --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Scores:
+    """What confirm's runs scored: ``values`` (the sweep's metric, what the race decides on) and ``test``
+    (held-out, never raced on), each {setting: {seed: value}}, and the trivial mean-frame references."""
+
+    values: dict[str, dict[int, float]]
+    test: dict[str, dict[int, float]]
+    mean_frame: dict[tuple[str, int], float]
+    test_mean_frame: list[float]
 
 
 def run_confirm(
@@ -233,10 +137,7 @@ def run_confirm(
     seeds = fresh_seeds(sweep, max_seeds)
     runs_dir = sweep.out_dir / "confirm"
     o = sweep.spec.objective
-    values: dict[str, dict[int, float]] = {s.name: {} for s in settings}
-    test: dict[str, dict[int, float]] = {s.name: {} for s in settings}  # held-out scores, never raced on
-    mean_frame: dict[tuple[str, int], float] = {}
-    test_mean_frame: list[float] = []
+    scores = Scores({s.name: {} for s in settings}, {s.name: {} for s in settings}, {}, [])
 
     def train(pairs: list[tuple[Setting, int]]) -> None:
         from cvae.runs.queue import train_all
@@ -245,40 +146,21 @@ def run_confirm(
         if failed:  # every seed of a setting is needed for its interval
             raise RuntimeError("confirm runs failed (fix or remove them, then run confirm again): " + "; ".join(failed))
         for s, seed in pairs:
-            row = scored_row(run_epoch_rows(runs_dir / s.name / f"seed{seed}"), o.metric, o.direction, o.epoch)
-            values[s.name][seed] = float(row[o.metric])
-            if isinstance(row.get("val/psnr_mean_frame"), int | float):
-                mean_frame[s.name, seed] = float(row["val/psnr_mean_frame"])
-            summary = run_folder.read_summary(runs_dir / s.name / f"seed{seed}")
-            if isinstance(summary.get(TEST_METRIC), int | float):
-                test[s.name][seed] = float(summary[TEST_METRIC])
-                if isinstance(summary.get("test/psnr_mean_frame"), int | float):
-                    test_mean_frame.append(float(summary["test/psnr_mean_frame"]))
+            score_run(runs_dir / s.name / f"seed{seed}", s.name, seed, o, scores)
 
     if not race:
         train([(s, seed) for s in settings for seed in seeds])
-        rows = summarize(values, o.direction)
+        rows = stats.summarize(scores.values, o.direction)
     else:
         min_seeds = min(min_seeds, max_seeds)
-        others = [s for s in settings if s.name != BASE]
-        decisions: dict[str, stats.Look] = {}
-        n, todo = min_seeds, [(s, seed) for s in settings for seed in seeds[:min_seeds]]
-        while True:
-            train(todo)
-            for s in others:
-                if s.name not in decisions or not decisions[s.name].settled:
-                    diffs = [values[s.name][k] - values[BASE][k] for k in seeds[:n]]
-                    decisions[s.name] = stats.look(diffs, min_seeds, max_seeds, o.direction)
-            still = [s for s in others if not decisions[s.name].settled]
-            if not still or n == max_seeds:
-                break
-            todo = [(s, seeds[n]) for s in [settings[0], *still]]  # the base first: every open setting pairs with it
-            n += 1
-        rows = summarize_race(values, decisions, o.direction)
-    add_heldout(rows, test)
+        rows = stats.summarize_race(
+            scores.values, race_settings(settings, seeds, min_seeds, train, scores, o.direction)
+        )
+    stats.add_heldout(rows, scores.test)
     for row, s in zip(rows, settings, strict=True):
         row |= {"params": s.params, "trial": s.trial, "sweep_value": s.sweep_value}
-    trained = sum(len(v) for v in values.values())
+    trained = sum(len(v) for v in scores.values.values())
+    mean_frame, test_mean_frame = scores.mean_frame, scores.test_mean_frame
     result = {
         "study": sweep.study,
         "metric": o.metric,
@@ -294,158 +176,52 @@ def run_confirm(
         "mean_frame": sum(mean_frame.values()) / len(mean_frame) if mean_frame else None,
         "test_metric": TEST_METRIC,
         "test_mean_frame": sum(test_mean_frame) / len(test_mean_frame) if test_mean_frame else None,
-        "heldout": any(test.values()),  # false: the data has no test truth (the lab's own), or runs made before
+        "heldout": any(scores.test.values()),  # false: the data has no test truth (the lab's own), or runs made before
         "settings": rows,
     }
-    path = sweep.out_dir / RESULT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_json(result) + "\n")
-    tmp.replace(path)
-    plot_confirm(sweep.out_dir / PLOT_FILE, result)
+    write_result(sweep.out_dir, result)
     return result
 
 
-def to_json(result: dict[str, Any]) -> str:
-    """confirm.json's text: valid JSON (an interval of one seed, nan, is null)."""
-
-    def clean(v):
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(result), indent=2)
-
-
-def plot_confirm(path: Path, result: dict[str, Any]) -> Path:
-    """One dot per seed for each setting, its mean and 95% interval, the base's mean dashed, the mean
-    frame's PSNR dotted: on the validation video (what the race decided on) and, where the runs have them,
-    beside it on the held-out test videos, each setting under its verdict there."""
-    from cvae.tracking.media import pyplot, save_figure
-
-    plt = pyplot()
-    rows = result["settings"]
-    panels = [(f"{result['metric']}: validation (the race decides here)", lambda r: r, "vs_base", "mean_frame")]
-    if result.get("heldout"):
-        panels.append(
-            (f"{result.get('test_metric', TEST_METRIC)}: held-out test videos (never chosen on)",
-             lambda r: r.get("test"), "test_vs_base", "test_mean_frame")
-        )  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=((1.6 * len(rows) + 2) * len(panels), 3.8), dpi=110, squeeze=False)
-    for ax, (what, scores_of, vs_key, frame_key) in zip(axes[0], panels, strict=True):
-        for i, row in enumerate(rows):
-            scores = scores_of(row)
-            if not scores:
-                continue
-            n = len(scores["values"])
-            xs = [i + 0.12 * (k - (n - 1) / 2) / max(1, n - 1) for k in range(n)]
-            ax.scatter(xs, scores["values"], s=18, color="tab:blue" if row["name"] == BASE else "tab:orange", zorder=3)
-            low, high = scores["ci95"]
-            if low is not None and not math.isnan(low):
-                ax.errorbar(i + 0.25, scores["mean"], yerr=[[scores["mean"] - low], [high - scores["mean"]]],
-                            fmt="_k", capsize=4)  # fmt: skip
-        base = scores_of(rows[0])
-        if base:
-            ax.axhline(base["mean"], ls="--", lw=1, color="tab:blue", label=f"base mean {base['mean']:.2f}")
-        if result.get(frame_key) is not None:
-            ax.axhline(result[frame_key], ls=":", lw=1, color="tab:gray", label=f"mean frame {result[frame_key]:.2f}")
-        labels = [r["name"] + (f"\n{r[vs_key]['verdict']}" if r.get(vs_key) else "") for r in rows]
-        if result.get("race"):  # how many seeds each setting got before its verdict settled
-            labels = [label + f"\n{len(r['values'])} seeds" for label, r in zip(labels, rows, strict=True)]
-        ax.set_xticks(range(len(rows)), labels, fontsize=8)
-        ax.set_title(what, fontsize=9)
-        ax.set(ylabel="PSNR (dB)" if "psnr" in result["metric"] else result["metric"])
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, loc="best")
-    raced = f", raced: {result['runs']} runs, {result['runs_saved']} saved" if result.get("race") else ""
-    fig.suptitle(f"{result['study']}: confirmed over seeds {result['seeds']} (mean, 95% interval){raced}", fontsize=10)
-    return save_figure(fig, path)
+def score_run(run_dir: Path, name: str, seed: int, objective, scores: Scores) -> None:
+    """A finished confirm run's score (the sweep's objective, as a trial is scored), its held-out score
+    and their mean-frame references, into ``scores``."""
+    o = objective
+    row = scored_row(run_epoch_rows(run_dir), o.metric, o.direction, o.epoch)
+    scores.values[name][seed] = float(row[o.metric])
+    if isinstance(row.get("val/psnr_mean_frame"), int | float):
+        scores.mean_frame[name, seed] = float(row["val/psnr_mean_frame"])
+    summary = run_folder.read_summary(run_dir)
+    if isinstance(summary.get(TEST_METRIC), int | float):
+        scores.test[name][seed] = float(summary[TEST_METRIC])
+        if isinstance(summary.get("test/psnr_mean_frame"), int | float):
+            scores.test_mean_frame.append(float(summary["test/psnr_mean_frame"]))
 
 
-def confirm_table(result: dict[str, Any]):
-    """The table of ``cvae sweep confirm``: each setting's validation scores and verdict and, where the runs
-    have them, its held-out test scores and verdict beside them."""
-    from cvae.sweep.study import params_text
-    from cvae.terminal import Col, table
-
-    heldout = bool(result.get("heldout"))
-    columns = [
-        Col("setting"),
-        Col("validation scores, one per seed", short="val values"),
-        Col("validation mean", numeric=True, short="val mean"),
-        Col("sd", numeric=True),
-        Col("95% interval", numeric=True, short="95% CI"),
-        Col("the paired difference from the base on validation and its 95% interval", numeric=True, short="vs base"),
-        Col("verdict on validation", short="val verdict"),
-    ]
-    if heldout:
-        columns += [
-            Col("held-out test mean (never chosen on)", numeric=True, short="test mean"),
-            Col(
-                "the paired difference from the base on the held-out test videos, its interval and level",
-                numeric=True,
-                short="test vs base",
-            ),  # fmt: skip
-            Col("verdict on the held-out test videos", short="test verdict"),
-        ]
-    columns.append(Col("parameters", short="params"))
-    rows = []
-    for row in result["settings"]:
-        low, high = row["ci95"]
-        vs = row.get("vs_base")
-        ci = None if vs is None else vs.get("ci", vs.get("ci95"))  # confirm.json files before racing: ci95
-        vs_text = "" if vs is None else f"{vs['mean']:+.2f}\n[{ci[0]:+.2f}, {ci[1]:+.2f}]"
-        verdict_text = "" if vs is None else vs["verdict"]
-        if vs is not None and result.get("race"):
-            vs_text += f"\n({100 * vs['level']:.2f}%)"
-            how = {"verdict": "", "futility": "futility, ", "all seeds": "", "open": "open, "}[vs["settled"]]
-            verdict_text += f"\n({how}{vs['settled_at']} seeds)"
-        cells = [
-            row["name"] + (f" (sweep: {row['sweep_value']:.2f})" if row.get("sweep_value") is not None else ""),
-            " ".join(f"{v:.2f}" for v in row["values"]),
-            f"{row['mean']:.2f}",
-            f"{row['sd']:.2f}",
-            f"[{low:.2f},\n{high:.2f}]",
-            vs_text,
-            verdict_text,
-        ]
-        if heldout:
-            cells += heldout_cells(row)
-        rows.append([*cells, params_text(row["params"]) or "(the base spec)"])
-    title = f"{result['study']}: {result['metric']} over seeds {result['seeds']} (95% intervals)"
-    notes = []
-    if result.get("race"):
-        title = (
-            f"{result['study']}: {result['metric']}, raced over {result['min_seeds']} to {result['max_seeds']} seeds "
-            f"({result['runs']} runs, {result['runs_saved']} saved)"
-        )
-        notes.append(
-            "vs base: the paired interval at the look that settled the setting, at that look's level "
-            "(5% spent over the looks: a wrong verdict at no true difference at most 5% of the time)."
-        )
-        columns[5] = Col(
-            "the paired difference from the base on validation, its interval and level", numeric=True, short="vs base"
-        )
-    if heldout:
-        notes.append(
-            f"test: {result.get('test_metric', TEST_METRIC)} of each run's best checkpoint on the held-out test "
-            "videos, which chose nothing (not the checkpoint, not the race); paired on the seeds the setting trained, "
-            "at its validation verdict's level."
-        )
-    else:
-        notes.append("No held-out scores: the runs' data has no test truth (the lab's test frames are Kaggle's).")
-    return table(title, columns, rows, notes)
-
-
-def heldout_cells(row: dict[str, Any]) -> list[str]:
-    """A row's held-out mean, its paired difference from the base (interval, level) and verdict."""
-    test, vs = row.get("test"), row.get("test_vs_base")
-    mean = "-" if not test else f"{test['mean']:.2f}"
-    if vs is None:
-        return [mean, "", ""]
-    low, high = vs["ci"]
-    ci = "" if low is None or math.isnan(low) else f"\n[{low:+.2f}, {high:+.2f}]"
-    return [mean, f"{vs['mean']:+.2f}{ci}\n({100 * vs['level']:.2f}%)", f"{vs['verdict']}\n({vs['paired']} seeds)"]
+def race_settings(
+    settings: list[Setting],
+    seeds: list[int],
+    min_seeds: int,
+    train: Callable[[list[tuple[Setting, int]]], None],
+    scores: Scores,
+    direction: str,
+) -> dict[str, stats.Look]:
+    """The race: every setting on the first ``min_seeds`` seeds, then one more seed per round for the
+    settings still open (and the base, which every open setting pairs with), up to the last seed.
+    Returns each setting's deciding look."""
+    max_seeds = len(seeds)
+    others = [s for s in settings if s.name != BASE]
+    values = scores.values
+    decisions: dict[str, stats.Look] = {}
+    n, todo = min_seeds, [(s, seed) for s in settings for seed in seeds[:min_seeds]]
+    while True:
+        train(todo)
+        for s in others:
+            if s.name not in decisions or not decisions[s.name].settled:
+                diffs = [values[s.name][k] - values[BASE][k] for k in seeds[:n]]
+                decisions[s.name] = stats.look(diffs, min_seeds, max_seeds, direction)
+        still = [s for s in others if not decisions[s.name].settled]
+        if not still or n == max_seeds:
+            return decisions
+        todo = [(s, seeds[n]) for s in [settings[0], *still]]  # the base first: every open setting pairs with it
+        n += 1

@@ -179,7 +179,7 @@ def running_table(
 ):
     """The running trials: trial, worker, epoch and step of the planned, the last score and its epoch,
     the time so far (and ``params``: the trial's values)."""
-    from cvae.sweep.study import metric_header, params_text
+    from cvae.sweep.text import metric_header, params_text
     from cvae.terminal import Col, table
 
     now = time.time() if now is None else now
@@ -235,7 +235,8 @@ class SweepWatch:
         """Read what changed since the last poll: the events, in order."""
         from optuna.trial import TrialState
 
-        from cvae.sweep.study import load_study, params_text, trial_line
+        from cvae.sweep.study import load_study
+        from cvae.sweep.text import params_text, trial_line
 
         if self.study is None:
             try:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from cvae.atomic import atomic_write, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -96,11 +97,7 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 20) -> Path:
         images.append(image)
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.gif")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, buf.getvalue(), suffix=".gif")
 
 
 @contextmanager
@@ -139,14 +136,12 @@ def save_figure(fig, path: Path, title: str | None = None) -> Path:
     """Lay out, write atomically, close; ``title`` also in the PNG's Title field (what viewers list)."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
     try:
         fig.tight_layout()
-        fig.savefig(tmp, metadata={"Title": title} if title else None)
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, metadata={"Title": title} if title else None)
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -7,14 +7,12 @@ folder. Other trackers (W&B) are added beside it through ``MultiTracker``.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from cvae import history
 from cvae.placement import GPU_KEY
-from cvae.run_folder import DATA_KEY, FAILED, SUMMARY_FILE, read_summary
+from cvae.run_folder import DATA_KEY, FAILED, read_summary, write_summary
 
 
 class Tracker:
@@ -83,14 +81,7 @@ class LocalTracker(Tracker):
 
     def _write_summary(self) -> None:
         assert self.run_dir is not None
-        path = self.run_dir / SUMMARY_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except OSError as e:  # a full disk: no tmp file left behind, the message names the file
-            tmp.unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        write_summary(self.run_dir, self._summary)
 
 
 class MultiTracker(Tracker):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cvae import run_folder
+from cvae.atomic import atomic_write
 from cvae.errors import CheckpointError
 from cvae.redact import redact
 from cvae.run_folder import LAST, PREVIOUS
@@ -31,53 +32,16 @@ FORMAT = "cvae-checkpoint/1"
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Write ``path.tmp``, then rename it over ``path``: a kill or a full disk at any point leaves
-    ``path`` either the old complete file or the new one, never a half-written one.
-
-    With ``keep_previous`` the old file is kept as ``prev.pt`` (a hard link, so ``path`` never goes
-    missing in between). A failed write removes its tmp file and raises an OSError naming ``path``
-    (torch wraps a full disk in a RuntimeError; the OSError underneath is what is raised).
-    """
+    """Write the checkpoint atomically (``cvae.atomic``): a kill or a full disk at any point leaves
+    ``path`` either the old complete file or the new one, never a half-written one; with
+    ``keep_previous`` the old file is kept as ``prev.pt``. A failed write raises an OSError naming
+    ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            _keep_as_previous(path)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        cause = _os_error(e)
-        if cause is not None and isinstance(e, Exception):
-            raise OSError(cause.errno, f"{cause.strerror or cause} (writing checkpoint)", str(path)) from None
-        raise
-
-
-def _keep_as_previous(path: Path) -> None:
-    """``path`` -> ``prev.pt`` beside it, ``path`` staying in place until the new file replaces it."""
-    prev, link = path.with_name(PREVIOUS), path.with_name(PREVIOUS + ".tmp")
-    link.unlink(missing_ok=True)
-    try:
-        os.link(path, link)  # prev.pt.tmp and path: one file, two names
-    except OSError:  # no hard links here: rename (path is missing until the final rename)
-        os.replace(path, prev)
-        return
-    os.replace(link, prev)
-    link.unlink(missing_ok=True)  # rename does nothing when prev.pt already is this file (a kill before)
-
-
-def _os_error(e: BaseException | None) -> OSError | None:
-    """The OSError in an exception's chain (torch's zip writer raises RuntimeError from it)."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno is not None:
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
+    previous = path.with_name(PREVIOUS) if keep_previous else None
+    with atomic_write(path, previous=previous, what="writing checkpoint") as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: Path) -> dict[str, Any]:

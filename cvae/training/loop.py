@@ -28,7 +28,6 @@ from cvae.data.root import RunData, load_data
 from cvae.device import (
     compile_model,
     emulated_bf16_warning,
-    memory_format,
     numerics,
     resolve_device,
     resolve_spec,
@@ -43,10 +42,18 @@ from cvae.spec import ExperimentSpec, dump_yaml
 from cvae.tracking.tracker import LocalTracker, MultiTracker, Tracker
 from cvae.training.checkpoint import restore_training, resume_checkpoint, save_checkpoint
 from cvae.training.guard import DivergenceGuard
-from cvae.training.heldout import best_weights, check_truth, score_best
 from cvae.training.schedules import schedule_values, step_tfr
-from cvae.training.step import TrainStep
-from cvae.training.validation import VAL_SEED_OFFSET, Validation, reference_metrics, validate_model, write_media
+from cvae.training.step import StepGradients
+from cvae.training.validation import (
+    VAL_SEED_OFFSET,
+    Validation,
+    best_weights,
+    check_truth,
+    reference_metrics,
+    score_best,
+    validate_model,
+    write_media,
+)
 
 
 class Callback(Protocol):
@@ -121,12 +128,12 @@ def train(
     if resume and ck is None:  # stopped before its first epoch ended: nothing to resume, it starts over
         resume = False
         history.truncate(run_dir / history.FILE, 0, 0)
-    model = build_model(spec).to(device, memory_format=memory_format(spec.train.channels_last))
+    model = build_model(spec, device)  # in the memory format it trains in
     if ck is None and spec.train.init_from is not None:  # a resumed run has its own weights
         init_weights(model, spec, console)
     opt, sched = build_optimizer(spec, model, fused=nums.fused_adam)
     state = State() if ck is None else resume_from(ck, run_dir, model, opt, sched)
-    step = TrainStep(spec, device)  # compiled whole with train.compile
+    step = StepGradients(spec, device)  # compiled whole with train.compile
     if spec.train.compile:
         compile_model(model)  # the five modules, in place, for the validation rollouts
     clips = TrainingClips(spec, train_set)
@@ -196,8 +203,7 @@ def finish_run(run_dir: Path, spec, val_set: VideoSet, refs, state: State, track
 def revalidate(run_dir: Path, spec, val_set: VideoSet) -> Validation:
     """The validation of best.pt's weights (the same rollouts, seed and settings as when it was saved)."""
     model = best_weights(run_dir, spec, val_set.frames.device)
-    t = spec.train
-    return validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last)
+    return validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, spec.train.precision)
 
 
 def best_model(run_dir: Path, spec: ExperimentSpec, state: State, data_id: dict[str, Any]) -> tuple[Path, dict]:
@@ -225,7 +231,7 @@ def train_epoch(
     spec: ExperimentSpec,
     model: CVAE,
     opt: torch.optim.Optimizer,
-    step: TrainStep,
+    step: StepGradients,
     clips: TrainingClips,
     state: State,
     guard: DivergenceGuard,
@@ -343,8 +349,7 @@ def validate_epoch(run_dir: Path, spec, model, opt, sched, val_set: VideoSet, re
     """Validate after epoch ``state.epoch``: score the rollouts, save best.pt when they improve,
     write and log the media. Returns the metrics for the epoch's row."""
     v0 = time.perf_counter()
-    t = spec.train
-    val = validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, t.precision, t.channels_last)
+    val = validate_model(model, val_set, spec.seed + VAL_SEED_OFFSET, spec.train.precision)
     if val.metrics["val/psnr"] > state.best_psnr:
         state.best_psnr, state.best_epoch = val.metrics["val/psnr"], state.epoch
         save_checkpoint(run_dir, run_folder.BEST, spec, model, opt, sched, state.counters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cvae.device import autocast, memory_format
+from cvae.device import autocast
 from cvae.model import CVAE
 
 PSNR_CAP_DB = 100.0
@@ -30,7 +30,6 @@ def rollout(
     poses: torch.Tensor,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
 ) -> torch.Tensor:
     """Roll out B videos at once.
 
@@ -44,7 +43,7 @@ def rollout(
     model.eval()
     device, (B, T) = first.device, poses.shape[:2]
     H, W = first.shape[-2:]
-    fmt = memory_format(channels_last, device)
+    fmt = model.memory_format  # frames in the model's layout
     g = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty((B, T, 3, H, W), device=device)
     out[:, 0] = first

@@ -12,7 +12,7 @@ in one batched call per clip instead of one call per time step; the arithmetic i
 The forward (``loss_terms``) reads nothing back to the host and has no data-dependent Python
 branch, so ``torch.compile`` captures it whole (``fullgraph``: zero graph breaks, tested) and, with
 ``train.compile: reduce-overhead``, CUDA graphs replay it. beta and the teacher-forcing ratio are
-0-dim tensors of the device (``TrainStep`` refills them each step), so the schedules change without
+0-dim tensors of the device (``StepGradients`` refills them each step), so the schedules change without
 recompiling; the one host-known branch is teacher forcing 1 (every clip forced, the whole clip in
 one batched call), a second graph compiled once.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cvae.device import autocast, memory_format, syncs_are_free
+from cvae.device import autocast, syncs_are_free
 from cvae.model import CVAE, kl_divergence, reparameterize
 from cvae.spec import ExperimentSpec
 
@@ -42,7 +42,6 @@ class StepSettings:
     tf_mode: str  # teacher_forcing.mode: epoch | sequence | frame
     kl_reduction: str  # loss.kl_reduction: sum | mean
     precision: str  # train.precision (resolved): fp32 | tf32 | bf16
-    channels_last: bool | str  # train.channels_last (`auto`: resolved by cvae.device.memory_format)
     activation_checkpointing: bool
     detach_feedback: bool  # train.detach_feedback: no gradient through a fed-back frame
 
@@ -53,10 +52,19 @@ class StepSettings:
             spec.teacher_forcing.mode,
             spec.loss.kl_reduction,
             spec.train.precision,
-            spec.train.channels_last,
             spec.train.activation_checkpointing,
             spec.train.detach_feedback,
         )
+
+
+def spec_terms(spec: ExperimentSpec) -> Terms:
+    """``loss_terms`` with the spec's settings bound: what the step runs, or compiles."""
+    settings = StepSettings.of(spec)
+
+    def terms(model, x, pose, beta, tfr, all_forced):
+        return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
+
+    return terms
 
 
 def compile_mode(setting: bool | str) -> str | None:
@@ -66,7 +74,7 @@ def compile_mode(setting: bool | str) -> str | None:
     return setting or None
 
 
-class TrainStep:
+class StepGradients:
     """The loop's step: gradients of one batch, clipped to ``train.grad_clip`` (the caller applies them
     with ``opt.step()``), compiled whole when ``train.compile`` asks. Keeps beta and the
     teacher-forcing ratio in 0-dim tensors of the device, refilled each step by a kernel (no host
@@ -74,31 +82,27 @@ class TrainStep:
 
     def __init__(self, spec: ExperimentSpec, device: torch.device) -> None:
         self.spec, self.device = spec, device
-        settings = StepSettings.of(spec)
         self.beta = torch.zeros((), device=device)
         self.tfr = torch.zeros((), device=device)
         self.mode = compile_mode(spec.train.compile)
         self.cuda_graphs = self.mode == "reduce-overhead" and device.type == "cuda"
-
-        def terms(model, x, pose, beta, tfr, all_forced):
-            return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
-
+        terms = spec_terms(spec)
         self.terms: Terms = terms if self.mode is None else torch.compile(terms, mode=self.mode, fullgraph=True)
 
     def __call__(self, model: CVAE, opt, x: torch.Tensor, pose: torch.Tensor, beta: float, tfr: float):
-        """``train_step``'s values plus ``grad_norm`` (before clipping), detached, on the device.
+        """``loss_and_gradients``'s values plus ``grad_norm`` (before clipping), detached, on the device.
         ``tfr``: the ratio, or in ``teacher_forcing.mode: epoch`` the epoch's coin (0 or 1)."""
         if self.cuda_graphs:  # a new step begins: the previous replay's outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         # As a Python number would be in float32 arithmetic: a beta beyond float32's range is inf.
         self.beta.fill_(beta if abs(beta) <= FLOAT32_MAX else math.copysign(math.inf, beta))
         self.tfr.fill_(tfr)
-        return forward_backward(
+        return clipped_gradients(
             model, opt, x, pose, self.spec, self.beta, self.tfr, all_forced=tfr >= 1.0, terms=self.terms
         )
 
 
-def forward_backward(
+def clipped_gradients(
     model: CVAE,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -110,16 +114,16 @@ def forward_backward(
     all_forced: bool | None = None,
     terms: Terms | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Gradients of one batch, clipped to ``train.grad_clip``: ``train_step``'s values plus
+    """Gradients of one batch, clipped to ``train.grad_clip``: ``loss_and_gradients``'s values plus
     ``grad_norm`` (before clipping). The caller decides whether to apply them (``opt.step()``)."""
     opt.zero_grad(set_to_none=True)
-    out = train_step(model, x, pose, spec, beta, tfr, all_forced=all_forced, terms=terms)
+    out = loss_and_gradients(model, x, pose, spec, beta, tfr, all_forced=all_forced, terms=terms)
     clip = spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
     return out
 
 
-def train_step(
+def loss_and_gradients(
     model: CVAE,
     x: torch.Tensor,
     pose: torch.Tensor,
@@ -142,12 +146,7 @@ def train_step(
     """
     if all_forced is None:
         all_forced = float(tfr) >= 1.0
-    if terms is None:
-        settings = StepSettings.of(spec)
-
-        def terms(model, x, pose, beta, tfr, all_forced):
-            return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
-
+    terms = terms or spec_terms(spec)
     out = terms(model, x, pose, beta, tfr, all_forced)
     out.pop("objective").backward()
     return out
@@ -172,7 +171,7 @@ def loss_terms(
     """
     B, T = x.shape[:2]
     n = T - 1
-    fmt = memory_format(s.channels_last)
+    fmt = model.memory_format  # inputs in the model's layout
     frames = x.flatten(0, 1).contiguous(memory_format=fmt)  # (B*T, 3, H, W)
     # train.activation_checkpointing: encoder, posterior and decoder calls recompute their
     # activations in the backward pass, B images at a time (the PoseEncoder, whose BatchNorm

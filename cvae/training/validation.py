@@ -10,22 +10,31 @@ A mean PSNR means little alone. Beside it every validation reports, on the same 
 
 Shared by training (every ``train.val_every`` epochs) and ``cvae evaluate`` (cvae/runs/evaluate.py).
 
-The test videos, where a dataset has their true frames (cvae/data/truth.py), are scored the same
+The test videos, where a dataset has their true frames (cvae/data/layout.py), are scored the same
 way under ``test/`` keys (``score_heldout``, ``heldout_references``), as the Kaggle leaderboard scores the
 lab's: the mean PSNR over every predicted frame of every test video. Nothing that chooses (the best
-checkpoint, a sweep's objective and pruner, confirm's race) reads them.
+checkpoint, a sweep's objective and pruner, confirm's race) reads them. A run's best checkpoint is
+scored on them when it ends (``tracking.test_at_end``: ``score_best``) and by ``cvae evaluate RUN
+--split test``: the test videos had no part in choosing it, so its score says whether what
+validation saw holds on videos nobody chose on, as the Kaggle leaderboard says it for the lab.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from cvae.data.frames import VideoSet
+from cvae import run_folder
+from cvae.data.frames import VideoSet, load_truth
+from cvae.data.layout import scan_truth, truth_folder
 from cvae.history import references_of
-from cvae.model import CVAE
+from cvae.model import CVAE, build_model
+from cvae.spec import ExperimentSpec
+from cvae.training.checkpoint import load as checkpoint_load
 from cvae.training.rollout import MAX_VIDEOS, batches_by_length, psnr, reference_scores, rollout, shift_poses
 
 VAL_SEED_OFFSET = 7919  # validation z draws: seeded apart from the training noise
@@ -90,13 +99,12 @@ def validate_model(
     val_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> Validation:
     """Roll every val video out from its first frame, z from the prior; videos of equal length are
     batched. The same rollout with the poses rotated in time (by ``pose_shift`` frames, default a
     quarter of the video; same z draws) shows whether the model uses the pose."""
-    videos = roll_videos(model, val_set, seed, precision, channels_last, pose_shift)
+    videos = roll_videos(model, val_set, seed, precision, pose_shift)
 
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs)
@@ -114,14 +122,13 @@ def score_heldout(
     test_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> Validation:
     """``validate_model`` on the test videos with their true frames (cvae/data/frames.py, ``load_truth``),
     scored as the leaderboard scores them: ``test/psnr`` and ``test/psnr_shifted_pose`` are means over
     every predicted frame of every video, ``test/mse`` too; ``test/videos`` and ``test/frames`` count
     what was scored."""
-    videos = roll_videos(model, test_set, seed, precision, channels_last, pose_shift)
+    videos = roll_videos(model, test_set, seed, precision, pose_shift)
     n = test_set.lengths
     metrics = {
         "test/psnr": pooled([r.curve.mean().item() for r in videos], n),
@@ -143,13 +150,11 @@ def roll_videos(
     video_set: VideoSet,
     seed: int,
     precision: str = "fp32",
-    channels_last: bool = False,
     pose_shift: int | None = None,
 ) -> list[VideoRollout]:
     """Every video of the set rolled out from its first frame with its poses and with them rotated in
     time (``pose_shift`` frames, default a quarter of the video), scored against its frames; videos of
     equal length in one batch."""
-    kw = {"precision": precision, "channels_last": channels_last}
     results: dict[int, VideoRollout] = {}
     for vids in batches_by_length(video_set.lengths, MAX_VIDEOS // 2):
         n, b = video_set.lengths[vids[0]], len(vids)
@@ -159,7 +164,7 @@ def roll_videos(
         # Both rollouts in one batch of 2B videos: the same z draws for every video (rollout's rule), so
         # the same frames as two calls (tested), in one pass through the model instead of two.
         both = rollout(
-            model, frames[:, 0].repeat(2, 1, 1, 1), torch.cat([poses, shift_poses(poses, shift)]), seed, **kw
+            model, frames[:, 0].repeat(2, 1, 1, 1), torch.cat([poses, shift_poses(poses, shift)]), seed, precision
         )
         pred, pred_shift = both[:b], both[b:]
         for i, v in enumerate(vids):
@@ -191,3 +196,57 @@ def write_media(
             title,
         )
     return gif, plot
+
+
+# --------------------------------------------------------------------------- the held-out test at the end of a run
+
+
+def best_weights(run_dir: Path, spec: ExperimentSpec, device: torch.device) -> CVAE:
+    """The model of ``RUN/checkpoints/best.pt`` on ``device``, as it trained (memory format included)."""
+    model = build_model(spec, device)
+    model.load_state_dict(checkpoint_load(run_folder.checkpoint_path(run_dir, run_folder.BEST))["model"])
+    return model
+
+
+def check_truth(spec: ExperimentSpec) -> None:
+    """With ``tracking.test_at_end``, a test truth that does not match the test split is bad input before
+    training starts (file names and counts only), not a failure after it."""
+    if spec.tracking.test_at_end and truth_folder(Path(spec.data.root)) is not None:
+        scan_truth(Path(spec.data.root))
+
+
+def score_best(run_dir: Path, spec: ExperimentSpec, device: torch.device, best_epoch: int) -> dict[str, Any]:
+    """``test/*`` scores of a finished run's best checkpoint (epoch ``best_epoch``) and the trivial
+    references on the same videos, ``perf/test_s`` the seconds it took; {} where the data has no truth.
+    A run resumed after it finished, its best checkpoint the one already scored, keeps its scores."""
+    root = Path(spec.data.root)
+    if truth_folder(root) is None:
+        return {}
+    before = run_folder.read_summary(run_dir)
+    if before.get("test/epoch") == best_epoch and "test/psnr" in before:
+        return {k: v for k, v in before.items() if k.startswith("test/") or k == "perf/test_s"}
+    t0 = time.perf_counter()
+    test_set = load_truth(root, spec.data.frame_size).to(device)
+    model = best_weights(run_dir, spec, device)
+    held = score_heldout(model, test_set, spec.seed + VAL_SEED_OFFSET, spec.train.precision)
+    out = held.metrics | heldout_references(test_set) | {"test/epoch": best_epoch}
+    return out | {"perf/test_s": time.perf_counter() - t0}
+
+
+def heldout_line(summary: dict[str, Any]) -> str | None:
+    """One line of a run's held-out score beside its references, or None when it has none."""
+    if "test/psnr" not in summary:
+        return None
+    refs = ", ".join(
+        f"{name} {summary[key]:.2f}"
+        for key, name in (
+            ("test/psnr_repeat_first", "repeat-first"),
+            ("test/psnr_mean_frame", "mean-frame"),
+            ("test/psnr_shifted_pose", "shifted-pose"),
+        )
+        if key in summary
+    )
+    return (
+        f"held-out test videos ({summary.get('test/videos')} videos, {summary.get('test/frames')} predicted frames, "
+        f"never chosen on): PSNR {summary['test/psnr']:.2f} dB ({refs}) at epoch {summary.get('test/epoch')}"
+    )

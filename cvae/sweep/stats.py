@@ -1,5 +1,5 @@
-"""The statistics of ``cvae sweep confirm``: each setting against the base, seed by seed, and when its
-verdict is settled.
+"""The statistics of ``cvae sweep confirm``, all of them: each setting against the base, seed by seed,
+when its verdict is settled, and the rows confirm.json keeps.
 
 Paired differences: on seed k, setting minus base (the same seed gives the same initial weights and
 data order, so the noise they share cancels). A verdict comes from an interval of the differences'
@@ -17,13 +17,18 @@ setting also stops, with ``no evidence``, when the last look can hardly end in a
 clears 0 on either side is below ``FUTILITY``). Stopping early for futility never makes a
 ``better`` or ``worse`` verdict more likely, so at no true difference the share of wrong verdicts
 stays at or under 5% per setting (tests/test_confirm.py simulates it).
+
+``--no-race`` looks once, after every seed, at 95% (``summarize``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+BASE = "base"  # the setting every other is paired with
+CONFIDENCE = 0.95  # of a single look (--no-race) and of each setting's own interval
 ALPHA = 0.05  # the chance of a wrong verdict at no true difference, per setting, over all its looks
 INTERIM_SHARE = 0.1  # of ALPHA, spent over the interim looks; the rest at the last
 FUTILITY = 0.1  # stop a setting when the chance of any verdict at the last look falls below this
@@ -34,6 +39,7 @@ METHOD = (
 
 
 def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom."""
     from scipy.stats import t
 
     return float(t.ppf(p, df))
@@ -60,7 +66,14 @@ def interval(values: list[float], alpha: float) -> tuple[float, float, tuple[flo
     return mean, sd, (mean - half, mean + half)
 
 
+def mean_interval(values: list[float]) -> tuple[float, float, tuple[float, float]]:
+    """(mean, sample sd, 95% interval of the mean); one value: no interval (nan)."""
+    return interval(values, 1 - CONFIDENCE)
+
+
 def verdict(ci: tuple[float, float], direction: str) -> str:
+    """``better`` when the interval of (setting - base) lies wholly on the improving side of 0, ``worse``
+    when wholly on the other, else ``no evidence`` (also when there is no interval)."""
     low, high = ci
     if math.isnan(low):
         return "no evidence"
@@ -124,3 +137,83 @@ def race(diffs: list[float], min_seeds: int, max_seeds: int, direction: str) -> 
         if decision.settled:
             return decision
     return decision
+
+
+# --------------------------------------------------------------------------- confirm.json's rows
+
+
+def describe(name: str, by_seed: dict[int, float]) -> dict[str, Any]:
+    """A setting's scores ``{seed: value}``: its seeds, values, mean, sd and 95% interval."""
+    seeds = sorted(by_seed)
+    vals = [by_seed[s] for s in seeds]
+    mean, sd, ci = mean_interval(vals)
+    return {"name": name, "seeds": seeds, "values": vals, "mean": mean, "sd": sd, "ci95": list(ci)}
+
+
+def summarize(values: dict[str, dict[int, float]], direction: str) -> list[dict[str, Any]]:
+    """``{setting: {seed: value}}`` (the base first) -> one dict per setting: ``name``, ``seeds``,
+    ``values``, ``mean``, ``sd``, ``ci95``; beside the base, ``vs_base`` with the paired
+    differences' ``mean``, ``ci95`` and the ``verdict``: one look, at 95% (``--no-race``)."""
+    base = values[BASE]
+    out = []
+    for name, by_seed in values.items():
+        row = describe(name, by_seed)
+        if name != BASE:
+            paired = [by_seed[s] - base[s] for s in sorted(by_seed) if s in base]
+            d_mean, _, d_ci = mean_interval(paired) if paired else (math.nan, math.nan, (math.nan, math.nan))
+            row["vs_base"] = {
+                "mean": d_mean,
+                "ci95": list(d_ci),
+                "ci": list(d_ci),
+                "level": CONFIDENCE,
+                "verdict": verdict(d_ci, direction),
+                "paired": len(paired),
+                "settled": "all seeds",
+                "settled_at": len(paired),
+            }
+        out.append(row)
+    return out
+
+
+def summarize_race(values: dict[str, dict[int, float]], decisions: dict[str, Look]) -> list[dict[str, Any]]:
+    """As ``summarize``, each setting against the base at the look that settled it (or its last)."""
+    out = []
+    for name, by_seed in values.items():
+        row = describe(name, by_seed)
+        if name in decisions:
+            d = decisions[name]
+            row["vs_base"] = {
+                "mean": d.mean,
+                "ci": list(d.ci),
+                "level": 1 - d.alpha,
+                "verdict": d.verdict,
+                "paired": d.n,
+                "settled": d.settled or "open",
+                "settled_at": d.n,
+            }
+        out.append(row)
+    return out
+
+
+def add_heldout(rows: list[dict[str, Any]], test: dict[str, dict[int, float]]) -> None:
+    """Each row's held-out scores (``test``: {setting: {seed: test/psnr}}) on the seeds it was trained on
+    (``test``: their values, mean, sd and 95% interval), and beside the base ``test_vs_base``: the paired
+    differences on those seeds, their interval at the level of the row's validation verdict (the same
+    method, the same strictness) and its verdict (higher PSNR is better)."""
+    base = test.get(BASE, {})
+    for row in rows:
+        mine = {k: test[row["name"]][k] for k in row["seeds"] if k in test.get(row["name"], {})}
+        row["test"] = describe(row["name"], mine) if mine else None
+        vs = row.get("vs_base")
+        if vs is None or not mine:
+            continue
+        paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
+        level = vs.get("level", CONFIDENCE)
+        d_mean, _, d_ci = interval(paired, 1 - level) if paired else (math.nan, math.nan, (math.nan, math.nan))
+        row["test_vs_base"] = {
+            "mean": d_mean,
+            "ci": list(d_ci),
+            "level": level,
+            "verdict": verdict(d_ci, "maximize"),
+            "paired": len(paired),
+        }
