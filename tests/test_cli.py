@@ -192,8 +192,10 @@ def test_shell_completion_as_typer_offers_it_in_a_real_bash(tmp_path):
     process); sourced into bash, it completes commands and options through typer's own completion;
     `--install-completion` writes it where bash finds it."""
     env = _cvae_on_path(tmp_path)
-    shown = subprocess.run(["bash", "--norc", "-c", "cvae --show-completion"], capture_output=True, text=True,
-                           env=env, timeout=120)  # fmt: skip
+    # `; exit $?`: bash runs cvae as its child (a lone command it would exec in its own place, and typer
+    # would then find no shell above cvae where pytest was started outside one).
+    shown = subprocess.run(["bash", "--norc", "-c", "cvae --show-completion; exit $?"], capture_output=True,
+                           text=True, env=env, timeout=120)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "_CVAE_COMPLETE=complete_bash" in shown.stdout and "complete " in shown.stdout
     setup = "source <(cvae --show-completion)"
@@ -201,7 +203,7 @@ def test_shell_completion_as_typer_offers_it_in_a_real_bash(tmp_path):
     assert {"run", "status", "confirm"} <= set(_complete_in_bash(env, setup, "cvae sweep "))
     assert "--threads" in _complete_in_bash(env, setup, "cvae train --thr")
 
-    installed = subprocess.run(["bash", "--norc", "-c", "cvae --install-completion"], capture_output=True,
+    installed = subprocess.run(["bash", "--norc", "-c", "cvae --install-completion; exit $?"], capture_output=True,
                                text=True, env=env, timeout=120)  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     bashrc = (tmp_path / "home" / ".bashrc").read_text()
