@@ -139,30 +139,21 @@ def test_optuna_cli_agrees_with_status(journal_sweep):
     assert_ok(r)
     st = json.loads(r.stdout)
     storage = ["--storage", journal, "--storage-class", "JournalFileBackend"]
-    env = subprocess_env()
-    trials = subprocess.run(
-        ["optuna", *storage, "trials", "--study-name", "sweep", "-f", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert trials.returncode == 0, trials.stderr
-    rows = json.loads(trials.stdout)
+
+    def optuna(*args: str) -> str:
+        """``optuna --storage JOURNAL ARGS``'s output (the optuna CLI, as a user runs it)."""
+        done = subprocess.run(["optuna", *storage, *args], capture_output=True, text=True, env=subprocess_env(),
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    rows = json.loads(optuna("trials", "--study-name", "sweep", "-f", "json"))
     assert len(rows) == st["n_trials"] == 6
     by_state: dict[str, int] = {}
     for row in rows:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
     assert by_state == {k: v for k, v in st["states"].items() if v}
-    best = subprocess.run(
-        ["optuna", *storage, "best-trial", "--study-name", "sweep", "-f", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert best.returncode == 0, best.stderr
-    b = json.loads(best.stdout)
+    b = json.loads(optuna("best-trial", "--study-name", "sweep", "-f", "json"))
     assert b["number"] == st["best"]["number"]
     # the study names its objective: the CLI (and optuna-dashboard) show val/psnr, not "Objective 0"
     assert b["value"] == {"val/psnr": pytest.approx(st["best"]["value"])}
@@ -172,14 +163,10 @@ def test_optuna_cli_agrees_with_status(journal_sweep):
 
     # `optuna studies` prints every study attribute in its table: they are short, and the base spec is a
     # file (a spec `cvae train` takes) that an attribute names, not 700 columns of JSON
-    table = subprocess.run(["optuna", *storage, "studies"], capture_output=True, text=True, env=env, timeout=120)
-    assert table.returncode == 0, table.stderr
-    studies = subprocess.run(
-        ["optuna", *storage, "studies", "-f", "json"], capture_output=True, text=True, env=env, timeout=120
-    )
-    (attrs,) = [s["user_attrs"] for s in json.loads(studies.stdout)]
+    table = optuna("studies")
+    (attrs,) = [s["user_attrs"] for s in json.loads(optuna("studies", "-f", "json"))]
     paths = len(attrs["sweep_file"]) + len(attrs["base_spec_file"])  # as long as the folders are
-    assert max(map(len, table.stdout.splitlines())) - paths < 150, table.stdout
+    assert max(map(len, table.splitlines())) - paths < 150, table
     assert set(attrs) == {"sweep_file", "objective", "base_spec_file"} and attrs["objective"] == "val/psnr, best epoch"
     base_file = Path(attrs["base_spec_file"])
     assert base_file.is_absolute() and base_file.parent == out.resolve()
