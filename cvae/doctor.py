@@ -274,18 +274,14 @@ def compiled_step_check(root: Path, device) -> str:
     import torch._dynamo
 
     from cvae.device import apply_numerics, numerics
-    from cvae.training.step import StepGradients, StepSettings, loss_terms
+    from cvae.training.step import StepGradients, spec_terms
 
     apply_numerics(numerics(device, "fp32"))
     mode = "reduce-overhead" if device.type == "cuda" else None
     spec = doctor_spec(root, str(device), "fp32", **{"train.compile": mode or True})
     eager_spec = doctor_spec(root, str(device), "fp32")
-    settings = StepSettings.of(spec)
     model, _, x, pose = _step_inputs(root, device, spec)
-
-    def terms(model, x, pose, beta, tfr, all_forced):
-        return loss_terms(model, x, pose, settings, beta, tfr, all_forced)
-
+    terms = spec_terms(spec)
     beta, tfr = torch.tensor(0.5, device=device), torch.tensor(0.5, device=device)
     explained = torch._dynamo.explain(terms)(model, x, pose, beta, tfr, False)
     if explained.graph_break_count:

@@ -25,7 +25,7 @@ from cvae.model import build_model
 from cvae.spec import load_spec
 from cvae.training import checkpoint
 from cvae.training.loop import build_optimizer, train
-from cvae.training.step import StepGradients, StepSettings, loss_terms
+from cvae.training.step import StepGradients, spec_terms
 
 
 @pytest.fixture
@@ -374,13 +374,10 @@ def test_the_step_compiles_whole_and_once(extra):
     from torch._dynamo.testing import CompileCounter
 
     spec = small_spec(**extra)
-    s = StepSettings.of(spec)
     torch.manual_seed(0)
     model = build_model(spec, torch.device("cpu"))  # in the spec's memory format
     x, pose = torch.rand(2, 4, 3, 8, 16), torch.rand(2, 4, 3, 8, 16)
-
-    def terms(model, x, pose, beta, tfr, all_forced):
-        return loss_terms(model, x, pose, s, beta, tfr, all_forced)
+    terms = spec_terms(spec)
 
     beta, tfr = torch.tensor(0.5), torch.tensor(0.5)
     for all_forced in (False, True):
@@ -402,14 +399,11 @@ def test_the_compiled_step_computes_what_the_eager_step_computes():
     generation is left out: minutes of C++ builds on a small CPU) gives the eager step's loss and
     gradients, with the same random draws (coins, z)."""
     spec = small_spec(**{"train.compile": True, "teacher_forcing.mode": "frame"})
-    s = StepSettings.of(spec)
     torch.manual_seed(0)
     model = build_model(spec, torch.device("cpu"))  # in the spec's memory format
     x, pose = torch.rand(2, 4, 3, 8, 16), torch.rand(2, 4, 3, 8, 16)
     compiled = StepGradients(spec, torch.device("cpu"))
-
-    def terms(model, x, pose, beta, tfr, all_forced):
-        return loss_terms(model, x, pose, s, beta, tfr, all_forced)
+    terms = spec_terms(spec)
 
     compiled.terms = torch.compile(terms, backend="aot_eager", fullgraph=True)
     eager = StepGradients(spec.model_copy(update={"train": spec.train.model_copy(update={"compile": False})}), x.device)
